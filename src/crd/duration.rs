@@ -1,0 +1,60 @@
+//! Durations as users write them in specs: Go-style strings such as "90s",
+//! "15m", "1h30m" or "0.5h". The CRD schema holds the same pattern, so the
+//! API server rejects a malformed value before the controller sees it.
+
+use std::time::Duration;
+
+/// The pattern the CRD schema enforces on every duration field.
+pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
+
+/// Parses a duration string such as "1h30m". Returns `None` when malformed.
+pub fn parse(text: &str) -> Option<Duration> {
+    if text.is_empty() {
+        return None;
+    }
+    let mut total = 0f64;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let digits = &rest[..number_len];
+        if digits.starts_with('.') || digits.ends_with('.') {
+            return None;
+        }
+        let number: f64 = digits.parse().ok()?;
+        rest = &rest[number_len..];
+        let (seconds_per_unit, unit_len) = if rest.starts_with("ms") {
+            (0.001, 2)
+        } else if rest.starts_with('s') {
+            (1.0, 1)
+        } else if rest.starts_with('m') {
+            (60.0, 1)
+        } else if rest.starts_with('h') {
+            (3600.0, 1)
+        } else {
+            return None;
+        };
+        total += number * seconds_per_unit;
+        rest = &rest[unit_len..];
+    }
+    Duration::try_from_secs_f64(total).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_go_style_durations() {
+        assert_eq!(parse("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse("0.5h"), Some(Duration::from_secs(1800)));
+        assert_eq!(parse("250ms"), Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn rejects_what_the_schema_rejects() {
+        for bad in ["", "5", "5 minutes", "m5", "1d", "-1s", "1.s"] {
+            assert_eq!(parse(bad), None, "{bad:?} should not parse");
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! `GpuSession`: one rented GPU machine for one purpose, from shopping to
+//! destruction.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::requirements::{OfferRequirements, ProviderName};
+
+/// One rented GPU machine. The operator shops across marketplaces, rents the best offer, proves the machine works, and destroys it when the session ends or is deleted.
+// kube's repeated printcolumn(...) attributes trip clippy::duplicated_attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[kube(
+    group = "gpushopper.dev",
+    version = "v1alpha1",
+    kind = "GpuSession",
+    plural = "gpusessions",
+    shortname = "gs",
+    category = "gpushopper",
+    namespaced,
+    status = "GpuSessionStatus",
+    doc = "One rented GPU machine: shopped for, rented, proven to work, handed over through a Secret, and destroyed when done.",
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Where the session is in its life"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Every readiness stage passed"
+    ),
+    printcolumn(name = "GPU", type_ = "string", json_path = ".status.gpu", description = "GPUs rented"),
+    printcolumn(
+        name = "Provider",
+        type_ = "string",
+        json_path = ".status.provider",
+        description = "Marketplace rented from"
+    ),
+    printcolumn(
+        name = "$/h",
+        type_ = "number",
+        json_path = ".status.pricePerHour",
+        description = "Price per hour, USD"
+    ),
+    printcolumn(
+        name = "Cost",
+        type_ = "number",
+        json_path = ".status.accruedCostUsd",
+        description = "Cost so far, USD"
+    ),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.reason", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("has(self.offerFilterRef) || has(self.requirements)").message("set spec.offerFilterRef, spec.requirements, or both: the operator needs constraints to shop with"))]
+#[serde(rename_all = "camelCase")]
+pub struct GpuSessionSpec {
+    /// A GpuOfferFilter in the same namespace whose constraints apply. Combined with `requirements`, the stricter of each wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer_filter_ref: Option<OfferFilterRef>,
+
+    /// Inline constraints on the offer. Combined with the referenced filter, the stricter of each wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requirements: Option<OfferRequirements>,
+
+    /// Container image to run on the machine (marketplaces that rent whole VMs run it with Docker). Defaults to a CUDA base image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// Shell script run once when the machine starts, before the workload. Its output is kept on the machine and its tail surfaced in status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub start_script: Option<String>,
+
+    /// Environment variables for the start script and the workload.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128))]
+    pub env: Vec<EnvVar>,
+
+    /// TCP ports to expose on the machine, besides SSH.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(range(min = 1, max = 65535)))]
+    pub ports: Vec<u16>,
+
+    /// Disk space to rent, in GiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 4096))]
+    pub disk_gb: Option<u32>,
+
+    /// What runs on the machine and how the operator knows it works.
+    #[serde(default)]
+    pub workload: Workload,
+
+    /// How long each readiness stage may take before the machine is given up on. Unset stages use defaults that depend on the workload kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<StageTimeouts>,
+
+    /// Limits on how long the machine is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime: Option<Lifetime>,
+
+    /// Spending limit for this session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+
+    /// Who the cost of this session is reported against (a team, a user, a project).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub consumer: Option<String>,
+
+    /// How many offers may be tried before the session fails. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 20))]
+    pub max_attempts: Option<u32>,
+}
+
+/// A reference to a GpuOfferFilter in the session's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+pub struct OfferFilterRef {
+    /// Name of the GpuOfferFilter.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// An environment variable set on the machine.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+pub struct EnvVar {
+    /// Variable name: letters, digits and underscores, not starting with a digit.
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"), length(max = 256))]
+    pub name: String,
+    /// Variable value.
+    #[serde(default)]
+    #[schemars(length(max = 32768))]
+    pub value: String,
+}
+
+/// What kind of work the machine does.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum WorkloadKind {
+    /// A machine to log into over SSH. Ready once SSH and CUDA are proven.
+    #[default]
+    Interactive,
+    /// A model server with an OpenAI-compatible HTTP API. Ready once it lists the model and answers the test prompt.
+    Inference,
+    /// A command whose exit ends the session; the exit code and log tail land in status.
+    Job,
+}
+
+/// The workload and how to tell that it works.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("self.kind != 'Job' || (has(self.command) && size(self.command) > 0)").message("a Job workload needs workload.command: the command whose exit ends the session"))]
+#[x_kube(validation = Rule::new("self.kind != 'Inference' || has(self.inference)").message("an Inference workload needs workload.inference with at least the model name"))]
+#[serde(rename_all = "camelCase")]
+pub struct Workload {
+    /// Interactive (default), Inference, or Job.
+    #[serde(default)]
+    pub kind: WorkloadKind,
+
+    /// Shell command to run. Required for Job; for Inference it starts the model server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub command: Option<String>,
+
+    /// How to probe an Inference workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference: Option<InferenceProbe>,
+}
+
+/// How to tell that a model server really answers.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceProbe {
+    /// Model name the server must list at `/v1/models`.
+    #[schemars(length(min = 1, max = 512))]
+    pub model: String,
+    /// Port the server listens on. Default 8000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
+    /// Path that lists the served models. Default "/v1/models".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/"))]
+    pub health_path: Option<String>,
+    /// Prompt sent to `/v1/completions`; the workload is ready only when it is answered. Default "Say hello.".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub test_prompt: Option<String>,
+}
+
+/// Time allowed for each readiness stage, as durations such as "90s", "15m" or "1h30m".
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StageTimeouts {
+    /// From create until the marketplace reports the machine running with an SSH endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub instance_running: Option<String>,
+    /// From running until an SSH login with the session's key succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub ssh_ready: Option<String>,
+    /// For `nvidia-smi` over SSH to report the real GPU, driver and CUDA version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub cuda_verified: Option<String>,
+    /// From CUDA verified until the workload answers (an Inference server can take long to pull and load a model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub workload_ready: Option<String>,
+}
+
+/// Limits on how long the machine is kept.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Lifetime {
+    /// Longest time the machine is kept once running, for example "8h". Capped by the operator-wide maximum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub max_duration: Option<String>,
+    /// End the session when the GPUs have been idle this long, for example "30m".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub idle_timeout: Option<String>,
+}
+
+/// Spending limit for one session.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Budget {
+    /// End the session when its accrued cost reaches this many US dollars. Must be greater than 0.
+    #[x_kube(validation = Rule::new("self > 0.0").message("budget.maxCostUsd must be greater than 0"))]
+    pub max_cost_usd: f64,
+}
+
+/// Where a session is in its life.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum SessionPhase {
+    /// Accepted, not yet shopping.
+    Pending,
+    /// Shopping for an offer and renting it.
+    Provisioning,
+    /// Rented; proving that it works stage by stage.
+    Verifying,
+    /// Proven and handed over.
+    Running,
+    /// Ended as intended (a Job exited 0, the lifetime or budget was reached).
+    Succeeded,
+    /// Ended without a working machine, or a Job exited non-zero.
+    Failed,
+    /// Being destroyed.
+    Terminating,
+}
+
+/// What the operator knows about the session.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuSessionStatus {
+    /// Where the session is in its life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<SessionPhase>,
+    /// Machine-readable reason of the last phase change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Human-readable explanation of the last phase change, with what to do next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The `metadata.generation` of the spec this status reflects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Readiness stages: InstanceRunning, SSHReady, CUDAVerified, WorkloadReady, and Ready when all passed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+
+    /// Marketplace the machine is rented from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ProviderName>,
+    /// The marketplace's id of the offer rented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer_id: Option<String>,
+    /// The marketplace's id of the instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// GPUs rented, for example "1x RTX 4090".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<String>,
+    /// Why this offer was chosen over the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<String>,
+    /// Price for the machine, in US dollars per hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_per_hour: Option<f64>,
+    /// Cost accrued so far, in US dollars.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accrued_cost_usd: Option<f64>,
+    /// When the machine started billing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When the session ends at the latest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+
+    /// How to reach the machine over SSH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshEndpoint>,
+    /// What `nvidia-smi` on the machine really reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<VerifiedMachine>,
+    /// Name of the Secret that holds the SSH key pair (`ssh-privatekey`, `ssh-publickey`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// Offers tried, in order, and why each was left.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+    /// How a Job workload ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobResult>,
+}
+
+/// SSH endpoint of the machine.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SshEndpoint {
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// User to log in as.
+    pub user: String,
+    /// SHA256 fingerprint of the host key seen on first contact; later connections must present the same key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key_fingerprint: Option<String>,
+}
+
+/// The machine as `nvidia-smi` really reported it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifiedMachine {
+    /// GPU name.
+    pub gpu_name: String,
+    /// Number of GPUs.
+    pub gpu_count: u32,
+    /// Memory per GPU, in MiB.
+    pub vram_mib: u64,
+    /// NVIDIA driver version.
+    pub driver_version: String,
+    /// Highest CUDA version the driver supports.
+    pub cuda_version: String,
+}
+
+/// One offer tried for this session.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    /// Marketplace of the offer.
+    pub provider: Option<ProviderName>,
+    /// The marketplace's id of the offer.
+    pub offer_id: String,
+    /// Price of the offer, in US dollars per hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_per_hour: Option<f64>,
+    /// Machine-readable outcome, for example OfferGone, CreateFailed, CUDAMismatch, Unreachable.
+    pub reason: String,
+    /// What happened.
+    pub message: String,
+    /// When the attempt ended.
+    pub time: Time,
+}
+
+/// How a Job workload ended.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobResult {
+    /// Exit code of the command.
+    pub exit_code: i32,
+    /// Last lines of the command's output.
+    #[serde(default)]
+    pub log_tail: String,
+}

@@ -1,0 +1,10 @@
+//! gpu-shopper: a Kubernetes operator that rents GPUs from cheap marketplaces,
+//! proves they work, and never leaves one billing.
+
+pub mod config;
+pub mod controller;
+pub mod crd;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod telemetry;

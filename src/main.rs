@@ -1,0 +1,94 @@
+//! The `gpu-shopper` binary: the operator and its tools.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use gpu_shopper::config::Config;
+use gpu_shopper::controller::{self, Context};
+use gpu_shopper::http::{self, Health};
+use gpu_shopper::metrics::Metrics;
+use gpu_shopper::{crd, telemetry};
+
+/// Rents GPUs from cheap marketplaces for a Kubernetes cluster, proves they work, and never leaves one billing.
+#[derive(Parser)]
+#[command(name = "gpu-shopper", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the operator: reconcile GpuSessions and GpuOfferFilters.
+    ///
+    /// Configuration comes from environment variables: DEPLOYMENT_ID (required),
+    /// VASTAI_API_KEY, TENSORDOCK_AUTH_ID + TENSORDOCK_API_TOKEN, RUNPOD_API_KEY,
+    /// VASTAI_BASE_URL, TENSORDOCK_BASE_URL, RUNPOD_BASE_URL, LOG_LEVEL, LOG_FORMAT
+    /// (text|json), HTTP_ADDR (default 0.0.0.0:8080). The cluster is found through
+    /// KUBECONFIG or the in-cluster service account.
+    ///
+    /// Example: DEPLOYMENT_ID=dev-1 VASTAI_API_KEY=... gpu-shopper controller
+    Controller,
+    /// Print the CustomResourceDefinitions as YAML.
+    ///
+    /// Example: gpu-shopper crds | kubectl apply -f -
+    Crds,
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Crds => {
+            print!("{}", crd::crds_yaml());
+            ExitCode::SUCCESS
+        }
+        Command::Controller => run_controller(),
+    }
+}
+
+fn run_controller() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(config) => Arc::new(config),
+        Err(error) => {
+            eprintln!("gpu-shopper: cannot start: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&config.log_level, config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(controller_main(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            eprintln!("gpu-shopper: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn controller_main(config: Arc<Config>) -> Result<(), String> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("cannot connect to Kubernetes (set KUBECONFIG or run in a cluster): {e}"))?;
+    let metrics = Arc::new(Metrics::default());
+    let providers = config.credentials.configured();
+    metrics.providers_configured.set(providers.len() as i64);
+    if providers.is_empty() {
+        tracing::warn!(
+            "no marketplace credentials configured: sessions will wait with reason NoProvidersConfigured until VASTAI_API_KEY, TENSORDOCK_AUTH_ID + TENSORDOCK_API_TOKEN or RUNPOD_API_KEY is set"
+        );
+    }
+    let health = Arc::new(Health { ready: false.into(), providers, metrics: metrics.clone() });
+    let http_addr = config.http_addr;
+    let server = tokio::spawn(http::serve(http_addr, health.clone()));
+    let ctx = Arc::new(Context::new(client, config, metrics));
+    tokio::select! {
+        result = controller::run(ctx, health) => result.map_err(|e| e.to_string()),
+        result = server => Err(match result {
+            Ok(Ok(())) => "the HTTP server stopped".to_string(),
+            Ok(Err(e)) => format!("cannot serve health and metrics on {http_addr}: {e}"),
+            Err(e) => format!("the HTTP server failed: {e}"),
+        }),
+    }
+}
