@@ -1,0 +1,277 @@
+//! Operator configuration, read from environment variables in this one place.
+//! The names here are the names the Helm chart and the docs use.
+
+use std::net::SocketAddr;
+
+use secrecy::SecretString;
+
+/// Every environment variable the operator reads.
+pub mod env {
+    pub const VASTAI_API_KEY: &str = "VASTAI_API_KEY";
+    pub const TENSORDOCK_AUTH_ID: &str = "TENSORDOCK_AUTH_ID";
+    pub const TENSORDOCK_API_TOKEN: &str = "TENSORDOCK_API_TOKEN";
+    pub const RUNPOD_API_KEY: &str = "RUNPOD_API_KEY";
+    pub const DEPLOYMENT_ID: &str = "DEPLOYMENT_ID";
+    pub const LOG_LEVEL: &str = "LOG_LEVEL";
+    pub const LOG_FORMAT: &str = "LOG_FORMAT";
+    pub const VASTAI_BASE_URL: &str = "VASTAI_BASE_URL";
+    pub const TENSORDOCK_BASE_URL: &str = "TENSORDOCK_BASE_URL";
+    pub const RUNPOD_BASE_URL: &str = "RUNPOD_BASE_URL";
+    pub const HTTP_ADDR: &str = "HTTP_ADDR";
+    /// Name of the pod the operator runs in (set by the chart through the downward API); names the reporter of Events.
+    pub const POD_NAME: &str = "POD_NAME";
+
+    /// All of the above, for documentation and for tests that hold the chart equal.
+    pub const ALL: &[&str] = &[
+        VASTAI_API_KEY,
+        TENSORDOCK_AUTH_ID,
+        TENSORDOCK_API_TOKEN,
+        RUNPOD_API_KEY,
+        DEPLOYMENT_ID,
+        LOG_LEVEL,
+        LOG_FORMAT,
+        VASTAI_BASE_URL,
+        TENSORDOCK_BASE_URL,
+        RUNPOD_BASE_URL,
+        HTTP_ADDR,
+        POD_NAME,
+    ];
+}
+
+pub const DEFAULT_VASTAI_BASE_URL: &str = "https://console.vast.ai/api/v0";
+pub const DEFAULT_TENSORDOCK_BASE_URL: &str = "https://dashboard.tensordock.com/api/v2";
+pub const DEFAULT_RUNPOD_BASE_URL: &str = "https://api.runpod.io/graphql";
+pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
+
+/// A configuration problem that stops the operator from starting.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error(
+        "DEPLOYMENT_ID is not set: it names this installation so that the orphan sweeper only ever destroys instances this deployment created. Set it to a stable id unique to this cluster/installation (for example DEPLOYMENT_ID=prod-eu-1)."
+    )]
+    MissingDeploymentId,
+    #[error(
+        "DEPLOYMENT_ID {0:?} is not valid: use 1 to 40 characters of a-z, 0-9 and '-', starting with a letter or digit"
+    )]
+    InvalidDeploymentId(String),
+    #[error("{set} is set but {missing} is not: TensorDock needs both (or neither, to leave TensorDock out)")]
+    IncompleteTensorDock { set: &'static str, missing: &'static str },
+    #[error("LOG_FORMAT {0:?} is not valid: use \"json\" or \"text\"")]
+    InvalidLogFormat(String),
+    #[error("HTTP_ADDR {0:?} is not a socket address such as 0.0.0.0:8080")]
+    InvalidHttpAddr(String),
+    #[error("{name} {value:?} is not an http(s) URL")]
+    InvalidBaseUrl { name: &'static str, value: String },
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// TensorDock authenticates with an id and a token together.
+#[derive(Clone, Debug)]
+pub struct TensorDockCredentials {
+    pub auth_id: String,
+    pub api_token: SecretString,
+}
+
+/// Credentials of each marketplace; `None` leaves that marketplace out.
+#[derive(Clone, Debug, Default)]
+pub struct ProviderCredentials {
+    pub vastai: Option<SecretString>,
+    pub tensordock: Option<TensorDockCredentials>,
+    pub runpod: Option<SecretString>,
+}
+
+/// API base URLs, overridable so a real client can talk to a simulated marketplace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BaseUrls {
+    pub vastai: String,
+    pub tensordock: String,
+    pub runpod: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub deployment_id: String,
+    pub credentials: ProviderCredentials,
+    pub base_urls: BaseUrls,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub http_addr: SocketAddr,
+    pub instance_name: Option<String>,
+}
+
+impl ProviderCredentials {
+    /// Names of the marketplaces that have credentials.
+    pub fn configured(&self) -> Vec<crate::crd::ProviderName> {
+        use crate::crd::ProviderName;
+        let mut names = Vec::new();
+        if self.vastai.is_some() {
+            names.push(ProviderName::Vastai);
+        }
+        if self.tensordock.is_some() {
+            names.push(ProviderName::Tensordock);
+        }
+        if self.runpod.is_some() {
+            names.push(ProviderName::Runpod);
+        }
+        names
+    }
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup`; empty values count as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+
+        let deployment_id = get(env::DEPLOYMENT_ID).ok_or(ConfigError::MissingDeploymentId)?;
+        if !valid_deployment_id(&deployment_id) {
+            return Err(ConfigError::InvalidDeploymentId(deployment_id));
+        }
+
+        let tensordock = match (get(env::TENSORDOCK_AUTH_ID), get(env::TENSORDOCK_API_TOKEN)) {
+            (Some(auth_id), Some(token)) => Some(TensorDockCredentials { auth_id, api_token: token.into() }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::IncompleteTensorDock {
+                    set: env::TENSORDOCK_AUTH_ID,
+                    missing: env::TENSORDOCK_API_TOKEN,
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::IncompleteTensorDock {
+                    set: env::TENSORDOCK_API_TOKEN,
+                    missing: env::TENSORDOCK_AUTH_ID,
+                });
+            }
+        };
+        let credentials = ProviderCredentials {
+            vastai: get(env::VASTAI_API_KEY).map(SecretString::from),
+            tensordock,
+            runpod: get(env::RUNPOD_API_KEY).map(SecretString::from),
+        };
+
+        let base_url = |name: &'static str, default: &str| -> Result<String, ConfigError> {
+            let value = get(name).unwrap_or_else(|| default.to_string());
+            if value.starts_with("http://") || value.starts_with("https://") {
+                Ok(value.trim_end_matches('/').to_string())
+            } else {
+                Err(ConfigError::InvalidBaseUrl { name, value })
+            }
+        };
+        let base_urls = BaseUrls {
+            vastai: base_url(env::VASTAI_BASE_URL, DEFAULT_VASTAI_BASE_URL)?,
+            tensordock: base_url(env::TENSORDOCK_BASE_URL, DEFAULT_TENSORDOCK_BASE_URL)?,
+            runpod: base_url(env::RUNPOD_BASE_URL, DEFAULT_RUNPOD_BASE_URL)?,
+        };
+
+        let log_format = match get(env::LOG_FORMAT).as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(_) => return Err(ConfigError::InvalidLogFormat(get(env::LOG_FORMAT).unwrap_or_default())),
+        };
+        let http_addr_text = get(env::HTTP_ADDR).unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_string());
+        let http_addr = http_addr_text.parse().map_err(|_| ConfigError::InvalidHttpAddr(http_addr_text))?;
+
+        Ok(Config {
+            deployment_id,
+            credentials,
+            base_urls,
+            log_level: get(env::LOG_LEVEL).unwrap_or_else(|| "info".to_string()),
+            log_format,
+            http_addr,
+            instance_name: get(env::POD_NAME),
+        })
+    }
+}
+
+/// The id goes into provider labels and Kubernetes label values, so keep it short and plain.
+fn valid_deployment_id(id: &str) -> bool {
+    (1..=40).contains(&id.len())
+        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !id.starts_with('-')
+        && !id.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn missing_deployment_id_is_a_startup_error_that_says_what_to_do() {
+        let err = config(&[(env::VASTAI_API_KEY, "k")]).unwrap_err();
+        assert_eq!(err, ConfigError::MissingDeploymentId);
+        assert!(err.to_string().contains("Set it to a stable id"));
+        assert_eq!(config(&[(env::DEPLOYMENT_ID, "  ")]).unwrap_err(), ConfigError::MissingDeploymentId);
+    }
+
+    #[test]
+    fn malformed_deployment_id_is_refused() {
+        for bad in ["Prod", "a b", "-x", &"x".repeat(41)] {
+            assert!(matches!(config(&[(env::DEPLOYMENT_ID, bad)]), Err(ConfigError::InvalidDeploymentId(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn no_credentials_means_no_providers_not_an_error() {
+        let config = config(&[(env::DEPLOYMENT_ID, "test-1")]).unwrap();
+        assert!(config.credentials.configured().is_empty());
+        assert_eq!(config.base_urls.vastai, DEFAULT_VASTAI_BASE_URL);
+        assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn half_configured_tensordock_names_the_missing_variable() {
+        let err = config(&[(env::DEPLOYMENT_ID, "d"), (env::TENSORDOCK_AUTH_ID, "id")]).unwrap_err();
+        assert!(err.to_string().contains("TENSORDOCK_API_TOKEN is not"), "{err}");
+    }
+
+    #[test]
+    fn reads_every_provider_and_override() {
+        let config = config(&[
+            (env::DEPLOYMENT_ID, "d"),
+            (env::VASTAI_API_KEY, "vast-secret"),
+            (env::TENSORDOCK_AUTH_ID, "id"),
+            (env::TENSORDOCK_API_TOKEN, "td-secret"),
+            (env::RUNPOD_API_KEY, "rp-secret"),
+            (env::VASTAI_BASE_URL, "http://127.0.0.1:9000/api/v0/"),
+            (env::LOG_FORMAT, "JSON"),
+            (env::HTTP_ADDR, "127.0.0.1:0"),
+        ])
+        .unwrap();
+        assert_eq!(config.credentials.configured().len(), 3);
+        assert_eq!(config.credentials.vastai.as_ref().unwrap().expose_secret(), "vast-secret");
+        assert_eq!(config.base_urls.vastai, "http://127.0.0.1:9000/api/v0");
+        assert_eq!(config.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_key() {
+        let config = config(&[
+            (env::DEPLOYMENT_ID, "d"),
+            (env::VASTAI_API_KEY, "vast-secret"),
+            (env::RUNPOD_API_KEY, "rp-secret"),
+        ])
+        .unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("vast-secret") && !debug.contains("rp-secret"), "{debug}");
+    }
+}

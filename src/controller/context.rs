@@ -1,0 +1,107 @@
+//! What every reconcile shares: the client, configuration, metrics, the event
+//! recorder, and the per-object retry backoff.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Client, Resource, ResourceExt};
+use rand::Rng;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::metrics::{ControllerLabels, ErrorLabels, Metrics};
+
+/// Name of this controller in Events and field managers.
+pub const CONTROLLER_NAME: &str = "gpu-shopper";
+
+pub struct Context {
+    pub client: Client,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    /// Consecutive failures per object, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter { controller: CONTROLLER_NAME.into(), instance: config.instance_name.clone() };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Context { client, config, metrics, recorder, failures: Mutex::default() }
+    }
+
+    /// Records a successful reconcile: the object's backoff starts over.
+    pub fn succeeded<K: Resource<DynamicType = ()>>(&self, controller: &'static str, obj: &K) {
+        self.metrics.reconciliations.get_or_create(&ControllerLabels { controller }).inc();
+        self.failures.lock().expect("backoff map poisoned").remove(&key(obj));
+    }
+
+    fn failed<K: Resource<DynamicType = ()>>(&self, obj: &K) -> u32 {
+        let mut failures = self.failures.lock().expect("backoff map poisoned");
+        let count = failures.entry(key(obj)).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    }
+}
+
+fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    ObjectRef::from_obj(obj).to_string()
+}
+
+/// Backoff after `failures` consecutive failures: 1s doubling to at most 5 minutes, with ±20% jitter so that many failing objects do not retry in lockstep.
+pub fn backoff_delay(failures: u32) -> Duration {
+    let base = Duration::from_secs(1).saturating_mul(1u32 << failures.saturating_sub(1).min(9));
+    let capped = base.min(Duration::from_secs(300));
+    capped.mul_f64(rand::rng().random_range(0.8..1.2))
+}
+
+/// The error policy of both controllers: log, count, and retry with backoff.
+pub fn error_policy<K>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action
+where
+    K: Resource<DynamicType = ()> + ResourceExt,
+{
+    let controller = if K::kind(&()) == "GpuSession" { "gpusession" } else { "gpuofferfilter" };
+    let failures = ctx.failed(obj.as_ref());
+    let delay = backoff_delay(failures);
+    ctx.metrics.reconcile_errors.get_or_create(&ErrorLabels { controller, error: error.metric_label() }).inc();
+    tracing::warn!(
+        object = %key(obj.as_ref()), %error, failures, retry_in_ms = delay.as_millis() as u64,
+        "reconcile failed; retrying with backoff"
+    );
+    Action::requeue(delay)
+}
+
+/// Logs what a controller stream yields (reconcile outcomes and scheduling errors).
+pub fn log_outcome<K, E: std::fmt::Display, Q: std::fmt::Display>(
+    controller: &str,
+    result: Result<(ObjectRef<K>, Action), kube::runtime::controller::Error<E, Q>>,
+) where
+    K: Resource,
+    K::DynamicType: Clone + std::fmt::Debug + Eq + std::hash::Hash,
+{
+    match result {
+        Ok((object, action)) => tracing::debug!(controller, %object, ?action, "reconciled"),
+        Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {} // already logged by error_policy
+        Err(error) => tracing::warn!(controller, %error, "controller stream error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let first = backoff_delay(1);
+        assert!(first >= Duration::from_millis(800) && first <= Duration::from_millis(1200), "{first:?}");
+        let fourth = backoff_delay(4);
+        assert!(fourth >= Duration::from_millis(6400) && fourth <= Duration::from_millis(9600), "{fourth:?}");
+        for failures in [20, 1000, u32::MAX] {
+            assert!(backoff_delay(failures) <= Duration::from_secs(360));
+        }
+    }
+}

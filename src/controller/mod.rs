@@ -1,0 +1,72 @@
+//! The reconcilers: one controller for GpuSessions (which own the Secrets they
+//! create) and one for GpuOfferFilters, run side by side.
+
+pub mod context;
+pub mod offer_filter;
+pub mod session;
+pub mod status;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ListParams;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client};
+
+pub use context::Context;
+
+use crate::crd::{GpuOfferFilter, GpuSession};
+use crate::http::Health;
+
+/// Label the operator sets on every object it creates, so its watches see only those.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "gpu-shopper";
+
+/// Why the controllers could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "the {kind} CustomResourceDefinition is not installed in this cluster: install the CRDs first (kubectl apply -f crds/, or `gpu-shopper crds | kubectl apply -f -`)"
+    )]
+    CrdMissing { kind: &'static str },
+    #[error("cannot reach the Kubernetes API server to list {kind}s: {source}")]
+    Api { kind: &'static str, source: kube::Error },
+}
+
+/// Runs both controllers until SIGTERM or Ctrl-C.
+pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartError> {
+    let client = ctx.client.clone();
+    ensure_crd_served::<GpuSession>(&client, "GpuSession").await?;
+    ensure_crd_served::<GpuOfferFilter>(&client, "GpuOfferFilter").await?;
+
+    let owned_secrets = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+    let sessions = Controller::new(Api::<GpuSession>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<Secret>::all(client.clone()), owned_secrets)
+        .shutdown_on_signal()
+        .run(session::reconcile, context::error_policy, ctx.clone())
+        .for_each(|result| async move { context::log_outcome("gpusession", result) });
+    let filters = Controller::new(Api::<GpuOfferFilter>::all(client.clone()), watcher::Config::default())
+        .shutdown_on_signal()
+        .run(offer_filter::reconcile, context::error_policy, ctx.clone())
+        .for_each(|result| async move { context::log_outcome("gpuofferfilter", result) });
+
+    health.ready.store(true, Ordering::Relaxed);
+    tracing::info!(deployment_id = %ctx.config.deployment_id, "controllers running");
+    futures::join!(sessions, filters);
+    health.ready.store(false, Ordering::Relaxed);
+    tracing::info!("controllers stopped");
+    Ok(())
+}
+
+async fn ensure_crd_served<K>(client: &Client, kind: &'static str) -> Result<(), StartError>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match Api::<K>::all(client.clone()).list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Err(StartError::CrdMissing { kind }),
+        Err(source) => Err(StartError::Api { kind, source }),
+    }
+}
