@@ -18,6 +18,8 @@ pub mod env {
     pub const TENSORDOCK_BASE_URL: &str = "TENSORDOCK_BASE_URL";
     pub const RUNPOD_BASE_URL: &str = "RUNPOD_BASE_URL";
     pub const HTTP_ADDR: &str = "HTTP_ADDR";
+    /// Watch only this namespace instead of the whole cluster (unset: all namespaces).
+    pub const WATCH_NAMESPACE: &str = "WATCH_NAMESPACE";
     /// Name of the pod the operator runs in (set by the chart through the downward API); names the reporter of Events.
     pub const POD_NAME: &str = "POD_NAME";
 
@@ -34,6 +36,7 @@ pub mod env {
         TENSORDOCK_BASE_URL,
         RUNPOD_BASE_URL,
         HTTP_ADDR,
+        WATCH_NAMESPACE,
         POD_NAME,
     ];
 }
@@ -103,6 +106,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub http_addr: SocketAddr,
     pub instance_name: Option<String>,
+    /// `None` watches every namespace.
+    pub watch_namespace: Option<String>,
 }
 
 impl ProviderCredentials {
@@ -190,6 +195,7 @@ impl Config {
             log_format,
             http_addr,
             instance_name: get(env::POD_NAME),
+            watch_namespace: get(env::WATCH_NAMESPACE),
         })
     }
 }

@@ -38,16 +38,17 @@ pub enum StartError {
 /// Runs both controllers until SIGTERM or Ctrl-C.
 pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartError> {
     let client = ctx.client.clone();
-    ensure_crd_served::<GpuSession>(&client, "GpuSession").await?;
-    ensure_crd_served::<GpuOfferFilter>(&client, "GpuOfferFilter").await?;
+    let namespace = ctx.config.watch_namespace.as_deref();
+    ensure_crd_served::<GpuSession>(&client, namespace, "GpuSession").await?;
+    ensure_crd_served::<GpuOfferFilter>(&client, namespace, "GpuOfferFilter").await?;
 
     let owned_secrets = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
-    let sessions = Controller::new(Api::<GpuSession>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Secret>::all(client.clone()), owned_secrets)
+    let sessions = Controller::new(scoped::<GpuSession>(&client, namespace), watcher::Config::default())
+        .owns(scoped::<Secret>(&client, namespace), owned_secrets)
         .shutdown_on_signal()
         .run(session::reconcile, context::error_policy, ctx.clone())
         .for_each(|result| async move { context::log_outcome("gpusession", result) });
-    let filters = Controller::new(Api::<GpuOfferFilter>::all(client.clone()), watcher::Config::default())
+    let filters = Controller::new(scoped::<GpuOfferFilter>(&client, namespace), watcher::Config::default())
         .shutdown_on_signal()
         .run(offer_filter::reconcile, context::error_policy, ctx.clone())
         .for_each(|result| async move { context::log_outcome("gpuofferfilter", result) });
@@ -60,11 +61,25 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
     Ok(())
 }
 
-async fn ensure_crd_served<K>(client: &Client, kind: &'static str) -> Result<(), StartError>
+/// An Api over one namespace, or over all of them.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
 {
-    match Api::<K>::all(client.clone()).list_metadata(&ListParams::default().limit(1)).await {
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn ensure_crd_served<K>(client: &Client, namespace: Option<&str>, kind: &'static str) -> Result<(), StartError>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    match scoped::<K>(client, namespace).list_metadata(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Err(StartError::CrdMissing { kind }),
         Err(source) => Err(StartError::Api { kind, source }),
