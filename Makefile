@@ -1,0 +1,35 @@
+# gpu-shopper: the README's two commands are `make demo` and `make test`.
+SHELL := /bin/bash
+CONTROL_PLANE := tests/control-plane
+
+.PHONY: demo test setup lint unit integration control-plane stop-control-plane crds
+
+## demo: set up this machine and run the operator end to end against a local control plane
+demo:
+	e2e/demo.sh
+
+## test: everything: formatting, clippy, unit tests, and the integration tests against a real API server
+test: setup lint
+	kubeconfig=$$($(CONTROL_PLANE)/start.sh) && \
+	GPU_SHOPPER_TEST_KUBECONFIG=$$kubeconfig cargo test --all-targets -- --include-ignored
+
+setup:
+	scripts/setup.sh
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+## unit: the tests that need no cluster (integration tests are listed as ignored)
+unit:
+	cargo test --all-targets
+
+control-plane:
+	$(CONTROL_PLANE)/start.sh
+
+stop-control-plane:
+	$(CONTROL_PLANE)/stop.sh
+
+## crds: regenerate crds/ from the Rust types
+crds:
+	cargo run --quiet -- crds > crds/gpushopper.dev.yaml

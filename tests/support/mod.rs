@@ -1,0 +1,196 @@
+//! Shared helpers for the integration tests that run against the real
+//! kube-apiserver started by `tests/control-plane/start.sh`.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+/// Why a test is `#[ignore]`d under plain `cargo test`.
+pub const NEEDS_CONTROL_PLANE: &str = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`";
+
+/// The kubeconfig of the test control plane: $GPU_SHOPPER_TEST_KUBECONFIG, or
+/// the default place start.sh writes it. Deliberately not $KUBECONFIG, so a
+/// test never touches a real cluster by accident.
+pub fn kubeconfig_path() -> PathBuf {
+    if let Ok(path) = std::env::var("GPU_SHOPPER_TEST_KUBECONFIG") {
+        return PathBuf::from(path);
+    }
+    let state = std::env::var("GPU_SHOPPER_CONTROL_PLANE_DIR").map(PathBuf::from).unwrap_or_else(|_| {
+        std::env::var("TMPDIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from("/tmp"))
+            .join("gpu-shopper-control-plane")
+    });
+    state.join("kubeconfig")
+}
+
+pub async fn client() -> Client {
+    let path = kubeconfig_path();
+    let kubeconfig = Kubeconfig::read_from(&path).unwrap_or_else(|e| {
+        panic!("no test control plane kubeconfig at {} ({e}). {NEEDS_CONTROL_PLANE}", path.display())
+    });
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("kubeconfig");
+    Client::try_from(config).expect("client")
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` naming what was awaited.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Installs the checked-in CRDs by server-side apply and waits until they are served.
+pub async fn install_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/gpushopper.dev.yaml")).unwrap();
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let crd: CustomResourceDefinition = serde::Deserialize::deserialize(document).unwrap();
+        let name = crd.metadata.name.clone().unwrap();
+        crds.patch(&name, &PatchParams::apply("gpu-shopper-tests").force(), &Patch::Apply(&crd)).await.unwrap();
+        wait_for(&format!("CRD {name} Established"), Duration::from_secs(30), || {
+            let crds = crds.clone();
+            let name = name.clone();
+            async move {
+                let crd = crds.get(&name).await.ok()?;
+                let established =
+                    crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
+                established.then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+/// A fresh namespace per test, so tests run in parallel without seeing each other.
+pub async fn namespace(client: &Client, prefix: &str) -> String {
+    let name = format!("{prefix}-{:08x}", rand::random::<u32>());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    namespaces.create(&PostParams::default(), &ns).await.unwrap();
+    name
+}
+
+/// Deletes a test namespace. Objects still holding our finalizer are released
+/// first (their controller is gone by then), so the namespace can go.
+pub async fn delete_namespace(client: &Client, name: &str) {
+    let sessions: Api<gpu_shopper::crd::GpuSession> = Api::namespaced(client.clone(), name);
+    if let Ok(list) = sessions.list(&Default::default()).await {
+        for session in list {
+            let patch = serde_json::json!({"metadata": {"finalizers": null}});
+            let _ =
+                sessions.patch(&session.metadata.name.unwrap(), &PatchParams::default(), &Patch::Merge(&patch)).await;
+        }
+    }
+    let _ = Api::<Namespace>::all(client.clone()).delete(name, &DeleteParams::default()).await;
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The operator binary, run as a separate process the way it runs in a cluster.
+pub struct ControllerProcess {
+    child: Option<Child>,
+    pub http_port: u16,
+    pub log_path: PathBuf,
+    namespace: String,
+    extra_env: Vec<(String, String)>,
+}
+
+impl ControllerProcess {
+    /// Starts `gpu-shopper controller` watching only `namespace`.
+    pub fn start(namespace: &str) -> Self {
+        Self::start_with_env(namespace, &[])
+    }
+
+    pub fn start_with_env(namespace: &str, extra_env: &[(&str, &str)]) -> Self {
+        let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("controller-logs");
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let mut process = ControllerProcess {
+            child: None,
+            http_port: 0,
+            log_path: log_dir.join(format!("{namespace}.log")),
+            namespace: namespace.to_string(),
+            extra_env: extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        process.spawn();
+        process
+    }
+
+    fn spawn(&mut self) {
+        self.http_port = free_port();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gpu-shopper"));
+        command
+            .arg("controller")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("KUBECONFIG", kubeconfig_path())
+            .env("DEPLOYMENT_ID", "test")
+            .env("WATCH_NAMESPACE", &self.namespace)
+            .env("HTTP_ADDR", format!("127.0.0.1:{}", self.http_port))
+            .env("LOG_LEVEL", "info,gpu_shopper=debug")
+            .env("LOG_FORMAT", "json")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .stdin(Stdio::null());
+        for (key, value) in &self.extra_env {
+            command.env(key, value);
+        }
+        self.child = Some(command.spawn().expect("spawn gpu-shopper controller"));
+    }
+
+    /// Waits until /readyz answers 200.
+    pub async fn wait_ready(&self) {
+        let url = format!("http://127.0.0.1:{}/readyz", self.http_port);
+        wait_for("controller /readyz", Duration::from_secs(30), || {
+            let url = url.clone();
+            async move { reqwest::get(&url).await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+        })
+        .await;
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would do: no graceful shutdown.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
