@@ -7,4 +7,5 @@ pub mod crd;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod provider;
 pub mod telemetry;

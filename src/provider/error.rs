@@ -1,0 +1,100 @@
+//! Provider errors, each telling the caller what to do next.
+
+use std::time::Duration;
+
+use crate::crd::ProviderName;
+
+/// What the caller should do about an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NextStep {
+    /// Transient: the same call may succeed later.
+    Retry,
+    /// This offer cannot be had: try the next-best one.
+    NextOffer,
+    /// Nothing on this marketplace will work now (auth, funds): try other marketplaces.
+    SkipProvider,
+    /// Retrying cannot help (a request we built wrong).
+    GiveUp,
+}
+
+#[derive(Clone, Debug, thiserror::Error, PartialEq)]
+pub enum ProviderError {
+    #[error("{provider}: offer {offer_id} is no longer available ({message})")]
+    OfferGone { provider: ProviderName, offer_id: String, message: String },
+    #[error("{provider}: no capacity for this offer ({message})")]
+    NoCapacity { provider: ProviderName, message: String },
+    #[error("{provider}: authentication failed (HTTP {status}): check the API key/token")]
+    AuthFailed { provider: ProviderName, status: u16 },
+    #[error("{provider}: rate limited{}", retry_after.map(|d| format!(", retry after {}s", d.as_secs())).unwrap_or_default())]
+    RateLimited { provider: ProviderName, retry_after: Option<Duration> },
+    #[error("{provider}: insufficient funds on the account ({message})")]
+    InsufficientFunds { provider: ProviderName, message: String },
+    #[error("{provider}: API unavailable ({message})")]
+    Unavailable { provider: ProviderName, message: String },
+    #[error("{provider}: API call timed out after {}s", timeout.as_secs_f32())]
+    Timeout { provider: ProviderName, timeout: Duration },
+    #[error("{provider}: unexpected response (HTTP {status}): {body}")]
+    BadResponse { provider: ProviderName, status: u16, body: String },
+    #[error("{provider}: request refused (HTTP {status}): {body}")]
+    Rejected { provider: ProviderName, status: u16, body: String },
+}
+
+impl ProviderError {
+    pub fn next_step(&self) -> NextStep {
+        match self {
+            Self::OfferGone { .. } | Self::NoCapacity { .. } => NextStep::NextOffer,
+            Self::AuthFailed { .. } | Self::InsufficientFunds { .. } => NextStep::SkipProvider,
+            Self::RateLimited { .. } | Self::Unavailable { .. } | Self::Timeout { .. } | Self::BadResponse { .. } => {
+                NextStep::Retry
+            }
+            Self::Rejected { .. } => NextStep::GiveUp,
+        }
+    }
+
+    /// Short machine-readable reason for status and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::OfferGone { .. } => "OfferGone",
+            Self::NoCapacity { .. } => "NoCapacity",
+            Self::AuthFailed { .. } => "AuthFailed",
+            Self::RateLimited { .. } => "RateLimited",
+            Self::InsufficientFunds { .. } => "InsufficientFunds",
+            Self::Unavailable { .. } => "ProviderUnavailable",
+            Self::Timeout { .. } => "ProviderTimeout",
+            Self::BadResponse { .. } => "BadResponse",
+            Self::Rejected { .. } => "Rejected",
+        }
+    }
+}
+
+/// A response body cut short for an error message, with every secret removed.
+pub fn excerpt(body: &[u8], secrets: &[&str]) -> String {
+    const MAX: usize = 300;
+    let mut text = String::from_utf8_lossy(body).into_owned();
+    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        text = text.replace(secret, "[redacted]");
+    }
+    if text.len() > MAX {
+        let mut end = MAX;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excerpt_is_short_and_never_holds_a_secret() {
+        let body = format!("{{\"error\":\"bad key sk-1234567890\",\"pad\":\"{}\"}}", "é".repeat(400));
+        let text = excerpt(body.as_bytes(), &["sk-1234567890"]);
+        assert!(!text.contains("sk-1234567890"));
+        assert!(text.contains("[redacted]"));
+        assert!(text.len() <= 304);
+    }
+}

@@ -1,0 +1,187 @@
+//! The HTTP plumbing every marketplace client shares: a per-call timeout,
+//! retry with exponential backoff and jitter on transient failures, respect
+//! for 429 Retry-After, and the status codes every API means the same way.
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use reqwest::{RequestBuilder, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::error::{ProviderError, excerpt};
+use crate::crd::ProviderName;
+
+/// Whether a call may be repeated after an answer was possibly lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Idempotency {
+    /// Reads and destroys: repeat freely.
+    Safe,
+    /// Creates: repeat only when the request surely never arrived (connect
+    /// error, 429). After a timeout or 5xx the instance may exist; the caller
+    /// finds it by label instead of renting a second one.
+    Unsafe,
+}
+
+/// Tunables of one client.
+#[derive(Clone, Debug)]
+pub struct CallPolicy {
+    pub timeout: Duration,
+    pub max_attempts: usize,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    /// A Retry-After longer than this is returned to the caller instead of slept through.
+    pub max_retry_after: Duration,
+}
+
+impl Default for CallPolicy {
+    fn default() -> Self {
+        CallPolicy {
+            timeout: Duration::from_secs(20),
+            max_attempts: 4,
+            min_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+            max_retry_after: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A successful (2xx or provider-specific 4xx) answer.
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: bytes::Bytes,
+}
+
+pub struct Transport {
+    pub provider: ProviderName,
+    client: reqwest::Client,
+    policy: CallPolicy,
+    secret: SecretString,
+}
+
+impl Transport {
+    pub fn new(provider: ProviderName, secret: SecretString, policy: CallPolicy) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(policy.timeout)
+            .connect_timeout(policy.timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("gpu-shopper/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("reqwest client with rustls");
+        Transport { provider, client, policy, secret }
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    pub fn secret(&self) -> &str {
+        self.secret.expose_secret()
+    }
+
+    /// Body excerpt safe for errors and logs.
+    pub fn excerpt(&self, body: &[u8]) -> String {
+        excerpt(body, &[self.secret.expose_secret()])
+    }
+
+    /// Sends the request built by `build`, retrying transient failures. 2xx and
+    /// 4xx other than 401/403/429 are returned for the client to interpret.
+    pub async fn call(
+        &self,
+        idempotency: Idempotency,
+        build: impl Fn() -> RequestBuilder,
+    ) -> Result<Reply, ProviderError> {
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(self.policy.min_backoff)
+            .with_max_delay(self.policy.max_backoff)
+            .with_jitter()
+            .with_max_times(self.policy.max_attempts.saturating_sub(1))
+            .build();
+        loop {
+            let error = match self.attempt(build()).await {
+                Ok(reply) => return Ok(reply),
+                Err(Attempt::Final(error)) => return Err(error),
+                Err(Attempt::Transient { error, arrived }) => {
+                    if arrived && idempotency == Idempotency::Unsafe {
+                        return Err(error);
+                    }
+                    error
+                }
+            };
+            let Some(mut delay) = delays.next() else { return Err(error) };
+            if let ProviderError::RateLimited { retry_after: Some(after), .. } = &error {
+                if *after > self.policy.max_retry_after {
+                    return Err(error);
+                }
+                delay = delay.max(*after);
+            }
+            tracing::debug!(provider = %self.provider, %error, delay_ms = delay.as_millis() as u64, "retrying provider call");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn attempt(&self, request: RequestBuilder) -> Result<Reply, Attempt> {
+        let provider = self.provider;
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) if e.is_timeout() => {
+                let error = ProviderError::Timeout { provider, timeout: self.policy.timeout };
+                return Err(Attempt::Transient { error, arrived: !e.is_connect() });
+            }
+            Err(e) => {
+                let arrived = !e.is_connect();
+                // reqwest errors carry the URL, which may hold a key in its query: drop it.
+                let message = e.without_url().to_string();
+                let error =
+                    ProviderError::Unavailable { provider, message: excerpt(message.as_bytes(), &[self.secret()]) };
+                return Err(Attempt::Transient { error, arrived });
+            }
+        };
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            Err(e) if e.is_timeout() => {
+                let error = ProviderError::Timeout { provider, timeout: self.policy.timeout };
+                return Err(Attempt::Transient { error, arrived: true });
+            }
+            Err(_) => {
+                let error = ProviderError::Unavailable { provider, message: "connection dropped mid-response".into() };
+                return Err(Attempt::Transient { error, arrived: true });
+            }
+        };
+        match status.as_u16() {
+            401 | 403 => Err(Attempt::Final(ProviderError::AuthFailed { provider, status: status.as_u16() })),
+            // A 429 means the request was refused, so even a create may be repeated.
+            429 => {
+                Err(Attempt::Transient { error: ProviderError::RateLimited { provider, retry_after }, arrived: false })
+            }
+            500..=599 => {
+                let message = format!("HTTP {status}: {}", self.excerpt(&body));
+                Err(Attempt::Transient { error: ProviderError::Unavailable { provider, message }, arrived: true })
+            }
+            _ => Ok(Reply { status, body }),
+        }
+    }
+}
+
+enum Attempt {
+    Final(ProviderError),
+    /// `arrived`: the provider may have acted on the request.
+    Transient {
+        error: ProviderError,
+        arrived: bool,
+    },
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// Parses a JSON body, mapping a shape we cannot read to `BadResponse`.
+pub fn parse_json<T: serde::de::DeserializeOwned>(transport: &Transport, reply: &Reply) -> Result<T, ProviderError> {
+    serde_json::from_slice(&reply.body).map_err(|e| ProviderError::BadResponse {
+        provider: transport.provider,
+        status: reply.status.as_u16(),
+        body: format!("{e}; body: {}", transport.excerpt(&reply.body)),
+    })
+}

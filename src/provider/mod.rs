@@ -1,0 +1,68 @@
+//! The boundary to the GPU marketplaces: one trait, one real HTTP client per
+//! marketplace. Nothing outside a client knows a marketplace's field names.
+
+pub mod error;
+pub mod http;
+pub mod json;
+pub mod runpod;
+pub mod tensordock;
+pub mod types;
+pub mod vastai;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use error::{NextStep, ProviderError};
+pub use types::{CreateRequest, Instance, InstanceLabel, InstanceState, Offer, SshTarget};
+
+use crate::config::Config;
+use crate::crd::{OfferRequirements, ProviderName};
+
+/// What to search for. Clients push down what their API can filter; the
+/// market applies every requirement again to what comes back.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OfferQuery {
+    pub requirements: OfferRequirements,
+    /// At most this many offers per marketplace.
+    pub limit: u32,
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync {
+    fn name(&self) -> ProviderName;
+
+    async fn search_offers(&self, query: &OfferQuery) -> Result<Vec<Offer>, ProviderError>;
+
+    /// Rents `request.offer`. The instance carries `request.label`, so that it
+    /// can be found again when the answer to this call is lost.
+    async fn create_instance(&self, request: &CreateRequest) -> Result<Instance, ProviderError>;
+
+    /// `None` when the marketplace does not know the id (any more).
+    async fn get_instance(&self, id: &str) -> Result<Option<Instance>, ProviderError>;
+
+    /// Every instance labelled with this deployment id, and no other.
+    async fn list_instances(&self, deployment_id: &str) -> Result<Vec<Instance>, ProviderError>;
+
+    /// Idempotent: destroying an instance that is already gone succeeds.
+    async fn destroy_instance(&self, id: &str) -> Result<(), ProviderError>;
+}
+
+/// A client for every marketplace that has credentials.
+pub fn from_config(config: &Config, policy: &http::CallPolicy) -> Vec<Arc<dyn Provider>> {
+    let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
+    if let Some(key) = &config.credentials.vastai {
+        providers.push(Arc::new(vastai::VastAi::new(&config.base_urls.vastai, key.clone(), policy.clone())));
+    }
+    if let Some(td) = &config.credentials.tensordock {
+        providers.push(Arc::new(tensordock::TensorDock::new(
+            &config.base_urls.tensordock,
+            td.api_token.clone(),
+            policy.clone(),
+        )));
+    }
+    if let Some(key) = &config.credentials.runpod {
+        providers.push(Arc::new(runpod::RunPod::new(&config.base_urls.runpod, key.clone(), policy.clone())));
+    }
+    providers
+}

@@ -1,0 +1,247 @@
+//! RunPod client (GraphQL, bearer key). Quirks kept here: errors arrive as
+//! HTTP 200 with an `errors` array, read before `data`; RunPod prices GPU
+//! types, not hosts, so an offer is a GPU type x count x billing; the SSH key
+//! travels as env `PUBLIC_KEY`; `runtime` is null until the container runs,
+//! and SSH is the public port mapped from private 22.
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+use super::error::ProviderError;
+use super::http::{CallPolicy, Idempotency, Transport, parse_json};
+use super::json::{number, text, unsigned};
+use super::types::{CreateRequest, Instance, InstanceLabel, InstanceState, Offer, SshTarget};
+use super::{OfferQuery, Provider};
+use crate::crd::{Billing, ProviderName};
+
+const PROVIDER: ProviderName = ProviderName::Runpod;
+const SPOT_SUFFIX: &str = ":spot";
+
+const GPU_TYPES: &str = "query GpuTypes($gpuCount: Int!) { gpuTypes { id displayName memoryInGb secureCloud communityCloud lowestPrice(input: {gpuCount: $gpuCount}) { minimumBidPrice uninterruptablePrice } } }";
+const DEPLOY_ON_DEMAND: &str = "mutation Deploy($input: PodFindAndDeployOnDemandInput) { podFindAndDeployOnDemand(input: $input) { id name desiredStatus imageName machineId costPerHr } }";
+const DEPLOY_SPOT: &str = "mutation DeploySpot($input: PodRentInterruptableInput!) { podRentInterruptable(input: $input) { id name desiredStatus imageName machineId costPerHr } }";
+const POD_FIELDS: &str = "id name desiredStatus costPerHr machineId runtime { uptimeInSeconds ports { ip isIpPublic privatePort publicPort type } gpus { id gpuUtilPercent memoryUtilPercent } } machine { gpuDisplayName }";
+const TERMINATE: &str = "mutation Terminate($input: PodTerminateInput!) { podTerminate(input: $input) }";
+
+pub struct RunPod {
+    endpoint: String,
+    transport: Transport,
+}
+
+impl RunPod {
+    pub fn new(endpoint: &str, api_key: SecretString, policy: CallPolicy) -> Self {
+        RunPod {
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            transport: Transport::new(PROVIDER, api_key, policy),
+        }
+    }
+
+    /// Runs one GraphQL operation; `errors` in a 200 become typed errors.
+    async fn graphql(&self, query: &str, variables: Value, idempotency: Idempotency) -> Result<Value, ProviderError> {
+        let body = json!({"query": query, "variables": variables});
+        let reply = self
+            .transport
+            .call(idempotency, || {
+                self.transport.client().post(&self.endpoint).bearer_auth(self.transport.secret()).json(&body)
+            })
+            .await?;
+        let answer: Value = parse_json(&self.transport, &reply)?;
+        if let Some(message) = first_error(&answer) {
+            return Err(classify_error(&self.transport.excerpt(message.as_bytes())));
+        }
+        if !reply.status.is_success() {
+            return Err(ProviderError::BadResponse {
+                provider: PROVIDER,
+                status: reply.status.as_u16(),
+                body: self.transport.excerpt(&reply.body),
+            });
+        }
+        answer.get("data").cloned().filter(|d| !d.is_null()).ok_or_else(|| ProviderError::BadResponse {
+            provider: PROVIDER,
+            status: reply.status.as_u16(),
+            body: self.transport.excerpt(&reply.body),
+        })
+    }
+}
+
+fn first_error(answer: &Value) -> Option<String> {
+    let errors = answer.get("errors")?.as_array()?;
+    let first = errors.first()?;
+    Some(text(first, &["message"]).unwrap_or_else(|| first.to_string()))
+}
+
+/// RunPod's error messages, mapped to what the caller should do.
+pub fn classify_error(message: &str) -> ProviderError {
+    let lower = message.to_ascii_lowercase();
+    let message = message.to_string();
+    if lower.contains("no longer any instances available") || lower.contains("no instances available") {
+        ProviderError::NoCapacity { provider: PROVIDER, message }
+    } else if lower.contains("unauthorized") || lower.contains("not authorized") || lower.contains("api key") {
+        ProviderError::AuthFailed { provider: PROVIDER, status: 200 }
+    } else if lower.contains("insufficient") || lower.contains("balance") {
+        ProviderError::InsufficientFunds { provider: PROVIDER, message }
+    } else if lower.contains("rate limit") || lower.contains("too many requests") {
+        ProviderError::RateLimited { provider: PROVIDER, retry_after: None }
+    } else if lower.contains("internal") || lower.contains("timeout") || lower.contains("try again") {
+        ProviderError::Unavailable { provider: PROVIDER, message }
+    } else {
+        ProviderError::Rejected { provider: PROVIDER, status: 200, body: message }
+    }
+}
+
+/// Offers from `gpuTypes`: on-demand and/or spot, for `gpu_count` GPUs.
+pub fn parse_gpu_types(data: &Value, gpu_count: u32, billing: Billing) -> Option<Vec<Offer>> {
+    let types = data.get("gpuTypes")?.as_array()?;
+    let mut offers = Vec::new();
+    for gpu in types {
+        let (Some(id), Some(price)) = (text(gpu, &["id"]), gpu.get("lowestPrice")) else { continue };
+        let base = |offer_id: String, per_gpu: f64, interruptible: bool| Offer {
+            provider: PROVIDER,
+            id: offer_id,
+            gpu_model: text(gpu, &["displayName"]).unwrap_or_else(|| id.clone()),
+            gpu_count,
+            vram_gb: unsigned::<u32>(gpu, &["memoryInGb"]).unwrap_or(0),
+            cuda_version: None,
+            driver_version: None,
+            price_per_hour: per_gpu * f64::from(gpu_count),
+            reliability: None,
+            location: None,
+            country: None,
+            download_mbps: None,
+            upload_mbps: None,
+            interruptible,
+            host_id: None,
+        };
+        if billing != Billing::Interruptible
+            && let Some(p) = number(price, &["uninterruptablePrice"]).filter(|p| *p > 0.0)
+        {
+            offers.push(base(id.clone(), p, false));
+        }
+        if billing != Billing::OnDemand
+            && let Some(p) = number(price, &["minimumBidPrice"]).filter(|p| *p > 0.0)
+        {
+            offers.push(base(format!("{id}{SPOT_SUFFIX}"), p, true));
+        }
+    }
+    Some(offers)
+}
+
+pub fn parse_pod(v: &Value) -> Option<Instance> {
+    let id = text(v, &["id"])?;
+    let runtime = v.get("runtime").filter(|r| !r.is_null());
+    let state = match text(v, &["desiredStatus"]).map(|s| s.to_ascii_uppercase()).as_deref() {
+        Some("RUNNING") if runtime.is_some() => InstanceState::Running,
+        Some("RUNNING") | Some("CREATED") | None => InstanceState::Provisioning,
+        Some("EXITED") | Some("STOPPED") => InstanceState::Stopped,
+        Some("TERMINATED") => InstanceState::Destroyed,
+        Some(other) => InstanceState::Unknown(other.to_string()),
+    };
+    let ssh_port =
+        runtime.and_then(|r| r.get("ports")).and_then(Value::as_array).into_iter().flatten().find(|p| {
+            unsigned::<u16>(p, &["privatePort"]) == Some(22) && p.get("isIpPublic") != Some(&Value::Bool(false))
+        });
+    let ssh = ssh_port.and_then(|p| {
+        Some(SshTarget { host: text(p, &["ip"])?, port: unsigned::<u16>(p, &["publicPort"])?, user: "root".into() })
+    });
+    Some(Instance {
+        provider: PROVIDER,
+        id,
+        label: text(v, &["name"]).as_deref().and_then(InstanceLabel::parse),
+        state,
+        public_ip: ssh.as_ref().map(|s| s.host.clone()),
+        ssh,
+        price_per_hour: number(v, &["costPerHr"]),
+        gpu_model: v.get("machine").and_then(|m| text(m, &["gpuDisplayName"])),
+    })
+}
+
+#[async_trait]
+impl Provider for RunPod {
+    fn name(&self) -> ProviderName {
+        PROVIDER
+    }
+
+    async fn search_offers(&self, query: &OfferQuery) -> Result<Vec<Offer>, ProviderError> {
+        let gpu_count = query.requirements.gpu_count.unwrap_or(1);
+        let data = self.graphql(GPU_TYPES, json!({"gpuCount": gpu_count}), Idempotency::Safe).await?;
+        let billing = query.requirements.billing.unwrap_or_default();
+        let mut offers = parse_gpu_types(&data, gpu_count, billing).ok_or_else(|| ProviderError::BadResponse {
+            provider: PROVIDER,
+            status: 200,
+            body: "no gpuTypes in data".into(),
+        })?;
+        offers.truncate(query.limit as usize);
+        Ok(offers)
+    }
+
+    async fn create_instance(&self, request: &CreateRequest) -> Result<Instance, ProviderError> {
+        let offer = &request.offer;
+        let gpu_type = offer.id.strip_suffix(SPOT_SUFFIX).unwrap_or(&offer.id);
+        let mut env: Vec<Value> = request.env.iter().map(|(k, v)| json!({"key": k, "value": v})).collect();
+        env.push(json!({"key": "PUBLIC_KEY", "value": request.ssh_public_key}));
+        let ports: Vec<String> =
+            std::iter::once("22/tcp".to_string()).chain(request.ports.iter().map(|p| format!("{p}/http"))).collect();
+        let mut input = json!({
+            "cloudType": "ALL",
+            "gpuCount": offer.gpu_count,
+            "gpuTypeId": gpu_type,
+            "name": request.label.to_string(),
+            "imageName": request.image,
+            "containerDiskInGb": request.disk_gb,
+            "volumeInGb": 0,
+            "ports": ports.join(","),
+            "env": env,
+            "startSsh": true,
+        });
+        let (mutation, field) = if offer.interruptible {
+            input["bidPerGpu"] = json!(offer.price_per_hour / f64::from(offer.gpu_count.max(1)));
+            (DEPLOY_SPOT, "podRentInterruptable")
+        } else {
+            (DEPLOY_ON_DEMAND, "podFindAndDeployOnDemand")
+        };
+        let data = self.graphql(mutation, json!({"input": input}), Idempotency::Unsafe).await?;
+        let pod = data.get(field).filter(|p| !p.is_null()).ok_or_else(|| ProviderError::NoCapacity {
+            provider: PROVIDER,
+            message: format!("{field} returned no pod"),
+        })?;
+        let mut instance = parse_pod(pod).ok_or_else(|| ProviderError::BadResponse {
+            provider: PROVIDER,
+            status: 200,
+            body: self.transport.excerpt(pod.to_string().as_bytes()),
+        })?;
+        instance.label.get_or_insert_with(|| request.label.clone());
+        Ok(instance)
+    }
+
+    async fn get_instance(&self, id: &str) -> Result<Option<Instance>, ProviderError> {
+        let query = format!("query Pod($input: PodFilter) {{ pod(input: $input) {{ {POD_FIELDS} }} }}");
+        let data = match self.graphql(&query, json!({"input": {"podId": id}}), Idempotency::Safe).await {
+            Err(ProviderError::Rejected { body, .. }) if body.to_ascii_lowercase().contains("not found") => {
+                return Ok(None);
+            }
+            other => other?,
+        };
+        Ok(data.get("pod").filter(|p| !p.is_null()).and_then(parse_pod))
+    }
+
+    async fn list_instances(&self, deployment_id: &str) -> Result<Vec<Instance>, ProviderError> {
+        let query = format!("query Pods {{ myself {{ pods {{ {POD_FIELDS} }} }} }}");
+        let data = self.graphql(&query, json!({}), Idempotency::Safe).await?;
+        let pods =
+            data.get("myself").and_then(|m| m.get("pods")).and_then(Value::as_array).cloned().unwrap_or_default();
+        Ok(pods
+            .iter()
+            .filter_map(parse_pod)
+            .filter(|i| i.label.as_ref().is_some_and(|l| l.deployment_id == deployment_id))
+            .collect())
+    }
+
+    async fn destroy_instance(&self, id: &str) -> Result<(), ProviderError> {
+        match self.graphql(TERMINATE, json!({"input": {"podId": id}}), Idempotency::Safe).await {
+            Ok(_) => Ok(()),
+            Err(ProviderError::Rejected { body, .. }) if body.to_ascii_lowercase().contains("not found") => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+}

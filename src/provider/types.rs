@@ -1,0 +1,151 @@
+//! What every marketplace is translated into: offers, instances, and the
+//! label that ties an instance to its session and this deployment.
+
+use std::fmt;
+
+use crate::crd::ProviderName;
+
+/// One rentable machine configuration on one marketplace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Offer {
+    pub provider: ProviderName,
+    /// The marketplace's id for renting this offer (Vast ask id, TensorDock location+GPU, RunPod GPU type+cloud).
+    pub id: String,
+    /// GPU model normalised across marketplaces, for example "RTX 4090" or "A100 80GB".
+    pub gpu_model: String,
+    pub gpu_count: u32,
+    /// Memory per GPU, GiB.
+    pub vram_gb: u32,
+    /// CUDA version the host advertises ("12.4"); the truth is only known on the box.
+    pub cuda_version: Option<String>,
+    pub driver_version: Option<String>,
+    /// Whole machine, USD per hour.
+    pub price_per_hour: f64,
+    /// 0..1, when the marketplace reports it.
+    pub reliability: Option<f64>,
+    /// Human-readable location ("Texas, US").
+    pub location: Option<String>,
+    /// ISO 3166-1 alpha-2, when known.
+    pub country: Option<String>,
+    pub download_mbps: Option<f64>,
+    pub upload_mbps: Option<f64>,
+    pub interruptible: bool,
+    /// The marketplace's host/machine id, for remembering bad hosts.
+    pub host_id: Option<String>,
+}
+
+/// What to run on a new instance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CreateRequest {
+    pub offer: Offer,
+    pub label: InstanceLabel,
+    pub ssh_public_key: String,
+    pub image: String,
+    pub start_script: Option<String>,
+    pub env: Vec<(String, String)>,
+    pub ports: Vec<u16>,
+    pub disk_gb: u32,
+}
+
+/// An instance's life as the marketplace reports it, normalised.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InstanceState {
+    /// Created, image loading or booting.
+    Provisioning,
+    Running,
+    /// Stopped or exited; still exists (and may still bill for storage).
+    Stopped,
+    /// The marketplace reports it destroyed or terminated.
+    Destroyed,
+    /// A state this client does not know, kept verbatim for status messages.
+    Unknown(String),
+}
+
+/// Where to SSH.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SshTarget {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Instance {
+    pub provider: ProviderName,
+    pub id: String,
+    /// The label it was created with, when it parses as ours.
+    pub label: Option<InstanceLabel>,
+    pub state: InstanceState,
+    pub ssh: Option<SshTarget>,
+    pub public_ip: Option<String>,
+    pub price_per_hour: Option<f64>,
+    pub gpu_model: Option<String>,
+}
+
+/// The name every instance is created with: `gpushopper.<deployment-id>.<session-uid>`.
+/// Deployment ids cannot contain '.', so one deployment's label is never a
+/// prefix match of another's.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct InstanceLabel {
+    pub deployment_id: String,
+    pub session_uid: String,
+}
+
+const LABEL_PREFIX: &str = "gpushopper";
+
+impl InstanceLabel {
+    pub fn new(deployment_id: &str, session_uid: &str) -> Self {
+        InstanceLabel { deployment_id: deployment_id.to_string(), session_uid: session_uid.to_string() }
+    }
+
+    /// Parses a label; anything not made by `Display` gives `None`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.split('.');
+        let (prefix, deployment, uid) = (parts.next()?, parts.next()?, parts.next()?);
+        if prefix != LABEL_PREFIX || deployment.is_empty() || uid.is_empty() || parts.next().is_some() {
+            return None;
+        }
+        Some(Self::new(deployment, uid))
+    }
+}
+
+impl fmt::Display for InstanceLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{LABEL_PREFIX}.{}.{}", self.deployment_id, self.session_uid)
+    }
+}
+
+/// Normalises a GPU model name for comparison: case, spaces, dashes and
+/// vendor words do not matter ("NVIDIA GeForce RTX 4090" == "rtx-4090").
+pub fn gpu_model_key(name: &str) -> String {
+    let lowered = name.to_ascii_lowercase();
+    let without_vendor = ["nvidia", "geforce", "tesla"].iter().fold(lowered, |s, vendor| s.replace(vendor, ""));
+    without_vendor.chars().filter(|c| c.is_ascii_alphanumeric()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_round_trips_and_rejects_other_deployments_shapes() {
+        let label = InstanceLabel::new("prod", "1b4e28ba-2fa1-11d2-883f-0016d3cca427");
+        assert_eq!(InstanceLabel::parse(&label.to_string()), Some(label));
+        for foreign in
+            ["", "gpushopper", "gpushopper..uid", "other.prod.uid", "gpushopper.prod.uid.extra", "my-training-box"]
+        {
+            assert_eq!(InstanceLabel::parse(foreign), None, "{foreign}");
+        }
+        // "prod" is a prefix of "prod-eu" as text, but not as a label.
+        let eu = InstanceLabel::parse("gpushopper.prod-eu.uid").unwrap();
+        assert_ne!(eu.deployment_id, "prod");
+    }
+
+    #[test]
+    fn gpu_model_names_compare_across_marketplaces() {
+        assert_eq!(gpu_model_key("NVIDIA GeForce RTX 4090"), gpu_model_key("RTX 4090"));
+        assert_eq!(gpu_model_key("rtx-4090"), gpu_model_key("RTX_4090"));
+        assert_ne!(gpu_model_key("RTX 4090"), gpu_model_key("RTX 4080"));
+        assert_eq!(gpu_model_key("A100 80GB"), gpu_model_key("NVIDIA A100-80GB"));
+    }
+}
