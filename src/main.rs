@@ -9,7 +9,7 @@ use gpu_shopper::config::Config;
 use gpu_shopper::controller::{self, Context};
 use gpu_shopper::http::{self, Health};
 use gpu_shopper::metrics::Metrics;
-use gpu_shopper::{crd, telemetry};
+use gpu_shopper::{crd, simulator, telemetry};
 
 /// Rents GPUs from cheap marketplaces for a Kubernetes cluster, proves they work, and never leaves one billing.
 #[derive(Parser)]
@@ -31,6 +31,21 @@ enum Command {
     ///
     /// Example: DEPLOYMENT_ID=dev-1 VASTAI_API_KEY=... gpu-shopper controller
     Controller,
+    /// Serve simulated Vast.ai, TensorDock and RunPod APIs on loopback.
+    ///
+    /// Prints the environment that points `gpu-shopper controller` at them, then
+    /// serves until Ctrl-C. The control endpoint (GET /state, PUT /faults/PROVIDER)
+    /// shows instances, costs and calls, and switches faults on.
+    ///
+    /// Example: gpu-shopper simulate --market my-market.yaml --port 18000
+    Simulate {
+        /// Market file (YAML or JSON); the built-in market when omitted.
+        #[arg(long)]
+        market: Option<std::path::PathBuf>,
+        /// First of four consecutive loopback ports (0: any free ports).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
     /// Print the CustomResourceDefinitions as YAML.
     ///
     /// Example: gpu-shopper crds | kubectl apply -f -
@@ -44,7 +59,41 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Controller => run_controller(),
+        Command::Simulate { market, port } => run_simulator(market, port),
     }
+}
+
+fn run_simulator(market_path: Option<std::path::PathBuf>, port: u16) -> ExitCode {
+    let market = match market_path {
+        None => simulator::market::Market::builtin(),
+        Some(path) => match std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| simulator::market::Market::from_text(&text).map_err(|e| e.to_string()))
+        {
+            Ok(market) => market,
+            Err(error) => {
+                eprintln!("gpu-shopper: cannot read the market file {}: {error}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+    };
+    telemetry::init("info", gpu_shopper::config::LogFormat::Text);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    runtime.block_on(async {
+        let handle = match simulator::start(market, port).await {
+            Ok(handle) => handle,
+            Err(error) => {
+                eprintln!("gpu-shopper: cannot listen on loopback: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("# simulated marketplaces; control endpoint: {}/state", handle.control_url);
+        for (name, value) in handle.env() {
+            println!("export {name}={value}");
+        }
+        let _ = tokio::signal::ctrl_c().await;
+        ExitCode::SUCCESS
+    })
 }
 
 fn run_controller() -> ExitCode {

@@ -1,0 +1,169 @@
+//! RunPod's GraphQL API, simulated at `/graphql`. Operations are recognised by
+//! their root field and read their arguments from `variables`, which is how
+//! the real client sends them. Errors come back as HTTP 200 with `errors`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::world::{SimInstance, SimState, World};
+use super::{Sim, bearer};
+use crate::crd::ProviderName;
+
+const P: ProviderName = ProviderName::Runpod;
+const NO_CAPACITY: &str =
+    "There are no longer any instances available with the requested specifications. Please refresh and try again.";
+
+pub fn router(sim: Arc<Sim>) -> Router {
+    Router::new().route("/graphql", post(graphql)).with_state(sim)
+}
+
+fn data(value: Value) -> Response {
+    axum::Json(json!({"data": value})).into_response()
+}
+
+fn graphql_error(message: &str) -> Response {
+    axum::Json(json!({"errors": [{"message": message, "path": []}], "data": null})).into_response()
+}
+
+async fn graphql(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    Query(params): Query<BTreeMap<String, String>>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    let key = bearer(&headers).or(params.get("api_key").map(String::as_str));
+    let query = body["query"].as_str().unwrap_or_default().to_string();
+    let variables = body.get("variables").cloned().unwrap_or(json!({}));
+    let operation = ["gpuTypes", "podFindAndDeployOnDemand", "podRentInterruptable", "podTerminate", "myself", "pod("]
+        .into_iter()
+        .find(|op| query.contains(op))
+        .unwrap_or("unknown");
+    if let Err(response) = sim.gate(P, "POST", &format!("/graphql {operation}"), key).await {
+        return response;
+    }
+    match operation {
+        "gpuTypes" => gpu_types(&sim, &variables),
+        "podFindAndDeployOnDemand" => deploy(&sim, &variables["input"], false, "podFindAndDeployOnDemand"),
+        "podRentInterruptable" => deploy(&sim, &variables["input"], true, "podRentInterruptable"),
+        "podTerminate" => terminate(&sim, &variables["input"]),
+        "myself" => {
+            let world = sim.world();
+            let now = Instant::now();
+            let pods: Vec<Value> = world.live(P).map(|i| pod_json(&world, i, now)).collect();
+            data(json!({"myself": {"pods": pods}}))
+        }
+        "pod(" => {
+            let world = sim.world();
+            let id = variables["input"]["podId"].as_str().unwrap_or_default();
+            let pod = world.find(P, id).filter(|i| i.destroyed.is_none()).map(|i| pod_json(&world, i, Instant::now()));
+            data(json!({"pod": pod}))
+        }
+        _ => graphql_error("Cannot query this field"),
+    }
+}
+
+fn gpu_types(sim: &Sim, variables: &Value) -> Response {
+    let count = variables["gpuCount"].as_u64().unwrap_or(1) as u32;
+    let world = sim.world();
+    let types: Vec<Value> = world
+        .hosts(P)
+        .map(|h| {
+            let enough = h.available >= count;
+            json!({
+                "id": h.id,
+                "displayName": h.gpu,
+                "memoryInGb": h.vram_gb,
+                "secureCloud": true,
+                "communityCloud": true,
+                "lowestPrice": {
+                    "minimumBidPrice": if enough { json!(h.min_bid_per_hour) } else { Value::Null },
+                    "uninterruptablePrice": if enough { json!(h.price_per_hour) } else { Value::Null },
+                },
+            })
+        })
+        .collect();
+    data(json!({"gpuTypes": types}))
+}
+
+fn deploy(sim: &Sim, input: &Value, interruptible: bool, field: &str) -> Response {
+    let gpu_type = input["gpuTypeId"].as_str().unwrap_or_default().to_string();
+    let count = input["gpuCount"].as_u64().unwrap_or(1) as u32;
+    let mut world = sim.world();
+    let faults = world.faults(P).clone();
+    if faults.insufficient_funds {
+        return graphql_error("Your balance is too low to deploy this pod (insufficient funds).");
+    }
+    let Some(host) = world.host(P, &gpu_type) else {
+        return graphql_error(&format!("Invalid gpuTypeId {gpu_type}"));
+    };
+    if faults.stale_inventory || faults.snatched_offers.contains(&gpu_type) || count > host.available {
+        return graphql_error(NO_CAPACITY);
+    }
+    let env: BTreeMap<String, String> = input["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((e["key"].as_str()?.to_string(), e["value"].as_str()?.to_string())))
+        .collect();
+    let per_gpu = if interruptible { input["bidPerGpu"].as_f64().unwrap_or(0.0) } else { host.price_per_hour };
+    if interruptible && per_gpu < host.min_bid_per_hour.unwrap_or(f64::MAX) {
+        return graphql_error("Your bid is below the minimum bid price for this GPU type.");
+    }
+    let key = env.get("PUBLIC_KEY").cloned().unwrap_or_default();
+    let name = input["name"].as_str().unwrap_or_default().to_string();
+    let image = input["imageName"].as_str().unwrap_or_default().to_string();
+    let instance = world.create(P, host, count, per_gpu * f64::from(count), name, key, image, env);
+    let faults = world.faults(P);
+    if faults.lose_create_responses > 0 {
+        faults.lose_create_responses -= 1;
+        return (axum::http::StatusCode::BAD_GATEWAY, "bad gateway").into_response();
+    }
+    let pod = pod_json(&world, &instance, Instant::now());
+    data(json!({ field: pod }))
+}
+
+fn terminate(sim: &Sim, input: &Value) -> Response {
+    let id = input["podId"].as_str().unwrap_or_default();
+    let mut world = sim.world();
+    let faults = world.faults(P);
+    if faults.destroy_failures > 0 {
+        faults.destroy_failures -= 1;
+        return graphql_error("Something went wrong. Please try again later or contact support (internal error).");
+    }
+    if world.destroy(P, id) { data(json!({"podTerminate": null})) } else { graphql_error("Pod not found") }
+}
+
+fn pod_json(world: &World, i: &SimInstance, now: Instant) -> Value {
+    let state = world.state_of(i, now);
+    let reachable = !world.faults.get(&P).is_some_and(|f| f.unreachable_instances);
+    let runtime = (state == SimState::Running).then(|| {
+        let ports = if reachable {
+            json!([{"ip": "127.0.0.1", "isIpPublic": true, "privatePort": 22, "publicPort": i.ssh_port, "type": "tcp"}])
+        } else {
+            json!([])
+        };
+        json!({
+            "uptimeInSeconds": now.duration_since(i.created).as_secs(),
+            "ports": ports,
+            "gpus": (0..i.gpu_count).map(|n| json!({"id": format!("GPU-{n}"), "gpuUtilPercent": 0, "memoryUtilPercent": 0})).collect::<Vec<_>>(),
+        })
+    });
+    json!({
+        "id": i.id,
+        "name": i.label,
+        "desiredStatus": if state == SimState::Destroyed { "TERMINATED" } else { "RUNNING" },
+        "imageName": i.image,
+        "machineId": format!("m-{}", i.host.id.len()),
+        "costPerHr": i.price_per_hour,
+        "runtime": runtime,
+        "machine": {"gpuDisplayName": i.host.gpu},
+    })
+}

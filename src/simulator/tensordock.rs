@@ -1,0 +1,178 @@
+//! TensorDock's REST v2 API, simulated under `/api/v2`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::market::Host;
+use super::world::{SimInstance, SimState, World};
+use super::{Sim, bearer};
+use crate::crd::ProviderName;
+
+const P: ProviderName = ProviderName::Tensordock;
+
+pub fn router(sim: Arc<Sim>) -> Router {
+    Router::new()
+        .route("/api/v2/locations", get(locations))
+        .route("/api/v2/instances", get(list).post(create))
+        .route("/api/v2/instances/{id}", get(show).delete(destroy))
+        .with_state(sim)
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({"status": status.as_u16(), "error": message}))).into_response()
+}
+
+/// "RTX 4090", 24 -> "geforcertx4090-pcie-24gb".
+pub fn v0_name(host: &Host) -> String {
+    let model: String = host.gpu.to_ascii_lowercase().chars().filter(char::is_ascii_alphanumeric).collect();
+    let prefix = if model.starts_with("rtx") { "geforce" } else { "" };
+    format!("{prefix}{model}-pcie-{}gb", host.vram_gb)
+}
+
+async fn locations(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
+    if let Err(response) = sim.gate(P, "GET", "/locations", bearer(&headers)).await {
+        return response;
+    }
+    let world = sim.world();
+    let locations: Vec<Value> = world
+        .hosts(P)
+        .map(|h| {
+            let parts: Vec<&str> = h.location.split(',').map(str::trim).collect();
+            json!({
+                "id": h.id,
+                "city": parts.first().copied().unwrap_or(""),
+                "stateprovince": if parts.len() > 2 { parts[1] } else { "" },
+                "country": parts.last().copied().unwrap_or(""),
+                "tier": 3,
+                "gpus": [{
+                    "v0Name": v0_name(h),
+                    "displayName": format!("NVIDIA {}", h.gpu),
+                    "count": h.available,
+                    "price_per_hr": h.price_per_hour / f64::from(h.gpu_count.max(1)),
+                    "resources": {"max_vcpus": 32, "max_ram_gb": 128, "max_storage_gb": 2000},
+                    "network_features": {"dedicated_ip_available": true, "port_forwarding_available": true},
+                }],
+            })
+        })
+        .collect();
+    axum::Json(json!({"data": {"locations": locations}})).into_response()
+}
+
+async fn create(State(sim): State<Arc<Sim>>, headers: HeaderMap, axum::Json(body): axum::Json<Value>) -> Response {
+    if let Err(response) = sim.gate(P, "POST", "/instances", bearer(&headers)).await {
+        return response;
+    }
+    let attributes = &body["data"]["attributes"];
+    let location = attributes["location_id"].as_str().unwrap_or_default().to_string();
+    let mut world = sim.world();
+    let faults = world.faults(P).clone();
+    if faults.insufficient_funds {
+        return error(StatusCode::PAYMENT_REQUIRED, "Insufficient balance to deploy this instance");
+    }
+    let Some(host) = world.host(P, &location) else {
+        return error(StatusCode::NOT_FOUND, "Location not found");
+    };
+    let requested =
+        attributes["resources"]["gpus"].as_object().and_then(|g| g.iter().next().map(|(k, v)| (k.clone(), v.clone())));
+    let Some((gpu, count)) = requested.map(|(k, v)| (k, v["count"].as_u64().unwrap_or(1) as u32)) else {
+        return error(StatusCode::BAD_REQUEST, "resources.gpus is required");
+    };
+    if gpu != v0_name(&host) {
+        return error(StatusCode::BAD_REQUEST, &format!("GPU {gpu} is not offered at this location"));
+    }
+    if faults.stale_inventory || faults.snatched_offers.contains(&location) || count > host.available {
+        return error(StatusCode::BAD_REQUEST, "No available nodes found");
+    }
+    if attributes["useDedicatedIp"] != Value::Bool(true) && faults.ignore_port_forwards {
+        // Seen: the port forwards are accepted and ignored; SSH never answers.
+        world.faults(P).unreachable_instances = true;
+    }
+    let key = attributes["ssh_key"].as_str().unwrap_or_default().to_string();
+    let per_gpu = host.price_per_hour / f64::from(host.gpu_count.max(1));
+    let name = attributes["name"].as_str().unwrap_or_default().to_string();
+    let instance = world.create(
+        P,
+        host.clone(),
+        count,
+        per_gpu * f64::from(count),
+        name,
+        key,
+        "ubuntu2404".into(),
+        BTreeMap::new(),
+    );
+    let faults = world.faults(P);
+    if faults.lose_create_responses > 0 {
+        faults.lose_create_responses -= 1;
+        return (StatusCode::GATEWAY_TIMEOUT, "gateway timeout").into_response();
+    }
+    axum::Json(
+        json!({"data": {"type": "virtualmachine", "id": instance.id, "name": instance.label, "status": "creating"}}),
+    )
+    .into_response()
+}
+
+fn instance_json(world: &World, i: &SimInstance, now: Instant) -> Value {
+    let state = world.state_of(i, now);
+    let status = match state {
+        SimState::Created | SimState::Loading => "starting",
+        SimState::Running => "running",
+        SimState::Destroyed => "deleted",
+    };
+    let reachable = state == SimState::Running && !world.faults.get(&P).is_some_and(|f| f.unreachable_instances);
+    json!({
+        "type": "virtualmachine",
+        "id": i.id,
+        "name": i.label,
+        "status": status,
+        "ipAddress": "127.0.0.1",
+        // The dedicated IP is loopback here, so SSH is reached through its forwarded port.
+        "portForwards": if reachable { json!([{"internal_port": 22, "external_port": i.ssh_port}]) } else { json!([]) },
+        "rateHourly": i.price_per_hour,
+    })
+}
+
+async fn list(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
+    if let Err(response) = sim.gate(P, "GET", "/instances", bearer(&headers)).await {
+        return response;
+    }
+    let world = sim.world();
+    let now = Instant::now();
+    let items: Vec<Value> = world.live(P).map(|i| instance_json(&world, i, now)).collect();
+    axum::Json(json!({"data": items})).into_response()
+}
+
+async fn show(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(response) = sim.gate(P, "GET", "/instances/{id}", bearer(&headers)).await {
+        return response;
+    }
+    let world = sim.world();
+    match world.find(P, &id).filter(|i| i.destroyed.is_none()) {
+        Some(i) => axum::Json(instance_json(&world, i, Instant::now())).into_response(),
+        None => error(StatusCode::NOT_FOUND, "Instance not found"),
+    }
+}
+
+async fn destroy(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(response) = sim.gate(P, "DELETE", "/instances/{id}", bearer(&headers)).await {
+        return response;
+    }
+    let mut world = sim.world();
+    let faults = world.faults(P);
+    if faults.destroy_failures > 0 {
+        faults.destroy_failures -= 1;
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "Failed to delete instance");
+    }
+    if world.destroy(P, &id) {
+        axum::Json(json!({"status": "success"})).into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, "Instance not found")
+    }
+}

@@ -1,0 +1,241 @@
+//! Vast.ai's REST API, simulated under `/api/v0`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::market::Host;
+use super::world::{SimInstance, SimState, World};
+use super::{Sim, bearer};
+use crate::crd::ProviderName;
+
+const P: ProviderName = ProviderName::Vastai;
+
+pub fn router(sim: Arc<Sim>) -> Router {
+    Router::new()
+        .route("/api/v0/bundles/", get(search))
+        .route("/api/v0/asks/{id}/", put(create))
+        .route("/api/v0/instances/", get(list))
+        .route("/api/v0/instances/{id}/", get(show).delete(destroy))
+        .route("/api/v0/instances/{id}/ssh/", post(attach_key))
+        .with_state(sim)
+}
+
+fn ok(value: Value) -> Response {
+    axum::Json(value).into_response()
+}
+
+fn fail(status: StatusCode, error: &str, msg: &str) -> Response {
+    (status, axum::Json(json!({"success": false, "error": error, "msg": msg}))).into_response()
+}
+
+/// `{"gte": x}`-style operator check; a missing filter passes.
+fn passes(filter: Option<&Value>, value: f64) -> bool {
+    let Some(filter) = filter else { return true };
+    let bound = |op: &str| filter.get(op).and_then(Value::as_f64);
+    bound("gte").is_none_or(|b| value >= b)
+        && bound("lte").is_none_or(|b| value <= b)
+        && bound("eq").is_none_or(|b| (value - b).abs() < 1e-9)
+}
+
+fn offer_json(host: &Host, bid: bool) -> Value {
+    let price = if bid { host.min_bid_per_hour.unwrap_or(host.price_per_hour) } else { host.price_per_hour };
+    json!({
+        "id": host.id.parse::<u64>().map(Value::from).unwrap_or_else(|_| Value::from(host.id.clone())),
+        "ask_contract_id": host.id,
+        "machine_id": format!("m-{}", host.id),
+        "host_id": 77,
+        "gpu_name": host.gpu,
+        "num_gpus": host.gpu_count,
+        "gpu_ram": host.vram_gb * 1024,
+        "cuda_max_good": host.advertised_cuda.parse::<f64>().unwrap_or(0.0),
+        "driver_version": host.driver,
+        "dph_total": price,
+        "reliability2": host.reliability,
+        "geolocation": host.location,
+        "inet_down": host.download_mbps,
+        "inet_up": host.upload_mbps,
+        "disk_space": 200.0,
+        "verified": true,
+        "rentable": true,
+        "is_bid": bid,
+    })
+}
+
+async fn search(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> Response {
+    if let Err(response) = sim.gate(P, "GET", "/bundles/", bearer(&headers)).await {
+        return response;
+    }
+    let q: Value = match params.get("q").map(|q| serde_json::from_str(q)) {
+        Some(Ok(q)) => q,
+        Some(Err(_)) => return fail(StatusCode::BAD_REQUEST, "invalid_args", "q is not JSON"),
+        None => json!({}),
+    };
+    let bid = q.get("type").and_then(Value::as_str) == Some("bid");
+    let excluded: Vec<String> = q
+        .get("geolocation")
+        .and_then(|g| g.get("notin"))
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|c| c.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    let limit = q.get("limit").and_then(Value::as_u64).unwrap_or(64) as usize;
+    let world = sim.world();
+    let mut offers: Vec<Value> = world
+        .hosts(P)
+        .filter(|h| !bid || h.min_bid_per_hour.is_some())
+        .map(|h| offer_json(h, bid))
+        .filter(|o| {
+            ["num_gpus", "gpu_ram", "cuda_max_good", "dph_total", "reliability2", "inet_down", "inet_up"]
+                .iter()
+                .all(|field| passes(q.get(field), o[field].as_f64().unwrap_or(0.0)))
+        })
+        .filter(|o| !excluded.iter().any(|c| o["geolocation"].as_str().unwrap_or("").ends_with(c.as_str())))
+        .collect();
+    offers.sort_by(|a, b| {
+        a["dph_total"].as_f64().partial_cmp(&b["dph_total"].as_f64()).unwrap_or(std::cmp::Ordering::Equal)
+    });
+    offers.truncate(limit);
+    ok(json!({"offers": offers}))
+}
+
+async fn create(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    if let Err(response) = sim.gate(P, "PUT", "/asks/{id}/", bearer(&headers)).await {
+        return response;
+    }
+    let mut world = sim.world();
+    let faults = world.faults(P).clone();
+    if faults.insufficient_funds {
+        return fail(StatusCode::PAYMENT_REQUIRED, "insufficient_credit", "Your account lacks credit");
+    }
+    let Some(host) = world.host(P, &id).filter(|_| !faults.snatched_offers.contains(&id)) else {
+        return fail(StatusCode::NOT_FOUND, "no_such_ask", &format!("Instance type {id} is no longer available."));
+    };
+    let env: BTreeMap<String, String> = body
+        .get("env")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+        .unwrap_or_default();
+    let bid = body.get("price").and_then(Value::as_f64);
+    let instance = world.create(
+        P,
+        host.clone(),
+        host.gpu_count,
+        bid.unwrap_or(host.price_per_hour),
+        body.get("label").and_then(Value::as_str).unwrap_or_default().to_string(),
+        String::new(), // attached afterwards through /instances/{id}/ssh/
+        body.get("image").and_then(Value::as_str).unwrap_or_default().to_string(),
+        env,
+    );
+    let faults = world.faults(P);
+    if faults.lose_create_responses > 0 {
+        faults.lose_create_responses -= 1;
+        return (StatusCode::BAD_GATEWAY, "upstream connect error").into_response();
+    }
+    if faults.omit_new_contract {
+        return ok(json!({"success": true}));
+    }
+    ok(json!({"success": true, "new_contract": instance.id.parse::<u64>().unwrap_or_default()}))
+}
+
+fn instance_json(world: &World, i: &SimInstance, now: Instant) -> Value {
+    let state = world.state_of(i, now);
+    let actual = match state {
+        SimState::Created => Value::Null,
+        SimState::Loading => json!("loading"),
+        SimState::Running => json!("running"),
+        SimState::Destroyed => json!("exited"),
+    };
+    let reachable = state == SimState::Running && !world.faults.get(&P).is_some_and(|f| f.unreachable_instances);
+    json!({
+        "id": i.id.parse::<u64>().unwrap_or_default(),
+        "label": i.label,
+        "actual_status": actual,
+        "cur_state": if state == SimState::Created { "stopped" } else { "running" },
+        "intended_status": "running",
+        "status_msg": format!("{state:?}"),
+        "public_ipaddr": "127.0.0.1",
+        "ssh_host": if reachable { json!("127.0.0.1") } else { Value::Null },
+        "ssh_port": if reachable { json!(i.ssh_port) } else { Value::Null },
+        "dph_total": i.price_per_hour,
+        "gpu_name": i.host.gpu,
+        "num_gpus": i.gpu_count,
+        "cuda_max_good": i.host.advertised_cuda.parse::<f64>().unwrap_or(0.0),
+        "driver_version": i.host.driver,
+        "image_uuid": i.image,
+    })
+}
+
+async fn list(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
+    if let Err(response) = sim.gate(P, "GET", "/instances/", bearer(&headers)).await {
+        return response;
+    }
+    let world = sim.world();
+    let now = Instant::now();
+    let items: Vec<Value> = world.live(P).map(|i| instance_json(&world, i, now)).collect();
+    ok(json!({"instances": items}))
+}
+
+async fn show(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(response) = sim.gate(P, "GET", "/instances/{id}/", bearer(&headers)).await {
+        return response;
+    }
+    let world = sim.world();
+    match world.find(P, &id) {
+        Some(i) if i.destroyed.is_none() => ok(json!({"instances": instance_json(&world, i, Instant::now())})),
+        Some(_) => ok(json!({"instances": null})),
+        None => fail(StatusCode::NOT_FOUND, "no_such_instance", "Instance not found"),
+    }
+}
+
+async fn attach_key(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    if let Err(response) = sim.gate(P, "POST", "/instances/{id}/ssh/", bearer(&headers)).await {
+        return response;
+    }
+    let mut world = sim.world();
+    let key = body.get("ssh_key").and_then(Value::as_str).unwrap_or_default().to_string();
+    match world.instances.iter_mut().find(|i| i.provider == P && i.id == id && i.destroyed.is_none()) {
+        Some(instance) => {
+            instance.ssh_public_key = key;
+            ok(json!({"success": true}))
+        }
+        None => fail(StatusCode::NOT_FOUND, "no_such_instance", "Instance not found"),
+    }
+}
+
+async fn destroy(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(response) = sim.gate(P, "DELETE", "/instances/{id}/", bearer(&headers)).await {
+        return response;
+    }
+    let mut world = sim.world();
+    let faults = world.faults(P);
+    if faults.destroy_failures > 0 {
+        faults.destroy_failures -= 1;
+        return (StatusCode::INTERNAL_SERVER_ERROR, "destroy failed").into_response();
+    }
+    if world.destroy(P, &id) {
+        ok(json!({"success": true}))
+    } else {
+        fail(StatusCode::NOT_FOUND, "no_such_instance", "Instance not found")
+    }
+}

@@ -1,0 +1,217 @@
+//! The simulated marketplaces' state: instances with a timed life and a bill,
+//! the faults a test has switched on, and every call received.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::market::{Host, Market};
+use crate::crd::ProviderName;
+
+/// Faults a test can switch on for one marketplace. Counters count down per call.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Faults {
+    /// Every key is refused (401).
+    pub auth_failure: bool,
+    /// The next N calls answer 500.
+    pub server_errors: u32,
+    /// The next N calls hang this long before answering (past the client's timeout).
+    pub hangs: u32,
+    pub hang_ms: u64,
+    /// The next N calls answer 429 with this Retry-After.
+    pub rate_limits: u32,
+    pub retry_after_secs: u64,
+    /// Offers snatched between search and create: still listed, cannot be rented.
+    pub snatched_offers: Vec<String>,
+    /// Listed inventory that cannot be rented ("No available nodes found").
+    pub stale_inventory: bool,
+    /// Creates succeed, but the response is replaced by a 502 (the instance exists).
+    pub lose_create_responses: u32,
+    /// Vast: a successful create answers without `new_contract`.
+    pub omit_new_contract: bool,
+    /// TensorDock: port forwards are ignored (only the dedicated IP works).
+    pub ignore_port_forwards: bool,
+    /// Instances never become reachable over SSH.
+    pub unreachable_instances: bool,
+    /// The next N destroys fail with 500.
+    pub destroy_failures: u32,
+    /// Creates fail: the account has no credit.
+    pub insufficient_funds: bool,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub enum SimState {
+    Created,
+    Loading,
+    Running,
+    Destroyed,
+}
+
+#[derive(Clone, Debug)]
+pub struct SimInstance {
+    pub id: String,
+    pub provider: ProviderName,
+    pub label: String,
+    pub host: Host,
+    pub gpu_count: u32,
+    pub price_per_hour: f64,
+    pub ssh_public_key: String,
+    pub image: String,
+    pub env: BTreeMap<String, String>,
+    pub created: Instant,
+    pub destroyed: Option<Instant>,
+    /// Loopback port of the instance's SSH endpoint.
+    pub ssh_port: u16,
+}
+
+/// What tests read back through the control endpoint.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceReport {
+    pub id: String,
+    pub provider: ProviderName,
+    pub label: String,
+    pub offer_id: String,
+    pub state: String,
+    pub destroyed: bool,
+    pub cost_usd: f64,
+    pub ssh_port: u16,
+    pub real_cuda: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CallRecord {
+    pub provider: ProviderName,
+    pub method: String,
+    pub path: String,
+}
+
+pub struct World {
+    pub market: Market,
+    pub faults: BTreeMap<ProviderName, Faults>,
+    pub instances: Vec<SimInstance>,
+    pub calls: Vec<CallRecord>,
+    next_id: u64,
+    next_port: u16,
+}
+
+impl World {
+    pub fn new(market: Market) -> Self {
+        World {
+            market,
+            faults: BTreeMap::new(),
+            instances: Vec::new(),
+            calls: Vec::new(),
+            next_id: 1_000_001,
+            next_port: 0,
+        }
+    }
+
+    pub fn faults(&mut self, provider: ProviderName) -> &mut Faults {
+        self.faults.entry(provider).or_default()
+    }
+
+    pub fn hosts(&self, provider: ProviderName) -> impl Iterator<Item = &Host> {
+        self.market.hosts.iter().filter(move |h| h.provider == provider)
+    }
+
+    pub fn host(&self, provider: ProviderName, id: &str) -> Option<Host> {
+        self.hosts(provider).find(|h| h.id == id).cloned()
+    }
+
+    pub fn state_of(&self, instance: &SimInstance, now: Instant) -> SimState {
+        if instance.destroyed.is_some() {
+            return SimState::Destroyed;
+        }
+        let age = now.duration_since(instance.created);
+        let timings = &self.market.timings;
+        if age < Duration::from_millis(timings.created_ms) {
+            SimState::Created
+        } else if age < Duration::from_millis(timings.created_ms + timings.loading_ms) {
+            SimState::Loading
+        } else {
+            SimState::Running
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn create(
+        &mut self,
+        provider: ProviderName,
+        host: Host,
+        gpu_count: u32,
+        price_per_hour: f64,
+        label: String,
+        ssh_public_key: String,
+        image: String,
+        env: BTreeMap<String, String>,
+    ) -> SimInstance {
+        let id = self.next_id.to_string();
+        self.next_id += 1;
+        // SSH endpoints are not served yet: ports are reserved numbers only.
+        self.next_port = self.next_port.wrapping_add(1);
+        let instance = SimInstance {
+            id,
+            provider,
+            label,
+            host,
+            gpu_count,
+            price_per_hour,
+            ssh_public_key,
+            image,
+            env,
+            created: Instant::now(),
+            destroyed: None,
+            ssh_port: 40000 + self.next_port % 20000,
+        };
+        self.instances.push(instance.clone());
+        instance
+    }
+
+    pub fn find(&self, provider: ProviderName, id: &str) -> Option<&SimInstance> {
+        self.instances.iter().find(|i| i.provider == provider && i.id == id)
+    }
+
+    pub fn live(&self, provider: ProviderName) -> impl Iterator<Item = &SimInstance> {
+        self.instances.iter().filter(move |i| i.provider == provider && i.destroyed.is_none())
+    }
+
+    /// Marks destroyed; `false` when the id is unknown or already destroyed.
+    pub fn destroy(&mut self, provider: ProviderName, id: &str) -> bool {
+        match self.instances.iter_mut().find(|i| i.provider == provider && i.id == id && i.destroyed.is_none()) {
+            Some(instance) => {
+                instance.destroyed = Some(Instant::now());
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn cost(instance: &SimInstance, now: Instant) -> f64 {
+        let end = instance.destroyed.unwrap_or(now);
+        instance.price_per_hour * end.duration_since(instance.created).as_secs_f64() / 3600.0
+    }
+
+    pub fn report(&self) -> Vec<InstanceReport> {
+        let now = Instant::now();
+        self.instances
+            .iter()
+            .map(|i| InstanceReport {
+                id: i.id.clone(),
+                provider: i.provider,
+                label: i.label.clone(),
+                offer_id: i.host.id.clone(),
+                state: format!("{:?}", self.state_of(i, now)).to_lowercase(),
+                destroyed: i.destroyed.is_some(),
+                cost_usd: Self::cost(i, now),
+                ssh_port: i.ssh_port,
+                real_cuda: i.host.real_cuda().to_string(),
+            })
+            .collect()
+    }
+}
