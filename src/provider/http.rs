@@ -89,12 +89,7 @@ impl Transport {
         idempotency: Idempotency,
         build: impl Fn() -> RequestBuilder,
     ) -> Result<Reply, ProviderError> {
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(self.policy.min_backoff)
-            .with_max_delay(self.policy.max_backoff)
-            .with_jitter()
-            .with_max_times(self.policy.max_attempts.saturating_sub(1))
-            .build();
+        let mut delays = self.backoff();
         loop {
             let error = match self.attempt(build()).await {
                 Ok(reply) => return Ok(reply),
@@ -116,6 +111,16 @@ impl Transport {
             tracing::debug!(provider = %self.provider, %error, delay_ms = delay.as_millis() as u64, "retrying provider call");
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// Delays between attempts: exponential with jitter, `max_attempts - 1` of them.
+    pub fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
+        ExponentialBuilder::default()
+            .with_min_delay(self.policy.min_backoff)
+            .with_max_delay(self.policy.max_backoff)
+            .with_jitter()
+            .with_max_times(self.policy.max_attempts.saturating_sub(1))
+            .build()
     }
 
     async fn attempt(&self, request: RequestBuilder) -> Result<Reply, Attempt> {

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use super::error::ProviderError;
+use super::error::{NextStep, ProviderError};
 use super::http::{CallPolicy, Idempotency, Transport, parse_json};
 use super::json::{number, text, unsigned};
 use super::types::{CreateRequest, Instance, InstanceLabel, InstanceState, Offer, SshTarget};
@@ -38,7 +38,27 @@ impl RunPod {
     }
 
     /// Runs one GraphQL operation; `errors` in a 200 become typed errors.
+    /// Transient ones inside a 200 are retried here (the transport only sees
+    /// HTTP), and only for operations that are safe to repeat.
     async fn graphql(&self, query: &str, variables: Value, idempotency: Idempotency) -> Result<Value, ProviderError> {
+        let mut delays = self.transport.backoff();
+        loop {
+            match self.graphql_once(query, &variables, idempotency).await {
+                Err(error) if idempotency == Idempotency::Safe && error.next_step() == NextStep::Retry => {
+                    let Some(delay) = delays.next() else { return Err(error) };
+                    tokio::time::sleep(delay).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn graphql_once(
+        &self,
+        query: &str,
+        variables: &Value,
+        idempotency: Idempotency,
+    ) -> Result<Value, ProviderError> {
         let body = json!({"query": query, "variables": variables});
         let reply = self
             .transport

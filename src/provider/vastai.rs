@@ -144,7 +144,14 @@ pub fn parse_offer(v: &Value, interruptible: bool) -> Option<Offer> {
 /// One instance, from `instances` (a list item or the wrapped object).
 pub fn parse_instance(v: &Value) -> Option<Instance> {
     let id = text(v, &["id"])?;
-    let status = text(v, &["actual_status"]).or_else(|| text(v, &["cur_state"]));
+    // `actual_status` is null while the container is created: not running yet,
+    // whatever `cur_state` (the contract's state) says. When the field is
+    // absent altogether (seen), `cur_state` is all there is.
+    let status = match v.get("actual_status") {
+        Some(Value::Null) => None,
+        Some(_) => text(v, &["actual_status"]),
+        None => text(v, &["cur_state"]),
+    };
     let state = match status.as_deref().map(str::to_ascii_lowercase).as_deref() {
         None | Some("created") | Some("loading") | Some("scheduling") => InstanceState::Provisioning,
         Some("running") => InstanceState::Running,

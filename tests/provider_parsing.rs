@@ -1,0 +1,173 @@
+//! The clients' parsers on recorded real-shaped JSON (with missing, renamed
+//! and retyped fields), and a property test that no JSON makes them panic.
+
+use proptest::prelude::*;
+use serde_json::Value;
+
+use gpu_shopper::crd::{Billing, ProviderName};
+use gpu_shopper::provider::{InstanceLabel, InstanceState, ProviderError, runpod, tensordock, vastai};
+
+fn fixture(name: &str) -> Value {
+    let path = format!("{}/tests/fixtures/providers/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn vast_offers_accept_strings_for_numbers_and_skip_unrentable_shapes() {
+    let body = fixture("vastai-bundles.json");
+    let offers: Vec<_> =
+        body["offers"].as_array().unwrap().iter().filter_map(|o| vastai::parse_offer(o, false)).collect();
+    assert_eq!(offers.len(), 2, "no price, no GPU name and zero GPUs are skipped: {offers:?}");
+    let first = &offers[0];
+    assert_eq!((first.id.as_str(), first.gpu_model.as_str(), first.vram_gb), ("7812345", "RTX 4090", 24));
+    assert_eq!(first.cuda_version.as_deref(), Some("12.9"));
+    assert_eq!(first.country.as_deref(), Some("CA"));
+    assert_eq!(first.reliability, Some(0.9971));
+    let second = &offers[1];
+    assert_eq!((second.gpu_count, second.price_per_hour), (2, 0.41));
+    assert_eq!(second.reliability, Some(0.95), "falls back to `reliability`");
+    assert_eq!(second.country, None, "'Norway' is not a code");
+}
+
+#[test]
+fn vast_instance_is_unwrapped_and_reads_cur_state_and_the_proxy() {
+    let body = fixture("vastai-instance.json");
+    let instance = vastai::parse_instance(&body["instances"]).unwrap();
+    assert_eq!(instance.state, InstanceState::Provisioning, "actual_status null wins over cur_state: not running yet");
+    let ssh = instance.ssh.unwrap();
+    assert_eq!((ssh.host.as_str(), ssh.port, ssh.user.as_str()), ("ssh5.vast.ai", 30542, "root"));
+    assert_eq!(instance.public_ip.as_deref(), Some("203.0.113.17"));
+    assert_eq!(instance.label, Some(InstanceLabel::new("prod", "5a1f0c2e-77aa-4b1c-9d55-0c1ed3f1aa10")));
+
+    let list = fixture("vastai-instances.json");
+    let parsed: Vec<_> = list["instances"].as_array().unwrap().iter().filter_map(vastai::parse_instance).collect();
+    assert_eq!(parsed.len(), 3, "the entry without an id is skipped");
+    let direct = parsed[0].ssh.as_ref().unwrap();
+    assert_eq!((direct.host.as_str(), direct.port), ("203.0.113.17", 41022), "direct port when there is no proxy");
+    assert_eq!(parsed[1].label, None, "foreign labels are not ours");
+    assert_eq!(parsed[1].state, InstanceState::Stopped);
+}
+
+#[test]
+fn tensordock_locations_become_offers_without_untrusted_port_forwards() {
+    let offers = tensordock::parse_locations(&fixture("tensordock-locations.json"), 1).unwrap();
+    let ids: Vec<_> = offers.iter().map(|o| o.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "1a9b5c3e-0d3c-4a4f-9e5f-3c3a6a3f8f01/geforcertx4090-pcie-24gb",
+            "1a9b5c3e-0d3c-4a4f-9e5f-3c3a6a3f8f01/a100-pcie-80gb"
+        ],
+        "no dedicated IP and no v0Name are skipped"
+    );
+    assert_eq!((offers[0].vram_gb, offers[0].country.as_deref()), (24, Some("US")));
+    assert_eq!(offers[0].location.as_deref(), Some("Chicago, Illinois, US"));
+    assert_eq!(offers[1].price_per_hour, 1.45);
+    assert!(offers.iter().all(|o| o.cuda_version.is_none()), "TensorDock does not advertise CUDA");
+    let two = tensordock::parse_locations(&fixture("tensordock-locations.json"), 2).unwrap();
+    assert_eq!(two.len(), 1, "only the 4090 location has 2 GPUs free");
+    assert!((two[0].price_per_hour - 0.74).abs() < 1e-9);
+
+    let instance = tensordock::parse_instance(&fixture("tensordock-instance.json")).unwrap();
+    let ssh = instance.ssh.unwrap();
+    assert_eq!((ssh.host.as_str(), ssh.port, ssh.user.as_str()), ("198.51.100.23", 20022, "user"));
+    assert_eq!(instance.state, InstanceState::Running);
+}
+
+#[test]
+fn runpod_gpu_types_pods_and_errors_inside_200() {
+    let data = &fixture("runpod-gputypes.json")["data"];
+    let any = runpod::parse_gpu_types(data, 1, Billing::Any).unwrap();
+    assert_eq!(any.len(), 3, "4090 on demand + spot, A100 on demand; H200 has no price: {any:?}");
+    let on_demand = runpod::parse_gpu_types(data, 2, Billing::OnDemand).unwrap();
+    assert_eq!(on_demand[0].price_per_hour, 0.88, "priced per GPU");
+    assert!(on_demand.iter().all(|o| !o.interruptible));
+
+    let pod = runpod::parse_pod(&fixture("runpod-pod.json")["data"]["pod"]).unwrap();
+    let ssh = pod.ssh.unwrap();
+    assert_eq!((ssh.host.as_str(), ssh.port), ("194.68.245.12", 22081), "the public mapping of port 22");
+    assert_eq!(pod.state, InstanceState::Running);
+
+    let errors = fixture("runpod-errors.json");
+    let message = errors["errors"][0]["message"].as_str().unwrap();
+    assert!(matches!(
+        runpod::classify_error(message),
+        ProviderError::NoCapacity { provider: ProviderName::Runpod, .. }
+    ));
+}
+
+fn arbitrary_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map(Value::Number).unwrap_or(Value::Null)),
+        any::<i64>().prop_map(|i| Value::Number(i.into())),
+        prop_oneof![Just("running".to_string()), Just("22/tcp".to_string()), ".{0,12}"].prop_map(Value::String),
+    ];
+    let keys = prop_oneof![
+        Just("id"),
+        Just("offers"),
+        Just("instances"),
+        Just("data"),
+        Just("locations"),
+        Just("gpus"),
+        Just("gpuTypes"),
+        Just("lowestPrice"),
+        Just("runtime"),
+        Just("ports"),
+        Just("22/tcp"),
+        Just("HostPort"),
+        Just("num_gpus"),
+        Just("dph_total"),
+        Just("gpu_name"),
+        Just("v0Name"),
+        Just("price_per_hr"),
+        Just("count"),
+        Just("privatePort"),
+        Just("publicPort"),
+        Just("ip"),
+        Just("label"),
+        Just("name"),
+        Just("actual_status"),
+        Just("portForwards"),
+        Just("internal_port"),
+        Just("external_port"),
+        Just("attributes"),
+        Just("ssh_host"),
+        Just("ssh_port"),
+    ];
+    leaf.prop_recursive(5, 64, 6, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map(keys.clone().prop_map(String::from), inner, 0..8)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn no_json_makes_a_parser_panic(value in arbitrary_json()) {
+        let _ = vastai::parse_offer(&value, false);
+        let _ = vastai::parse_instance(&value);
+        let _ = tensordock::parse_locations(&value, 1);
+        let _ = tensordock::parse_instance(&value);
+        let _ = runpod::parse_gpu_types(&value, 3, Billing::Any);
+        let _ = runpod::parse_pod(&value);
+        if let Some(text) = value.as_str() {
+            let _ = runpod::classify_error(text);
+        }
+    }
+
+    #[test]
+    fn no_bytes_make_a_parser_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        if let Ok(value) = serde_json::from_slice::<Value>(&bytes) {
+            let _ = vastai::parse_instance(&value);
+            let _ = tensordock::parse_locations(&value, 1);
+            let _ = runpod::parse_pod(&value);
+        }
+        let _ = gpu_shopper::provider::error::excerpt(&bytes, &["secret"]);
+    }
+}
