@@ -5,6 +5,7 @@
 
 pub mod market;
 mod runpod;
+pub mod ssh;
 mod tensordock;
 mod vastai;
 pub mod world;

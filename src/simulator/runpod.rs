@@ -120,7 +120,9 @@ fn deploy(sim: &Sim, input: &Value, interruptible: bool, field: &str) -> Respons
     let key = env.get("PUBLIC_KEY").cloned().unwrap_or_default();
     let name = input["name"].as_str().unwrap_or_default().to_string();
     let image = input["imageName"].as_str().unwrap_or_default().to_string();
-    let instance = world.create(P, host, count, per_gpu * f64::from(count), name, key, image, env);
+    let Ok(instance) = world.create(P, host, count, per_gpu * f64::from(count), name, key, image, env) else {
+        return graphql_error("Something went wrong (internal error).");
+    };
     let faults = world.faults(P);
     if faults.lose_create_responses > 0 {
         faults.lose_create_responses -= 1;

@@ -98,7 +98,14 @@ async fn create(State(sim): State<Arc<Sim>>, headers: HeaderMap, axum::Json(body
     let key = attributes["ssh_key"].as_str().unwrap_or_default().to_string();
     let per_gpu = host.price_per_hour / f64::from(host.gpu_count.max(1));
     let name = attributes["name"].as_str().unwrap_or_default().to_string();
-    let instance = world.create(
+    // The key reaches the machine through cloud-init runcmd (seen: the only way that works).
+    let runcmd = attributes["cloud_init"]["runcmd"].as_array().cloned().unwrap_or_default();
+    let injected = runcmd
+        .iter()
+        .filter_map(Value::as_str)
+        .any(|c| !key.is_empty() && c.contains(key.trim()) && c.contains("authorized_keys"));
+    let key = if injected { key } else { String::new() };
+    let created = world.create(
         P,
         host.clone(),
         count,
@@ -108,6 +115,9 @@ async fn create(State(sim): State<Arc<Sim>>, headers: HeaderMap, axum::Json(body
         "ubuntu2404".into(),
         BTreeMap::new(),
     );
+    let Ok(instance) = created else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "could not start the simulated machine");
+    };
     let faults = world.faults(P);
     if faults.lose_create_responses > 0 {
         faults.lose_create_responses -= 1;

@@ -142,6 +142,9 @@ async fn create(
         body.get("image").and_then(Value::as_str).unwrap_or_default().to_string(),
         env,
     );
+    let Ok(instance) = instance else {
+        return fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", "could not start the simulated machine");
+    };
     let faults = world.faults(P);
     if faults.lose_create_responses > 0 {
         faults.lose_create_responses -= 1;
@@ -212,11 +215,11 @@ async fn attach_key(
     if let Err(response) = sim.gate(P, "POST", "/instances/{id}/ssh/", bearer(&headers)).await {
         return response;
     }
-    let mut world = sim.world();
+    let world = sim.world();
     let key = body.get("ssh_key").and_then(Value::as_str).unwrap_or_default().to_string();
-    match world.instances.iter_mut().find(|i| i.provider == P && i.id == id && i.destroyed.is_none()) {
+    match world.instances.iter().find(|i| i.provider == P && i.id == id && i.destroyed.is_none()) {
         Some(instance) => {
-            instance.ssh_public_key = key;
+            instance.authorize(&key);
             ok(json!({"success": true}))
         }
         None => fail(StatusCode::NOT_FOUND, "no_such_instance", "Instance not found"),

@@ -2,12 +2,14 @@
 //! the faults a test has switched on, and every call received.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::market::{Host, Market};
+use super::ssh;
 use crate::crd::ProviderName;
 
 /// Faults a test can switch on for one marketplace. Counters count down per call.
@@ -59,13 +61,22 @@ pub struct SimInstance {
     pub host: Host,
     pub gpu_count: u32,
     pub price_per_hour: f64,
-    pub ssh_public_key: String,
+    /// authorized_keys of the instance, shared with its SSH server.
+    pub authorized_keys: Arc<Mutex<Vec<String>>>,
     pub image: String,
     pub env: BTreeMap<String, String>,
     pub created: Instant,
     pub destroyed: Option<Instant>,
-    /// Loopback port of the instance's SSH endpoint.
+    /// Loopback port of the instance's SSH server.
     pub ssh_port: u16,
+}
+
+impl SimInstance {
+    pub fn authorize(&self, public_key: &str) {
+        if !public_key.trim().is_empty() {
+            self.authorized_keys.lock().unwrap_or_else(|p| p.into_inner()).push(public_key.trim().to_string());
+        }
+    }
 }
 
 /// What tests read back through the control endpoint.
@@ -96,8 +107,8 @@ pub struct World {
     pub faults: BTreeMap<ProviderName, Faults>,
     pub instances: Vec<SimInstance>,
     pub calls: Vec<CallRecord>,
+    ssh_servers: BTreeMap<String, tokio::task::JoinHandle<()>>,
     next_id: u64,
-    next_port: u16,
 }
 
 impl World {
@@ -108,7 +119,7 @@ impl World {
             instances: Vec::new(),
             calls: Vec::new(),
             next_id: 1_000_001,
-            next_port: 0,
+            ssh_servers: BTreeMap::new(),
         }
     }
 
@@ -139,6 +150,7 @@ impl World {
         }
     }
 
+    /// Creates an instance and starts its SSH server (must run inside a tokio runtime).
     #[allow(clippy::too_many_arguments)]
     pub fn create(
         &mut self,
@@ -150,11 +162,26 @@ impl World {
         ssh_public_key: String,
         image: String,
         env: BTreeMap<String, String>,
-    ) -> SimInstance {
+    ) -> std::io::Result<SimInstance> {
         let id = self.next_id.to_string();
         self.next_id += 1;
-        // SSH endpoints are not served yet: ports are reserved numbers only.
-        self.next_port = self.next_port.wrapping_add(1);
+        let authorized_keys = Arc::new(Mutex::new(Vec::new()));
+        let users = match provider {
+            ProviderName::Tensordock => vec!["root".to_string(), "user".to_string()],
+            _ => vec!["root".to_string()],
+        };
+        let machine = ssh::Machine {
+            gpu_name: host.gpu.clone(),
+            gpu_count,
+            vram_mib: u64::from(host.vram_gb) * 1024,
+            driver: host.driver.clone(),
+            cuda: host.real_cuda().to_string(),
+            env: env.clone(),
+            users,
+            authorized_keys: authorized_keys.clone(),
+        };
+        let (ssh_port, server) = ssh::serve(machine)?;
+        self.ssh_servers.insert(id.clone(), server);
         let instance = SimInstance {
             id,
             provider,
@@ -162,15 +189,16 @@ impl World {
             host,
             gpu_count,
             price_per_hour,
-            ssh_public_key,
+            authorized_keys,
             image,
             env,
             created: Instant::now(),
             destroyed: None,
-            ssh_port: 40000 + self.next_port % 20000,
+            ssh_port,
         };
+        instance.authorize(&ssh_public_key);
         self.instances.push(instance.clone());
-        instance
+        Ok(instance)
     }
 
     pub fn find(&self, provider: ProviderName, id: &str) -> Option<&SimInstance> {
@@ -186,6 +214,9 @@ impl World {
         match self.instances.iter_mut().find(|i| i.provider == provider && i.id == id && i.destroyed.is_none()) {
             Some(instance) => {
                 instance.destroyed = Some(Instant::now());
+                if let Some(server) = self.ssh_servers.remove(id) {
+                    server.abort();
+                }
                 true
             }
             None => false,

@@ -1,0 +1,4 @@
+//! Proving a machine works: SSH logins and commands (the readiness stages
+//! build on this).
+
+pub mod ssh;

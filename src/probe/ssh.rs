@@ -1,0 +1,130 @@
+//! A real SSH client for the readiness stages: log in with the session's key,
+//! record the host key on first contact and insist on it afterwards, run one
+//! command and collect its output and exit code.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::ChannelMsg;
+use russh::client::{self, AuthResult};
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+
+use crate::keys::fingerprint;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("cannot connect to {addr}: {message}")]
+    Connect { addr: String, message: String },
+    #[error("the host key of {addr} changed: expected {expected}, got {actual}")]
+    HostKeyChanged { addr: String, expected: String, actual: String },
+    #[error("{user}@{addr} refused the session's key")]
+    AuthRejected { user: String, addr: String },
+    #[error("SSH to {addr} timed out after {}s", timeout.as_secs())]
+    Timeout { addr: String, timeout: Duration },
+    #[error("SSH protocol error with {addr}: {message}")]
+    Protocol { addr: String, message: String },
+}
+
+/// Where and as whom to log in, and the host key fingerprint seen before, if any.
+pub struct Target<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub user: &'a str,
+    pub pinned_fingerprint: Option<&'a str>,
+}
+
+pub struct CommandOutput {
+    pub exit_code: Option<u32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// The host key's SHA256 fingerprint, to pin on first contact.
+    pub host_fingerprint: String,
+}
+
+struct Verifier {
+    pinned: Option<String>,
+    seen: Arc<Mutex<Option<String>>>,
+}
+
+impl client::Handler for Verifier {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, offered: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        // Machines present plain host keys; a certificate is not something we pin.
+        let PublicKeyOrCertificate::PublicKey { key, .. } = offered else { return Ok(false) };
+        let actual = fingerprint(key);
+        let accepted = self.pinned.as_deref().is_none_or(|pinned| pinned == actual);
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(actual);
+        Ok(accepted)
+    }
+}
+
+/// Logs in and runs `command`, all within `timeout`.
+pub async fn run(
+    target: &Target<'_>,
+    key: Arc<PrivateKey>,
+    command: &str,
+    timeout: Duration,
+) -> Result<CommandOutput, SshError> {
+    let addr = format!("{}:{}", target.host, target.port);
+    match tokio::time::timeout(timeout, run_inner(target, &addr, key, command)).await {
+        Ok(result) => result,
+        Err(_) => Err(SshError::Timeout { addr, timeout }),
+    }
+}
+
+async fn run_inner(
+    target: &Target<'_>,
+    addr: &str,
+    key: Arc<PrivateKey>,
+    command: &str,
+) -> Result<CommandOutput, SshError> {
+    let seen = Arc::new(Mutex::new(None));
+    let verifier = Verifier { pinned: target.pinned_fingerprint.map(str::to_string), seen: seen.clone() };
+    let config = Arc::new(client::Config { inactivity_timeout: Some(Duration::from_secs(60)), ..Default::default() });
+    let protocol = |e: russh::Error| SshError::Protocol { addr: addr.to_string(), message: e.to_string() };
+    let mut session = match client::connect(config, (target.host, target.port), verifier).await {
+        Ok(session) => session,
+        Err(error) => {
+            let actual = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let (Some(expected), Some(actual)) = (target.pinned_fingerprint, actual)
+                && expected != actual
+            {
+                return Err(SshError::HostKeyChanged {
+                    addr: addr.to_string(),
+                    expected: expected.to_string(),
+                    actual,
+                });
+            }
+            return Err(match error {
+                russh::Error::IO(e) => SshError::Connect { addr: addr.to_string(), message: e.to_string() },
+                other => protocol(other),
+            });
+        }
+    };
+    let host_fingerprint = seen.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
+    let hash = session.best_supported_rsa_hash().await.map_err(protocol)?.flatten();
+    let auth =
+        session.authenticate_publickey(target.user, PrivateKeyWithHashAlg::new(key, hash)).await.map_err(protocol)?;
+    if !matches!(auth, AuthResult::Success) {
+        return Err(SshError::AuthRejected { user: target.user.to_string(), addr: addr.to_string() });
+    }
+    let mut channel = session.channel_open_session().await.map_err(protocol)?;
+    channel.exec(true, command).await.map_err(protocol)?;
+    let (mut stdout, mut stderr, mut exit_code) = (Vec::new(), Vec::new(), None);
+    while let Some(message) = channel.wait().await {
+        match message {
+            ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
+            ChannelMsg::ExtendedData { data, .. } => stderr.extend_from_slice(&data),
+            ChannelMsg::ExitStatus { exit_status } => exit_code = Some(exit_status),
+            _ => {}
+        }
+    }
+    let _ = session.disconnect(russh::Disconnect::ByApplication, "", "en").await;
+    Ok(CommandOutput {
+        exit_code,
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        host_fingerprint,
+    })
+}

@@ -1,0 +1,143 @@
+//! The SSH server of a simulated instance: a real SSH endpoint on a loopback
+//! port that accepts only the keys the instance was given, offers its own host
+//! key, answers `nvidia-smi` with the host's real GPU, driver and CUDA, and
+//! runs any other command with `sh -c`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use russh::keys::PublicKey;
+use russh::server::{Auth, Msg, Server as _, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId};
+
+/// What the machine really is.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    pub gpu_name: String,
+    pub gpu_count: u32,
+    pub vram_mib: u64,
+    pub driver: String,
+    pub cuda: String,
+    pub env: BTreeMap<String, String>,
+    /// Users that may log in (TensorDock: root and user; others: root).
+    pub users: Vec<String>,
+    /// authorized_keys, as OpenSSH lines; shared so a key attached later counts.
+    pub authorized_keys: Arc<Mutex<Vec<String>>>,
+}
+
+/// Binds a loopback port and serves SSH on it until the task is aborted.
+pub fn serve(machine: Machine) -> std::io::Result<(u16, tokio::task::JoinHandle<()>)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let port = listener.local_addr()?.port();
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let host_key = crate::keys::random_ed25519().map_err(std::io::Error::other)?;
+    let config = Arc::new(russh::server::Config {
+        keys: vec![host_key],
+        auth_rejection_time: std::time::Duration::from_millis(50),
+        auth_rejection_time_initial: Some(std::time::Duration::ZERO),
+        inactivity_timeout: Some(std::time::Duration::from_secs(600)),
+        ..Default::default()
+    });
+    let mut server = Server { machine: Arc::new(machine) };
+    let task = tokio::spawn(async move {
+        let _ = server.run_on_socket(config, &listener).await;
+    });
+    Ok((port, task))
+}
+
+#[derive(Clone)]
+struct Server {
+    machine: Arc<Machine>,
+}
+
+impl russh::server::Server for Server {
+    type Handler = Connection;
+    fn new_client(&mut self, _: Option<std::net::SocketAddr>) -> Connection {
+        Connection { machine: self.machine.clone() }
+    }
+}
+
+struct Connection {
+    machine: Arc<Machine>,
+}
+
+impl Connection {
+    fn authorized(&self, user: &str, key: &PublicKey) -> bool {
+        if !self.machine.users.iter().any(|u| u == user) {
+            return false;
+        }
+        let keys = self.machine.authorized_keys.lock().unwrap_or_else(|p| p.into_inner());
+        keys.iter().filter_map(|line| PublicKey::from_openssh(line.trim()).ok()).any(|k| k.key_data() == key.key_data())
+    }
+
+    /// `nvidia-smi` as the host really is.
+    fn nvidia_smi(&self, command: &str) -> (String, u32) {
+        let m = &self.machine;
+        if command.contains("--query-gpu") {
+            let lines: String =
+                (0..m.gpu_count).map(|_| format!("NVIDIA {}, {}, {}, 0\n", m.gpu_name, m.vram_mib, m.driver)).collect();
+            return (lines, 0);
+        }
+        let mut out = format!(
+            "+-----------------------------------------------------------------------------------------+\n\
+             | NVIDIA-SMI {}              Driver Version: {}      CUDA Version: {}     |\n\
+             |-----------------------------------------+------------------------+----------------------+\n",
+            m.driver, m.driver, m.cuda
+        );
+        for n in 0..m.gpu_count {
+            out.push_str(&format!(
+                "|   {n}  NVIDIA {}   On  |   {}MiB / {}MiB |      0%      Default |\n",
+                m.gpu_name, 1, m.vram_mib
+            ));
+        }
+        (out, 0)
+    }
+}
+
+impl russh::server::Handler for Connection {
+    type Error = russh::Error;
+
+    async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+        Ok(if self.authorized(user, key.public_key) { Auth::Accept } else { Auth::reject() })
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        _channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let command = String::from_utf8_lossy(data).to_string();
+        session.channel_success(channel)?;
+        let (stdout, stderr, code) = if command.trim_start().starts_with("nvidia-smi") {
+            let (out, code) = self.nvidia_smi(&command);
+            (out.into_bytes(), Vec::new(), code)
+        } else {
+            match tokio::process::Command::new("sh").arg("-c").arg(&command).envs(&self.machine.env).output().await {
+                Ok(output) => (output.stdout, output.stderr, output.status.code().unwrap_or(255) as u32),
+                Err(e) => (Vec::new(), format!("sh: {e}\n").into_bytes(), 127),
+            }
+        };
+        if !stdout.is_empty() {
+            session.data(channel, stdout)?;
+        }
+        if !stderr.is_empty() {
+            session.extended_data(channel, 1, stderr)?;
+        }
+        session.exit_status_request(channel, code)?;
+        session.eof(channel)?;
+        session.close(channel)?;
+        Ok(())
+    }
+}
