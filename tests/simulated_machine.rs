@@ -143,3 +143,107 @@ async fn a_changed_host_key_is_refused_once_pinned() {
     let result = ssh::run(&target(&endpoint, "root", Some(pinned)), key, "true", TIMEOUT).await;
     assert!(matches!(result, Err(SshError::HostKeyChanged { .. })), "{:?}", result.err());
 }
+
+async fn rent_inference(provider: &Arc<dyn Provider>, offer_id_prefix: &str, image: &str) -> Instance {
+    let offers =
+        provider.search_offers(&OfferQuery { requirements: OfferRequirements::default(), limit: 50 }).await.unwrap();
+    let offer = offers.into_iter().find(|o| o.id.starts_with(offer_id_prefix) && !o.interruptible).expect("offer");
+    let request = CreateRequest {
+        offer,
+        label: InstanceLabel::new("inference-test", "uid"),
+        ssh_public_key: keys::generate("s").unwrap().public_openssh,
+        image: image.into(),
+        start_script: None,
+        env: vec![("GPU_SHOPPER_MODEL".into(), "meta-llama/Llama-3.1-8B-Instruct".into())],
+        ports: vec![8000],
+        disk_gb: 40,
+    };
+    let created = provider.create_instance(&request).await.unwrap();
+    for _ in 0..200 {
+        let got = provider.get_instance(&created.id).await.unwrap().unwrap();
+        if got.state == InstanceState::Running && got.endpoint(8000).is_some() {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no endpoint for port 8000");
+}
+
+async fn prompt(base: &str) -> reqwest::Response {
+    let body =
+        serde_json::json!({"model": "meta-llama/Llama-3.1-8B-Instruct", "prompt": "Say hello.", "max_tokens": 8});
+    reqwest::Client::new().post(format!("{base}/v1/completions")).json(&body).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_model_server_answers_after_loading_on_every_marketplace() {
+    let sim = sim().await;
+    for (provider_name, offer) in [
+        (ProviderName::Vastai, "4102"),
+        (ProviderName::Tensordock, "loc-chi-1"),
+        (ProviderName::Runpod, "NVIDIA GeForce RTX 4090"),
+    ] {
+        let provider = client(&sim, provider_name);
+        let instance = rent_inference(&provider, offer, "vllm/vllm-openai:v0.6.4").await;
+        let endpoint = instance.endpoint(8000).unwrap();
+        let base = format!("http://{}:{}", endpoint.host, endpoint.port);
+        // Loading: not ready yet, then the model is listed.
+        let first = reqwest::get(format!("{base}/v1/models")).await.unwrap();
+        assert_eq!(first.status(), 503, "{provider_name}: still loading");
+        let mut listed = None;
+        for _ in 0..200 {
+            let response = reqwest::get(format!("{base}/v1/models")).await.unwrap();
+            if response.status().is_success() {
+                listed = Some(response.json::<serde_json::Value>().await.unwrap());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let listed = listed.unwrap_or_else(|| panic!("{provider_name}: model never loaded"));
+        assert_eq!(listed["data"][0]["id"], "meta-llama/Llama-3.1-8B-Instruct");
+        let answer = prompt(&base).await;
+        assert!(answer.status().is_success(), "{provider_name}");
+        let answer: serde_json::Value = answer.json().await.unwrap();
+        assert!(answer["choices"][0]["text"].as_str().unwrap().contains("Hello"));
+        provider.destroy_instance(&instance.id).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_model_server_crashes_on_the_first_prompt_when_the_host_cuda_is_too_old() {
+    let mut market = Market::builtin();
+    market.timings.created_ms = 10;
+    market.timings.loading_ms = 10;
+    market.inference.load_ms = 10;
+    let sim = simulator::start(market, 0).await.unwrap();
+    let vast = client(&sim, ProviderName::Vastai);
+    // Host 4101 advertises CUDA 12.9, really has 12.8; this image needs 12.9.
+    let instance = rent_inference(&vast, "4101", "vllm/vllm-openai:v0.10.1").await;
+    let endpoint = instance.endpoint(8000).unwrap();
+    let base = format!("http://{}:{}", endpoint.host, endpoint.port);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let models = reqwest::get(format!("{base}/v1/models")).await.unwrap();
+    assert!(models.status().is_success(), "the model loads fine");
+    let first = prompt(&base).await;
+    assert_eq!(first.status(), 500);
+    assert!(first.text().await.unwrap().contains("CUDA error"));
+    let after = reqwest::get(format!("{base}/v1/models")).await.unwrap();
+    assert!(!after.status().is_success(), "the engine is dead after the crash");
+}
+
+#[tokio::test]
+async fn a_missing_driver_and_a_late_key_look_like_the_real_failures() {
+    use gpu_shopper::simulator::world::Faults;
+    let sim = sim().await;
+    let td = client(&sim, ProviderName::Tensordock);
+    sim.set_faults(ProviderName::Tensordock, Faults { driver_missing: true, key_delay_ms: 400, ..Default::default() });
+    let pair = keys::generate("session").unwrap();
+    let key = Arc::new(keys::parse_private(&pair.private_openssh).unwrap());
+    let (_, endpoint) = rent(&td, "4090", &pair.public_openssh).await;
+    let early = ssh::run(&target(&endpoint, "user", None), key.clone(), "true", TIMEOUT).await;
+    assert!(matches!(early, Err(SshError::AuthRejected { .. })), "the key has not propagated yet");
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let out = ssh::run(&target(&endpoint, "user", None), key, "nvidia-smi", TIMEOUT).await.unwrap();
+    assert_eq!(out.exit_code, Some(127));
+    assert!(out.stderr.contains("nvidia-smi: not found"));
+}

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use error::{NextStep, ProviderError};
-pub use types::{CreateRequest, Instance, InstanceLabel, InstanceState, Offer, SshTarget};
+pub use types::{CreateRequest, Instance, InstanceLabel, InstanceState, Offer, PortEndpoint, SshTarget};
 
 use crate::config::Config;
 use crate::crd::{OfferRequirements, ProviderName};

@@ -157,10 +157,25 @@ pub fn parse_pod(v: &Value) -> Option<Instance> {
         Some("TERMINATED") => InstanceState::Destroyed,
         Some(other) => InstanceState::Unknown(other.to_string()),
     };
-    let ssh_port =
-        runtime.and_then(|r| r.get("ports")).and_then(Value::as_array).into_iter().flatten().find(|p| {
-            unsigned::<u16>(p, &["privatePort"]) == Some(22) && p.get("isIpPublic") != Some(&Value::Bool(false))
-        });
+    let public_ports: Vec<&Value> = runtime
+        .and_then(|r| r.get("ports"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|p| p.get("isIpPublic") != Some(&Value::Bool(false)))
+        .collect();
+    let ssh_port = public_ports.iter().find(|p| unsigned::<u16>(p, &["privatePort"]) == Some(22));
+    let endpoints = public_ports
+        .iter()
+        .filter_map(|p| {
+            let private_port = unsigned::<u16>(p, &["privatePort"]).filter(|port| *port != 22)?;
+            Some(super::PortEndpoint {
+                private_port,
+                host: text(p, &["ip"])?,
+                port: unsigned::<u16>(p, &["publicPort"])?,
+            })
+        })
+        .collect();
     let ssh = ssh_port.and_then(|p| {
         Some(SshTarget { host: text(p, &["ip"])?, port: unsigned::<u16>(p, &["publicPort"])?, user: "root".into() })
     });
@@ -173,6 +188,7 @@ pub fn parse_pod(v: &Value) -> Option<Instance> {
         ssh,
         price_per_hour: number(v, &["costPerHr"]),
         gpu_model: v.get("machine").and_then(|m| text(m, &["gpuDisplayName"])),
+        endpoints,
     })
 }
 

@@ -134,13 +134,28 @@ pub fn parse_instance(v: &Value) -> Option<Instance> {
         Some(other) => InstanceState::Unknown(other.to_string()),
     };
     let ip = text(&v, &["ipAddress", "ip_address", "ip"]);
-    let forwarded_ssh = v
+    let forwards: Vec<(u16, u16)> = v
         .get("portForwards")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .find(|f| unsigned::<u16>(f, &["internal_port", "internalPort"]) == Some(22))
-        .and_then(|f| unsigned::<u16>(f, &["external_port", "externalPort"]));
+        .filter_map(|f| {
+            Some((
+                unsigned::<u16>(f, &["internal_port", "internalPort"])?,
+                unsigned::<u16>(f, &["external_port", "externalPort"])?,
+            ))
+        })
+        .collect();
+    let forwarded_ssh = forwards.iter().find(|(internal, _)| *internal == 22).map(|(_, external)| *external);
+    // With a dedicated IP every port is open as itself; a forward, when listed, wins.
+    let endpoints =
+        ip.iter()
+            .flat_map(|host| {
+                forwards.iter().filter(|(internal, _)| *internal != 22).map(|(internal, external)| {
+                    super::PortEndpoint { private_port: *internal, host: host.clone(), port: *external }
+                })
+            })
+            .collect();
     Some(Instance {
         provider: PROVIDER,
         id,
@@ -150,6 +165,7 @@ pub fn parse_instance(v: &Value) -> Option<Instance> {
         public_ip: ip,
         price_per_hour: number(&v, &["rateHourly", "rate_hourly"]),
         gpu_model: None,
+        endpoints,
     })
 }
 
@@ -163,9 +179,13 @@ fn merged(outer: &Value, attributes: &Value) -> Value {
 
 /// Cloud-init that installs the key for root and `user` with `runcmd` only,
 /// then runs the start script.
-pub fn cloud_init(public_key: &str, start_script: Option<&str>) -> Value {
+pub fn cloud_init(public_key: &str, env: &[(String, String)], start_script: Option<&str>) -> Value {
     let key = public_key.trim().replace('\'', "");
     let mut runcmd = Vec::new();
+    // A VM has no container env: export it system-wide.
+    for (name, value) in env {
+        runcmd.push(format!("echo '{name}={}' >> /etc/environment", value.replace('\'', "")));
+    }
     for home in ["/root", "/home/user"] {
         runcmd.push(format!("mkdir -p {home}/.ssh"));
         runcmd.push(format!("echo '{key}' >> {home}/.ssh/authorized_keys"));
@@ -223,7 +243,8 @@ impl Provider for TensorDock {
             "location_id": location_id,
             "useDedicatedIp": true,
             "ssh_key": request.ssh_public_key,
-            "cloud_init": cloud_init(&request.ssh_public_key, request.start_script.as_deref()),
+            "cloud_init": cloud_init(&request.ssh_public_key, &request.env, request.start_script.as_deref()),
+            "port_forwards": request.ports.iter().map(|p| json!({"internal_port": p, "external_port": p})).collect::<Vec<_>>(),
         }}});
         let reply = match self.call(Method::POST, "/instances", Some(&body), Idempotency::Unsafe).await {
             Err(ProviderError::Unavailable { message, .. }) if message.contains(NO_NODES) => {
@@ -293,11 +314,12 @@ mod tests {
 
     #[test]
     fn cloud_init_injects_the_key_for_root_and_user_with_runcmd_only() {
-        let init = cloud_init("ssh-ed25519 AAAAC3 gpu-shopper", Some("echo 'hi'"));
+        let init = cloud_init("ssh-ed25519 AAAAC3 gpu-shopper", &[("MODEL".into(), "llama".into())], Some("echo 'hi'"));
         assert!(init.get("write_files").is_none());
         let commands: Vec<&str> = init["runcmd"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
         assert!(commands.iter().any(|c| c.contains("/root/.ssh/authorized_keys") && c.contains("ssh-ed25519 AAAAC3")));
         assert!(commands.iter().any(|c| c.contains("/home/user/.ssh/authorized_keys")));
+        assert!(commands.contains(&"echo 'MODEL=llama' >> /etc/environment"));
         assert!(commands.last().unwrap().contains(r"'echo '\''hi'\'''"));
     }
 

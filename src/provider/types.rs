@@ -69,6 +69,14 @@ pub struct SshTarget {
     pub user: String,
 }
 
+/// Where a private port of the instance is reached from outside.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortEndpoint {
+    pub private_port: u16,
+    pub host: String,
+    pub port: u16,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Instance {
     pub provider: ProviderName,
@@ -80,6 +88,15 @@ pub struct Instance {
     pub public_ip: Option<String>,
     pub price_per_hour: Option<f64>,
     pub gpu_model: Option<String>,
+    /// Exposed ports other than SSH, once the marketplace reports them.
+    pub endpoints: Vec<PortEndpoint>,
+}
+
+impl Instance {
+    /// Where `private_port` is reached, if exposed.
+    pub fn endpoint(&self, private_port: u16) -> Option<&PortEndpoint> {
+        self.endpoints.iter().find(|e| e.private_port == private_port)
+    }
 }
 
 /// The name every instance is created with: `gpushopper.<deployment-id>.<session-uid>`.

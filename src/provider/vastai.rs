@@ -160,6 +160,7 @@ pub fn parse_instance(v: &Value) -> Option<Instance> {
         Some(other) => InstanceState::Unknown(other.to_string()),
     };
     let public_ip = text(v, &["public_ipaddr", "public_ip"]);
+    let public_ip_for_ports = public_ip.clone();
     let direct_port = v
         .get("ports")
         .and_then(|p| p.get("22/tcp"))
@@ -180,7 +181,24 @@ pub fn parse_instance(v: &Value) -> Option<Instance> {
         public_ip,
         price_per_hour: number(v, &["dph_total"]),
         gpu_model: text(v, &["gpu_name"]),
+        endpoints: endpoints(v, public_ip_for_ports.as_deref()),
     })
+}
+
+/// `{"8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "41000"}]}` -> endpoints (SSH excluded).
+fn endpoints(v: &Value, public_ip: Option<&str>) -> Vec<super::PortEndpoint> {
+    let Some(ports) = v.get("ports").and_then(Value::as_object) else { return Vec::new() };
+    ports
+        .iter()
+        .filter_map(|(key, mappings)| {
+            let private_port: u16 = key.split('/').next()?.parse().ok()?;
+            let mapping = mappings.as_array()?.first()?;
+            let port = unsigned::<u16>(mapping, &["HostPort"])?;
+            let host =
+                text(mapping, &["HostIp"]).filter(|ip| ip != "0.0.0.0").or_else(|| public_ip.map(str::to_string))?;
+            (private_port != 22).then_some(super::PortEndpoint { private_port, host, port })
+        })
+        .collect()
 }
 
 #[async_trait]
@@ -213,7 +231,11 @@ impl Provider for VastAi {
     }
 
     async fn create_instance(&self, request: &CreateRequest) -> Result<Instance, ProviderError> {
-        let env: serde_json::Map<String, Value> = request.env.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        let mut env: serde_json::Map<String, Value> = request.env.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        // Vast takes port mappings as docker flags inside env.
+        for port in &request.ports {
+            env.insert(format!("-p {port}:{port}"), json!("1"));
+        }
         let mut body = json!({
             "client_id": "me",
             "image": request.image,
@@ -267,6 +289,7 @@ impl Provider for VastAi {
             public_ip: None,
             price_per_hour: Some(request.offer.price_per_hour),
             gpu_model: Some(request.offer.gpu_model.clone()),
+            endpoints: Vec::new(),
         }))
     }
 

@@ -15,7 +15,34 @@ pub struct Market {
     pub keys: Keys,
     #[serde(default)]
     pub timings: Timings,
+    #[serde(default)]
+    pub inference: InferenceSettings,
     pub hosts: Vec<Host>,
+}
+
+/// How simulated model servers behave.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceSettings {
+    /// Time from instance start until the model answers.
+    pub load_ms: u64,
+    /// CUDA version an image needs when `images` does not name it.
+    pub default_requires_cuda: String,
+    /// CUDA version each image needs (its build's toolkit), by image name.
+    #[serde(default)]
+    pub images: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for InferenceSettings {
+    fn default() -> Self {
+        InferenceSettings { load_ms: 500, default_requires_cuda: "11.8".into(), images: Default::default() }
+    }
+}
+
+impl InferenceSettings {
+    pub fn requires_cuda(&self, image: &str) -> &str {
+        self.images.get(image).map(String::as_str).unwrap_or(&self.default_requires_cuda)
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

@@ -3,6 +3,7 @@
 //! against them unchanged. Holds a market, instances with a timed life and a
 //! bill, switchable faults, and a control endpoint for tests.
 
+pub mod inference;
 pub mod market;
 mod runpod;
 pub mod ssh;

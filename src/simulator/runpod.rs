@@ -13,7 +13,7 @@ use axum::routing::post;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::world::{SimInstance, SimState, World};
+use super::world::{NewInstance, SimInstance, SimState, World};
 use super::{Sim, bearer};
 use crate::crd::ProviderName;
 
@@ -120,7 +120,25 @@ fn deploy(sim: &Sim, input: &Value, interruptible: bool, field: &str) -> Respons
     let key = env.get("PUBLIC_KEY").cloned().unwrap_or_default();
     let name = input["name"].as_str().unwrap_or_default().to_string();
     let image = input["imageName"].as_str().unwrap_or_default().to_string();
-    let Ok(instance) = world.create(P, host, count, per_gpu * f64::from(count), name, key, image, env) else {
+    // "22/tcp,8000/http"
+    let ports: Vec<u16> = input["ports"]
+        .as_str()
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|p| p.split('/').next()?.trim().parse().ok())
+        .collect();
+    let new = NewInstance {
+        provider: P,
+        host,
+        gpu_count: count,
+        price_per_hour: per_gpu * f64::from(count),
+        label: name,
+        ssh_public_key: key,
+        image,
+        env,
+        ports,
+    };
+    let Ok(instance) = world.create(new) else {
         return graphql_error("Something went wrong (internal error).");
     };
     let faults = world.faults(P);
@@ -147,11 +165,13 @@ fn pod_json(world: &World, i: &SimInstance, now: Instant) -> Value {
     let state = world.state_of(i, now);
     let reachable = !world.faults.get(&P).is_some_and(|f| f.unreachable_instances);
     let runtime = (state == SimState::Running).then(|| {
-        let ports = if reachable {
-            json!([{"ip": "127.0.0.1", "isIpPublic": true, "privatePort": 22, "publicPort": i.ssh_port, "type": "tcp"}])
-        } else {
-            json!([])
-        };
+        let mut ports = Vec::new();
+        if reachable {
+            ports.push(json!({"ip": "127.0.0.1", "isIpPublic": true, "privatePort": 22, "publicPort": i.ssh_port, "type": "tcp"}));
+        }
+        for (private, public) in &i.port_map {
+            ports.push(json!({"ip": "127.0.0.1", "isIpPublic": true, "privatePort": private, "publicPort": public, "type": "http"}));
+        }
         json!({
             "uptimeInSeconds": now.duration_since(i.created).as_secs(),
             "ports": ports,

@@ -18,11 +18,15 @@ pub struct Machine {
     pub vram_mib: u64,
     pub driver: String,
     pub cuda: String,
+    /// No NVIDIA driver in the image: `nvidia-smi` is not found.
+    pub driver_missing: bool,
     pub env: BTreeMap<String, String>,
     /// Users that may log in (TensorDock: root and user; others: root).
     pub users: Vec<String>,
     /// authorized_keys, as OpenSSH lines; shared so a key attached later counts.
     pub authorized_keys: Arc<Mutex<Vec<String>>>,
+    /// Keys are refused before this moment (propagation delay).
+    pub keys_accepted_after: std::time::Instant,
 }
 
 /// Binds a loopback port and serves SSH on it until the task is aborted.
@@ -64,7 +68,8 @@ struct Connection {
 
 impl Connection {
     fn authorized(&self, user: &str, key: &PublicKey) -> bool {
-        if !self.machine.users.iter().any(|u| u == user) {
+        if !self.machine.users.iter().any(|u| u == user) || std::time::Instant::now() < self.machine.keys_accepted_after
+        {
             return false;
         }
         let keys = self.machine.authorized_keys.lock().unwrap_or_else(|p| p.into_inner());
@@ -74,6 +79,9 @@ impl Connection {
     /// `nvidia-smi` as the host really is.
     fn nvidia_smi(&self, command: &str) -> (String, u32) {
         let m = &self.machine;
+        if m.driver_missing {
+            return ("".into(), 127);
+        }
         if command.contains("--query-gpu") {
             let lines: String =
                 (0..m.gpu_count).map(|_| format!("NVIDIA {}, {}, {}, 0\n", m.gpu_name, m.vram_mib, m.driver)).collect();
@@ -122,7 +130,8 @@ impl russh::server::Handler for Connection {
         session.channel_success(channel)?;
         let (stdout, stderr, code) = if command.trim_start().starts_with("nvidia-smi") {
             let (out, code) = self.nvidia_smi(&command);
-            (out.into_bytes(), Vec::new(), code)
+            let err = if code == 127 { b"sh: 1: nvidia-smi: not found\n".to_vec() } else { Vec::new() };
+            (out.into_bytes(), err, code)
         } else {
             match tokio::process::Command::new("sh").arg("-c").arg(&command).envs(&self.machine.env).output().await {
                 Ok(output) => (output.stdout, output.stderr, output.status.code().unwrap_or(255) as u32),

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::market::Host;
-use super::world::{SimInstance, SimState, World};
+use super::world::{NewInstance, SimInstance, SimState, World};
 use super::{Sim, bearer};
 use crate::crd::ProviderName;
 
@@ -105,16 +105,30 @@ async fn create(State(sim): State<Arc<Sim>>, headers: HeaderMap, axum::Json(body
         .filter_map(Value::as_str)
         .any(|c| !key.is_empty() && c.contains(key.trim()) && c.contains("authorized_keys"));
     let key = if injected { key } else { String::new() };
-    let created = world.create(
-        P,
-        host.clone(),
-        count,
-        per_gpu * f64::from(count),
-        name,
-        key,
-        "ubuntu2404".into(),
-        BTreeMap::new(),
-    );
+    // A VM has no container env: the client exports it from cloud-init into /etc/environment.
+    let env: BTreeMap<String, String> = runcmd
+        .iter()
+        .filter_map(Value::as_str)
+        .filter_map(|c| c.strip_prefix("echo '")?.split_once("' >> /etc/environment").map(|(kv, _)| kv.to_string()))
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    let ports: Vec<u16> = attributes["port_forwards"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["internal_port"].as_u64().and_then(|p| u16::try_from(p).ok()))
+        .collect();
+    let created = world.create(NewInstance {
+        provider: P,
+        host: host.clone(),
+        gpu_count: count,
+        price_per_hour: per_gpu * f64::from(count),
+        label: name,
+        ssh_public_key: key,
+        image: "ubuntu2404".into(),
+        env,
+        ports,
+    });
     let Ok(instance) = created else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "could not start the simulated machine");
     };
@@ -144,7 +158,14 @@ fn instance_json(world: &World, i: &SimInstance, now: Instant) -> Value {
         "status": status,
         "ipAddress": "127.0.0.1",
         // The dedicated IP is loopback here, so SSH is reached through its forwarded port.
-        "portForwards": if reachable { json!([{"internal_port": 22, "external_port": i.ssh_port}]) } else { json!([]) },
+        "portForwards": if reachable {
+            std::iter::once((22, i.ssh_port))
+                .chain(i.port_map.iter().map(|(a, b)| (*a, *b)))
+                .map(|(internal, external)| json!({"internal_port": internal, "external_port": external}))
+                .collect::<Vec<_>>()
+        } else {
+            vec![]
+        },
         "rateHourly": i.price_per_hour,
     })
 }

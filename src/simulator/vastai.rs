@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::market::Host;
-use super::world::{SimInstance, SimState, World};
+use super::world::{NewInstance, SimInstance, SimState, World};
 use super::{Sim, bearer};
 use crate::crd::ProviderName;
 
@@ -132,16 +132,21 @@ async fn create(
         .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
         .unwrap_or_default();
     let bid = body.get("price").and_then(Value::as_f64);
-    let instance = world.create(
-        P,
-        host.clone(),
-        host.gpu_count,
-        bid.unwrap_or(host.price_per_hour),
-        body.get("label").and_then(Value::as_str).unwrap_or_default().to_string(),
-        String::new(), // attached afterwards through /instances/{id}/ssh/
-        body.get("image").and_then(Value::as_str).unwrap_or_default().to_string(),
+    // Vast takes port mappings as docker flags in env: {"-p 8000:8000": "1"}.
+    let ports: Vec<u16> =
+        env.keys().filter_map(|k| k.strip_prefix("-p ")?.split(':').next_back()?.parse().ok()).collect();
+    let env = env.into_iter().filter(|(k, _)| !k.starts_with('-')).collect();
+    let instance = world.create(NewInstance {
+        provider: P,
+        host: host.clone(),
+        gpu_count: host.gpu_count,
+        price_per_hour: bid.unwrap_or(host.price_per_hour),
+        label: body.get("label").and_then(Value::as_str).unwrap_or_default().to_string(),
+        ssh_public_key: String::new(), // attached afterwards through /instances/{id}/ssh/
+        image: body.get("image").and_then(Value::as_str).unwrap_or_default().to_string(),
         env,
-    );
+        ports,
+    });
     let Ok(instance) = instance else {
         return fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", "could not start the simulated machine");
     };
@@ -173,6 +178,7 @@ fn instance_json(world: &World, i: &SimInstance, now: Instant) -> Value {
         "intended_status": "running",
         "status_msg": format!("{state:?}"),
         "public_ipaddr": "127.0.0.1",
+        "ports": if reachable { port_json(i) } else { json!({}) },
         "ssh_host": if reachable { json!("127.0.0.1") } else { Value::Null },
         "ssh_port": if reachable { json!(i.ssh_port) } else { Value::Null },
         "dph_total": i.price_per_hour,
@@ -182,6 +188,15 @@ fn instance_json(world: &World, i: &SimInstance, now: Instant) -> Value {
         "driver_version": i.host.driver,
         "image_uuid": i.image,
     })
+}
+
+fn port_json(i: &SimInstance) -> Value {
+    let mut ports = serde_json::Map::new();
+    ports.insert("22/tcp".into(), json!([{"HostIp": "127.0.0.1", "HostPort": i.ssh_port.to_string()}]));
+    for (private, public) in &i.port_map {
+        ports.insert(format!("{private}/tcp"), json!([{"HostIp": "127.0.0.1", "HostPort": public.to_string()}]));
+    }
+    Value::Object(ports)
 }
 
 async fn list(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {

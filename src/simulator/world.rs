@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::market::{Host, Market};
-use super::ssh;
+use super::{inference, ssh};
 use crate::crd::ProviderName;
 
 /// Faults a test can switch on for one marketplace. Counters count down per call.
@@ -40,6 +40,10 @@ pub struct Faults {
     pub unreachable_instances: bool,
     /// The next N destroys fail with 500.
     pub destroy_failures: u32,
+    /// The instance's key is refused for this long after create (seen: 10-15 s on Vast).
+    pub key_delay_ms: u64,
+    /// The image has no NVIDIA driver: `nvidia-smi` is not found.
+    pub driver_missing: bool,
     /// Creates fail: the account has no credit.
     pub insufficient_funds: bool,
 }
@@ -69,6 +73,22 @@ pub struct SimInstance {
     pub destroyed: Option<Instant>,
     /// Loopback port of the instance's SSH server.
     pub ssh_port: u16,
+    /// Requested private port -> loopback port of its model server.
+    pub port_map: BTreeMap<u16, u16>,
+}
+
+/// What a create call asks for.
+pub struct NewInstance {
+    pub provider: ProviderName,
+    pub host: Host,
+    pub gpu_count: u32,
+    pub price_per_hour: f64,
+    pub label: String,
+    pub ssh_public_key: String,
+    pub image: String,
+    pub env: BTreeMap<String, String>,
+    /// Private ports to serve (an OpenAI-compatible model server on each).
+    pub ports: Vec<u16>,
 }
 
 impl SimInstance {
@@ -107,7 +127,7 @@ pub struct World {
     pub faults: BTreeMap<ProviderName, Faults>,
     pub instances: Vec<SimInstance>,
     pub calls: Vec<CallRecord>,
-    ssh_servers: BTreeMap<String, tokio::task::JoinHandle<()>>,
+    servers: BTreeMap<String, Vec<tokio::task::JoinHandle<()>>>,
     next_id: u64,
 }
 
@@ -119,7 +139,7 @@ impl World {
             instances: Vec::new(),
             calls: Vec::new(),
             next_id: 1_000_001,
-            ssh_servers: BTreeMap::new(),
+            servers: BTreeMap::new(),
         }
     }
 
@@ -150,53 +170,62 @@ impl World {
         }
     }
 
-    /// Creates an instance and starts its SSH server (must run inside a tokio runtime).
-    #[allow(clippy::too_many_arguments)]
-    pub fn create(
-        &mut self,
-        provider: ProviderName,
-        host: Host,
-        gpu_count: u32,
-        price_per_hour: f64,
-        label: String,
-        ssh_public_key: String,
-        image: String,
-        env: BTreeMap<String, String>,
-    ) -> std::io::Result<SimInstance> {
+    /// Creates an instance and starts its SSH server and model servers (inside a tokio runtime).
+    pub fn create(&mut self, new: NewInstance) -> std::io::Result<SimInstance> {
         let id = self.next_id.to_string();
         self.next_id += 1;
+        let faults = self.faults(new.provider).clone();
         let authorized_keys = Arc::new(Mutex::new(Vec::new()));
-        let users = match provider {
+        let users = match new.provider {
             ProviderName::Tensordock => vec!["root".to_string(), "user".to_string()],
             _ => vec!["root".to_string()],
         };
         let machine = ssh::Machine {
-            gpu_name: host.gpu.clone(),
-            gpu_count,
-            vram_mib: u64::from(host.vram_gb) * 1024,
-            driver: host.driver.clone(),
-            cuda: host.real_cuda().to_string(),
-            env: env.clone(),
+            gpu_name: new.host.gpu.clone(),
+            gpu_count: new.gpu_count,
+            vram_mib: u64::from(new.host.vram_gb) * 1024,
+            driver: new.host.driver.clone(),
+            cuda: new.host.real_cuda().to_string(),
+            driver_missing: faults.driver_missing,
+            env: new.env.clone(),
             users,
             authorized_keys: authorized_keys.clone(),
+            keys_accepted_after: std::time::Instant::now() + Duration::from_millis(faults.key_delay_ms),
         };
-        let (ssh_port, server) = ssh::serve(machine)?;
-        self.ssh_servers.insert(id.clone(), server);
+        let (ssh_port, ssh_server) = ssh::serve(machine)?;
+        let mut tasks = vec![ssh_server];
+        let mut port_map = BTreeMap::new();
+        let settings = &self.market.inference;
+        for port in new.ports.iter().copied().filter(|p| *p != 22) {
+            let server = inference::ModelServer {
+                model: new.env.get("GPU_SHOPPER_MODEL").cloned().unwrap_or_else(|| "unnamed-model".into()),
+                load_time: Duration::from_millis(
+                    self.market.timings.created_ms + self.market.timings.loading_ms + settings.load_ms,
+                ),
+                host_cuda: inference::cuda_pair(new.host.real_cuda()),
+                image_needs_cuda: inference::cuda_pair(settings.requires_cuda(&new.image)),
+            };
+            let (public, task) = inference::serve(server)?;
+            port_map.insert(port, public);
+            tasks.push(task);
+        }
+        self.servers.insert(id.clone(), tasks);
         let instance = SimInstance {
             id,
-            provider,
-            label,
-            host,
-            gpu_count,
-            price_per_hour,
+            provider: new.provider,
+            label: new.label,
+            host: new.host,
+            gpu_count: new.gpu_count,
+            price_per_hour: new.price_per_hour,
             authorized_keys,
-            image,
-            env,
+            image: new.image,
+            env: new.env,
             created: Instant::now(),
             destroyed: None,
             ssh_port,
+            port_map,
         };
-        instance.authorize(&ssh_public_key);
+        instance.authorize(&new.ssh_public_key);
         self.instances.push(instance.clone());
         Ok(instance)
     }
@@ -214,7 +243,7 @@ impl World {
         match self.instances.iter_mut().find(|i| i.provider == provider && i.id == id && i.destroyed.is_none()) {
             Some(instance) => {
                 instance.destroyed = Some(Instant::now());
-                if let Some(server) = self.ssh_servers.remove(id) {
+                for server in self.servers.remove(id).into_iter().flatten() {
                     server.abort();
                 }
                 true
