@@ -247,3 +247,37 @@ async fn a_missing_driver_and_a_late_key_look_like_the_real_failures() {
     assert_eq!(out.exit_code, Some(127));
     assert!(out.stderr.contains("nvidia-smi: not found"));
 }
+
+#[tokio::test]
+async fn the_control_endpoint_shows_instances_and_switches_faults_and_utilisation() {
+    let sim = sim().await;
+    let vast = client(&sim, ProviderName::Vastai);
+    let pair = keys::generate("session").unwrap();
+    let key = Arc::new(keys::parse_private(&pair.private_openssh).unwrap());
+    let (instance, endpoint) = rent(&vast, "4090", &pair.public_openssh).await;
+    let http = reqwest::Client::new();
+
+    let state: serde_json::Value =
+        http.get(format!("{}/state", sim.control_url)).send().await.unwrap().json().await.unwrap();
+    let listed = &state["instances"][0];
+    assert_eq!(listed["id"], instance.id.as_str());
+    assert_eq!(listed["label"], "gpushopper.ssh-test.uid");
+    assert!(state["calls"].as_array().unwrap().iter().any(|c| c["path"] == "/asks/{id}/"));
+
+    let busy = http
+        .put(format!("{}/instances/{}/utilization", sim.control_url, instance.id))
+        .json(&serde_json::json!({"percent": 87}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(busy.status(), 204);
+    let query = "nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits";
+    let out = ssh::run(&target(&endpoint, "root", None), key, query, TIMEOUT).await.unwrap();
+    assert!(out.stdout.trim().ends_with(", 87"), "{}", out.stdout);
+
+    let faults = serde_json::json!({"authFailure": true});
+    let set = http.put(format!("{}/faults/vastai", sim.control_url)).json(&faults).send().await.unwrap();
+    assert_eq!(set.status(), 204);
+    let refused = vast.list_instances("ssh-test").await.unwrap_err();
+    assert!(matches!(refused, gpu_shopper::provider::ProviderError::AuthFailed { .. }));
+}

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::error::{NextStep, ProviderError};
 use super::http::{CallPolicy, Idempotency, Transport, parse_json};
 use super::json::{number, text, unsigned};
-use super::types::{CreateRequest, Instance, InstanceLabel, InstanceState, Offer, SshTarget};
+use super::types::{CreateRequest, Instance, InstanceLabel, InstanceState, Offer, SshTarget, display_gpu_model};
 use super::{OfferQuery, Provider};
 use crate::crd::{Billing, ProviderName};
 
@@ -119,7 +119,7 @@ pub fn parse_gpu_types(data: &Value, gpu_count: u32, billing: Billing) -> Option
         let base = |offer_id: String, per_gpu: f64, interruptible: bool| Offer {
             provider: PROVIDER,
             id: offer_id,
-            gpu_model: text(gpu, &["displayName"]).unwrap_or_else(|| id.clone()),
+            gpu_model: display_gpu_model(&text(gpu, &["displayName"]).unwrap_or_else(|| id.clone())),
             gpu_count,
             vram_gb: unsigned::<u32>(gpu, &["memoryInGb"]).unwrap_or(0),
             cuda_version: None,

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::error::ProviderError;
 use super::http::{CallPolicy, Idempotency, Reply, Transport, parse_json};
 use super::json::{country_suffix, number, text, unsigned};
-use super::types::{CreateRequest, Instance, InstanceLabel, InstanceState, Offer, SshTarget};
+use super::types::{CreateRequest, Instance, InstanceLabel, InstanceState, Offer, SshTarget, display_gpu_model};
 use super::{OfferQuery, Provider};
 use crate::crd::ProviderName;
 
@@ -91,7 +91,9 @@ pub fn parse_locations(body: &Value, gpu_count: u32) -> Option<Vec<Offer>> {
             offers.push(Offer {
                 provider: PROVIDER,
                 id: format!("{location_id}/{v0_name}"),
-                gpu_model: text(gpu, &["displayName", "display_name"]).unwrap_or_else(|| model_from_v0_name(&v0_name)),
+                gpu_model: display_gpu_model(
+                    &text(gpu, &["displayName", "display_name"]).unwrap_or_else(|| model_from_v0_name(&v0_name)),
+                ),
                 gpu_count,
                 vram_gb: vram_from_v0_name(&v0_name).unwrap_or(0),
                 cuda_version: None, // TensorDock does not advertise it: only the box can tell

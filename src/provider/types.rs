@@ -132,6 +132,26 @@ impl fmt::Display for InstanceLabel {
     }
 }
 
+/// The GPU model as shown across marketplaces: vendor words, form factor and
+/// memory size dropped ("NVIDIA GeForce RTX 4090 PCIe 24GB" -> "RTX 4090",
+/// "A100 SXM4 80GB" -> "A100"); memory is `vram_gb`'s job.
+pub fn display_gpu_model(name: &str) -> String {
+    let kept: Vec<String> = name
+        .split(|c: char| c.is_whitespace() || c == '_' || c == '-')
+        .filter(|t| !t.is_empty())
+        .filter(|t| {
+            let lower = t.to_ascii_lowercase();
+            let is_memory = lower.ends_with("gb") && lower[..lower.len() - 2].chars().all(|c| c.is_ascii_digit());
+            !(is_memory
+                || ["nvidia", "geforce", "tesla", "pcie", "nvl", "sxm"].contains(&lower.as_str())
+                || lower.starts_with("sxm")
+                || lower.starts_with("hbm"))
+        })
+        .map(|t| t.to_ascii_uppercase())
+        .collect();
+    if kept.is_empty() { name.trim().to_string() } else { kept.join(" ") }
+}
+
 /// Normalises a GPU model name for comparison: case, spaces, dashes and
 /// vendor words do not matter ("NVIDIA GeForce RTX 4090" == "rtx-4090").
 pub fn gpu_model_key(name: &str) -> String {
@@ -156,6 +176,16 @@ mod tests {
         // "prod" is a prefix of "prod-eu" as text, but not as a label.
         let eu = InstanceLabel::parse("gpushopper.prod-eu.uid").unwrap();
         assert_ne!(eu.deployment_id, "prod");
+    }
+
+    #[test]
+    fn gpu_models_display_the_same_across_marketplaces() {
+        assert_eq!(display_gpu_model("NVIDIA GeForce RTX 4090 PCIe 24GB"), "RTX 4090");
+        assert_eq!(display_gpu_model("RTX 4090"), "RTX 4090");
+        assert_eq!(display_gpu_model("A100 SXM4 80GB"), "A100");
+        assert_eq!(display_gpu_model("NVIDIA H100 80GB HBM3"), "H100");
+        assert_eq!(display_gpu_model("RTX A6000"), "RTX A6000");
+        assert_eq!(display_gpu_model("geforcertx4090"), "GEFORCERTX4090");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::error::ProviderError;
 use super::http::{CallPolicy, Idempotency, Reply, Transport, parse_json};
 use super::json::{boolean, country_suffix, cuda_version, number, text, unsigned};
-use super::types::{CreateRequest, Instance, InstanceLabel, InstanceState, Offer, SshTarget};
+use super::types::{CreateRequest, Instance, InstanceLabel, InstanceState, Offer, SshTarget, display_gpu_model};
 use super::{OfferQuery, Provider};
 use crate::crd::{Billing, ProviderName};
 
@@ -125,7 +125,7 @@ pub fn parse_offer(v: &Value, interruptible: bool) -> Option<Offer> {
     Some(Offer {
         provider: PROVIDER,
         id,
-        gpu_model: text(v, &["gpu_name"])?,
+        gpu_model: display_gpu_model(&text(v, &["gpu_name"])?),
         gpu_count,
         vram_gb: (number(v, &["gpu_ram"]).unwrap_or(0.0) / 1024.0).round() as u32,
         cuda_version: number(v, &["cuda_max_good"]).and_then(|c| cuda_version(&format!("{c}"))),

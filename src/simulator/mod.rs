@@ -161,6 +161,7 @@ fn control_router(sim: Arc<Sim>) -> Router {
     Router::new()
         .route("/state", get(control_state))
         .route("/faults/{provider}", put(control_set_faults))
+        .route("/instances/{id}/utilization", put(control_set_utilization))
         .with_state(sim)
 }
 
@@ -168,6 +169,23 @@ async fn control_state(State(sim): State<Arc<Sim>>) -> Response {
     let world = sim.world();
     let faults: BTreeMap<_, _> = world.faults.clone();
     axum::Json(json!({"instances": world.report(), "calls": world.calls, "faults": faults})).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct Utilization {
+    percent: u32,
+}
+
+async fn control_set_utilization(
+    State(sim): State<Arc<Sim>>,
+    Path(id): Path<String>,
+    axum::Json(body): axum::Json<Utilization>,
+) -> Response {
+    if sim.world().set_utilization(&id, body.percent) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        (StatusCode::NOT_FOUND, "no live instance with that id").into_response()
+    }
 }
 
 async fn control_set_faults(

@@ -175,7 +175,7 @@ fn pod_json(world: &World, i: &SimInstance, now: Instant) -> Value {
         json!({
             "uptimeInSeconds": now.duration_since(i.created).as_secs(),
             "ports": ports,
-            "gpus": (0..i.gpu_count).map(|n| json!({"id": format!("GPU-{n}"), "gpuUtilPercent": 0, "memoryUtilPercent": 0})).collect::<Vec<_>>(),
+            "gpus": (0..i.gpu_count).map(|n| json!({"id": format!("GPU-{n}"), "gpuUtilPercent": i.gpu_utilization.load(std::sync::atomic::Ordering::Relaxed), "memoryUtilPercent": 0})).collect::<Vec<_>>(),
         })
     });
     json!({

@@ -25,6 +25,8 @@ pub struct Machine {
     pub users: Vec<String>,
     /// authorized_keys, as OpenSSH lines; shared so a key attached later counts.
     pub authorized_keys: Arc<Mutex<Vec<String>>>,
+    /// GPU utilisation in percent, shared with the simulator's control endpoint.
+    pub gpu_utilization: Arc<std::sync::atomic::AtomicU32>,
     /// Keys are refused before this moment (propagation delay).
     pub keys_accepted_after: std::time::Instant,
 }
@@ -82,9 +84,11 @@ impl Connection {
         if m.driver_missing {
             return ("".into(), 127);
         }
+        let util = m.gpu_utilization.load(std::sync::atomic::Ordering::Relaxed);
         if command.contains("--query-gpu") {
-            let lines: String =
-                (0..m.gpu_count).map(|_| format!("NVIDIA {}, {}, {}, 0\n", m.gpu_name, m.vram_mib, m.driver)).collect();
+            let lines: String = (0..m.gpu_count)
+                .map(|_| format!("NVIDIA {}, {}, {}, {util}\n", m.gpu_name, m.vram_mib, m.driver))
+                .collect();
             return (lines, 0);
         }
         let mut out = format!(
@@ -95,7 +99,7 @@ impl Connection {
         );
         for n in 0..m.gpu_count {
             out.push_str(&format!(
-                "|   {n}  NVIDIA {}   On  |   {}MiB / {}MiB |      0%      Default |\n",
+                "|   {n}  NVIDIA {}   On  |   {}MiB / {}MiB |    {util:>3}%      Default |\n",
                 m.gpu_name, 1, m.vram_mib
             ));
         }

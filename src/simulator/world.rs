@@ -2,6 +2,7 @@
 //! the faults a test has switched on, and every call received.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,6 +76,8 @@ pub struct SimInstance {
     pub ssh_port: u16,
     /// Requested private port -> loopback port of its model server.
     pub port_map: BTreeMap<u16, u16>,
+    /// GPU utilisation `nvidia-smi` reports, in percent; tests set it to make a machine busy or idle.
+    pub gpu_utilization: Arc<AtomicU32>,
 }
 
 /// What a create call asks for.
@@ -176,6 +179,7 @@ impl World {
         self.next_id += 1;
         let faults = self.faults(new.provider).clone();
         let authorized_keys = Arc::new(Mutex::new(Vec::new()));
+        let gpu_utilization = Arc::new(AtomicU32::new(0));
         let users = match new.provider {
             ProviderName::Tensordock => vec!["root".to_string(), "user".to_string()],
             _ => vec!["root".to_string()],
@@ -190,6 +194,7 @@ impl World {
             env: new.env.clone(),
             users,
             authorized_keys: authorized_keys.clone(),
+            gpu_utilization: gpu_utilization.clone(),
             keys_accepted_after: std::time::Instant::now() + Duration::from_millis(faults.key_delay_ms),
         };
         let (ssh_port, ssh_server) = ssh::serve(machine)?;
@@ -224,6 +229,7 @@ impl World {
             destroyed: None,
             ssh_port,
             port_map,
+            gpu_utilization,
         };
         instance.authorize(&new.ssh_public_key);
         self.instances.push(instance.clone());
@@ -246,6 +252,17 @@ impl World {
                 for server in self.servers.remove(id).into_iter().flatten() {
                     server.abort();
                 }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sets the GPU utilisation of a live instance; `false` when there is none with that id.
+    pub fn set_utilization(&self, id: &str, percent: u32) -> bool {
+        match self.instances.iter().find(|i| i.id == id && i.destroyed.is_none()) {
+            Some(instance) => {
+                instance.gpu_utilization.store(percent.min(100), Ordering::Relaxed);
                 true
             }
             None => false,
