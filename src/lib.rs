@@ -7,6 +7,7 @@ pub mod crd;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod market;
 pub mod metrics;
 pub mod probe;
 pub mod provider;

@@ -1,0 +1,110 @@
+//! Does an offer satisfy the requirements? Applied to every offer whatever the
+//! marketplace already filtered, so that all three are held to the same rules.
+
+use crate::crd::{Billing, OfferRequirements};
+use crate::provider::Offer;
+use crate::provider::types::gpu_model_key;
+
+/// "12.10" >= "12.9": versions compare as numbers, not text.
+pub fn cuda_at_least(version: &str, minimum: &str) -> bool {
+    fn parse(v: &str) -> Option<(u32, u32)> {
+        let mut parts = v.trim().split('.');
+        Some((parts.next()?.parse().ok()?, parts.next().map(|m| m.parse().ok()).unwrap_or(Some(0))?))
+    }
+    match (parse(version), parse(minimum)) {
+        (Some(have), Some(need)) => have >= need,
+        _ => false,
+    }
+}
+
+/// `true` when `offer` meets every requirement. A requirement on something the
+/// marketplace does not report (reliability, speeds) is not met: unknown is not good enough.
+/// An offer that advertises no CUDA passes a CUDA minimum here; the machine proves it later.
+pub fn matches(offer: &Offer, r: &OfferRequirements) -> bool {
+    let at_least = |value: Option<f64>, min: Option<f64>| min.is_none_or(|min| value.is_some_and(|v| v >= min));
+    (r.providers.is_empty() || r.providers.contains(&offer.provider))
+        && (r.gpu_models.is_empty() || r.gpu_models.iter().any(|m| gpu_model_key(m) == gpu_model_key(&offer.gpu_model)))
+        && r.gpu_count.is_none_or(|n| offer.gpu_count == n)
+        && r.min_vram_gb.is_none_or(|v| offer.vram_gb >= v)
+        && r.max_price_per_hour.is_none_or(|p| offer.price_per_hour <= p)
+        && match (&r.min_cuda_version, &offer.cuda_version) {
+            (Some(min), Some(advertised)) => cuda_at_least(advertised, min),
+            _ => true,
+        }
+        && !offer.country.as_ref().is_some_and(|c| r.excluded_countries.iter().any(|x| x.eq_ignore_ascii_case(c)))
+        && !offer.location.as_ref().is_some_and(|l| {
+            let l = l.to_ascii_lowercase();
+            r.excluded_regions.iter().any(|region| l.contains(&region.to_ascii_lowercase()))
+        })
+        && at_least(offer.reliability, r.min_reliability)
+        && at_least(offer.download_mbps, r.min_download_mbps)
+        && at_least(offer.upload_mbps, r.min_upload_mbps)
+        && match r.billing.unwrap_or_default() {
+            Billing::OnDemand => !offer.interruptible,
+            Billing::Interruptible => offer.interruptible,
+            Billing::Any => true,
+        }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::ProviderName;
+
+    fn offer() -> Offer {
+        Offer {
+            provider: ProviderName::Vastai,
+            id: "1".into(),
+            gpu_model: "RTX 4090".into(),
+            gpu_count: 1,
+            vram_gb: 24,
+            cuda_version: Some("12.4".into()),
+            driver_version: None,
+            price_per_hour: 0.4,
+            reliability: Some(0.99),
+            location: Some("Texas, US".into()),
+            country: Some("US".into()),
+            download_mbps: Some(500.0),
+            upload_mbps: None,
+            interruptible: false,
+            host_id: None,
+        }
+    }
+
+    #[test]
+    fn cuda_versions_compare_numerically() {
+        assert!(cuda_at_least("12.10", "12.9"));
+        assert!(!cuda_at_least("12.8", "12.9"));
+        assert!(cuda_at_least("13", "12.9"));
+        assert!(!cuda_at_least("garbage", "12.0"));
+    }
+
+    #[test]
+    fn every_requirement_can_refuse_an_offer() {
+        let o = offer();
+        assert!(matches(&o, &OfferRequirements::default()));
+        let refusing = [
+            OfferRequirements { gpu_models: vec!["A100".into()], ..Default::default() },
+            OfferRequirements { gpu_count: Some(2), ..Default::default() },
+            OfferRequirements { min_vram_gb: Some(48), ..Default::default() },
+            OfferRequirements { max_price_per_hour: Some(0.3), ..Default::default() },
+            OfferRequirements { min_cuda_version: Some("12.6".into()), ..Default::default() },
+            OfferRequirements { providers: vec![ProviderName::Runpod], ..Default::default() },
+            OfferRequirements { excluded_countries: vec!["us".into()], ..Default::default() },
+            OfferRequirements { excluded_regions: vec!["texas".into()], ..Default::default() },
+            OfferRequirements { min_reliability: Some(0.995), ..Default::default() },
+            OfferRequirements { min_upload_mbps: Some(10.0), ..Default::default() },
+            OfferRequirements { billing: Some(Billing::Interruptible), ..Default::default() },
+        ];
+        for r in refusing {
+            assert!(!matches(&o, &r), "{r:?} should refuse the offer");
+        }
+        let accepting = OfferRequirements {
+            gpu_models: vec!["nvidia geforce rtx-4090".into()],
+            min_cuda_version: Some("12.4".into()),
+            billing: Some(Billing::Any),
+            ..Default::default()
+        };
+        assert!(matches(&o, &accepting));
+    }
+}

@@ -1,0 +1,59 @@
+//! Searches every allowed marketplace at once, each bounded by its own
+//! timeout, so that a slow or failing marketplace degrades only itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::crd::{OfferRequirements, ProviderName};
+use crate::provider::{Offer, OfferQuery, Provider, ProviderError};
+
+/// A marketplace that could not be searched, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProviderFailure {
+    pub provider: ProviderName,
+    pub error: ProviderError,
+}
+
+/// What the market offers now for some requirements.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MarketView {
+    /// Matching offers, best first.
+    pub offers: Vec<Offer>,
+    /// Marketplaces that were searched successfully.
+    pub searched: Vec<ProviderName>,
+    pub failures: Vec<ProviderFailure>,
+}
+
+/// Searches the marketplaces `requirements` allow, concurrently.
+pub async fn search(
+    providers: &[Arc<dyn Provider>],
+    requirements: &OfferRequirements,
+    timeout: Duration,
+) -> MarketView {
+    let query = OfferQuery { requirements: requirements.clone(), limit: 200 };
+    let allowed =
+        providers.iter().filter(|p| requirements.providers.is_empty() || requirements.providers.contains(&p.name()));
+    let searches = allowed.map(|provider| {
+        let query = &query;
+        async move {
+            let name = provider.name();
+            let result = match tokio::time::timeout(timeout, provider.search_offers(query)).await {
+                Ok(result) => result,
+                Err(_) => Err(ProviderError::Timeout { provider: name, timeout }),
+            };
+            (name, result)
+        }
+    });
+    let mut view = MarketView::default();
+    for (provider, result) in futures::future::join_all(searches).await {
+        match result {
+            Ok(offers) => {
+                view.searched.push(provider);
+                view.offers.extend(offers.into_iter().filter(|o| super::matches(o, requirements)));
+            }
+            Err(error) => view.failures.push(ProviderFailure { provider, error }),
+        }
+    }
+    super::rank(&mut view.offers);
+    view
+}
