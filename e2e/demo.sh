@@ -23,21 +23,37 @@ k wait --for condition=established --timeout=60s crd/gpusessions.gpushopper.dev 
 ns=gpu-shopper-demo
 k create namespace "$ns" --dry-run=client -o yaml | k apply -f - >/dev/null
 
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+if [[ -z ${VASTAI_API_KEY:-}${TENSORDOCK_API_TOKEN:-}${RUNPOD_API_KEY:-} ]]; then
+  say "no provider credentials given: starting the simulated marketplaces (gpu-shopper simulate)"
+  sim_env=$(mktemp -t gpu-shopper-sim.XXXXXX.env)
+  target/debug/gpu-shopper simulate >"$sim_env" 2>/dev/null &
+  pids+=($!)
+  for _ in $(seq 100); do grep -q RUNPOD_BASE_URL "$sim_env" && break; sleep 0.1; done
+  # shellcheck disable=SC1090
+  source <(grep '^export ' "$sim_env")
+  grep '^#' "$sim_env"
+fi
+
 port=$(( 20000 + RANDOM % 20000 ))
 log=$(mktemp -t gpu-shopper-demo.XXXXXX.log)
 say "starting the operator (log: $log)"
 KUBECONFIG=$kubeconfig DEPLOYMENT_ID=${DEPLOYMENT_ID:-demo} WATCH_NAMESPACE=$ns HTTP_ADDR=127.0.0.1:$port \
   target/debug/gpu-shopper controller >"$log" 2>&1 &
-controller=$!
-trap 'kill $controller 2>/dev/null || true' EXIT
+pids+=($!)
 for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
 curl -sS "http://127.0.0.1:$port/readyz"
 
 say "applying deploy/examples"
 k -n "$ns" apply -f deploy/examples/
-for gs in $(k -n "$ns" get gs -o name); do
-  k -n "$ns" wait "$gs" --for=jsonpath='{.status.observedGeneration}'=1 --timeout=60s >/dev/null
+for obj in $(k -n "$ns" get gs,gof -o name); do
+  k -n "$ns" wait "$obj" --for=jsonpath='{.status.observedGeneration}'=1 --timeout=60s >/dev/null
 done
+
+say "the live market for the filter (kubectl get gof cheap-4090 -o yaml, status)"
+k -n "$ns" get gof cheap-4090 -o jsonpath='{range .status.bestOffers[*]}{.provider}{"\t"}{.gpuModel}{"\t"}{.vramGb}GiB{"\t"}CUDA {.cudaVersion}{"\t"}${.pricePerHour}/h{"\t"}{.location}{"\n"}{end}'
+k -n "$ns" get gof cheap-4090 -o jsonpath='{.status.conditions[?(@.type=="MarketSearched")].message}{"\n"}'
 
 say "kubectl get gof,gs"
 k -n "$ns" get gof,gs -o wide
@@ -47,6 +63,6 @@ k -n "$ns" get gs -o jsonpath='{range .items[*]}{.metadata.name}: {.status.condi
 say "deleting the sessions: the finalizer holds each until the operator's cleanup ran"
 k -n "$ns" delete gs --all --wait=true --timeout=60s
 k -n "$ns" get events --field-selector reason=CleanupComplete -o custom-columns=SESSION:.involvedObject.name,REASON:.reason,MESSAGE:.message
-k -n "$ns" delete gof --all >/dev/null
+k delete namespace "$ns" --wait=false >/dev/null
 
 say "done. The control plane keeps running for the next run; stop it with tests/control-plane/stop.sh"

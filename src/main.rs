@@ -9,6 +9,7 @@ use gpu_shopper::config::Config;
 use gpu_shopper::controller::{self, Context};
 use gpu_shopper::http::{self, Health};
 use gpu_shopper::metrics::Metrics;
+use gpu_shopper::provider::http::CallPolicy;
 use gpu_shopper::{crd, simulator, telemetry};
 
 /// Rents GPUs from cheap marketplaces for a Kubernetes cluster, proves they work, and never leaves one billing.
@@ -131,7 +132,8 @@ async fn controller_main(config: Arc<Config>) -> Result<(), String> {
     let health = Arc::new(Health { ready: false.into(), providers, metrics: metrics.clone() });
     let http_addr = config.http_addr;
     let server = tokio::spawn(http::serve(http_addr, health.clone()));
-    let ctx = Arc::new(Context::new(client, config, metrics));
+    let providers = gpu_shopper::provider::from_config(&config, &CallPolicy::default());
+    let ctx = Arc::new(Context::new(client, config, providers, metrics));
     tokio::select! {
         result = controller::run(ctx, health) => result.map_err(|e| e.to_string()),
         result = server => Err(match result {

@@ -14,6 +14,7 @@ use rand::Rng;
 use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::{ControllerLabels, ErrorLabels, Metrics};
+use crate::provider::Provider;
 
 /// Name of this controller in Events and field managers.
 pub const CONTROLLER_NAME: &str = "gpu-shopper";
@@ -21,6 +22,8 @@ pub const CONTROLLER_NAME: &str = "gpu-shopper";
 pub struct Context {
     pub client: Client,
     pub config: Arc<Config>,
+    /// A client per marketplace with credentials.
+    pub providers: Vec<Arc<dyn Provider>>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     /// Consecutive failures per object, for exponential backoff.
@@ -28,10 +31,10 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(client: Client, config: Arc<Config>, providers: Vec<Arc<dyn Provider>>, metrics: Arc<Metrics>) -> Self {
         let reporter = Reporter { controller: CONTROLLER_NAME.into(), instance: config.instance_name.clone() };
         let recorder = Recorder::new(client.clone(), reporter);
-        Context { client, config, metrics, recorder, failures: Mutex::default() }
+        Context { client, config, providers, metrics, recorder, failures: Mutex::default() }
     }
 
     /// Records a successful reconcile: the object's backoff starts over.
