@@ -1,10 +1,16 @@
 //! The market: every configured marketplace searched at once, offers filtered
 //! against the requirements and ranked.
 
+pub mod bad_hosts;
+pub mod cache;
 pub mod filter;
+pub mod merge;
 pub mod rank;
 pub mod search;
 
+pub use bad_hosts::BadHosts;
+pub use cache::OfferCache;
 pub use filter::{cuda_at_least, matches};
+pub use merge::merge;
 pub use rank::rank;
-pub use search::{MarketView, ProviderFailure, search};
+pub use search::{MarketView, ProviderFailure, search, search_cached};

@@ -30,6 +30,16 @@ pub async fn search(
     requirements: &OfferRequirements,
     timeout: Duration,
 ) -> MarketView {
+    search_cached(providers, requirements, timeout, None).await
+}
+
+/// Like `search`, answering from `cache` where it is fresh and filling it.
+pub async fn search_cached(
+    providers: &[Arc<dyn Provider>],
+    requirements: &OfferRequirements,
+    timeout: Duration,
+    cache: Option<&super::OfferCache>,
+) -> MarketView {
     let query = OfferQuery { requirements: requirements.clone(), limit: 200 };
     let allowed =
         providers.iter().filter(|p| requirements.providers.is_empty() || requirements.providers.contains(&p.name()));
@@ -37,10 +47,16 @@ pub async fn search(
         let query = &query;
         async move {
             let name = provider.name();
+            if let Some(offers) = cache.and_then(|c| c.get(name, query)) {
+                return (name, Ok(offers));
+            }
             let result = match tokio::time::timeout(timeout, provider.search_offers(query)).await {
                 Ok(result) => result,
                 Err(_) => Err(ProviderError::Timeout { provider: name, timeout }),
             };
+            if let (Some(cache), Ok(offers)) = (cache, &result) {
+                cache.put(name, query, offers.clone());
+            }
             (name, result)
         }
     });
