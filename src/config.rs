@@ -2,6 +2,7 @@
 //! The names here are the names the Helm chart and the docs use.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use secrecy::SecretString;
 
@@ -20,6 +21,14 @@ pub mod env {
     pub const HTTP_ADDR: &str = "HTTP_ADDR";
     /// Watch only this namespace instead of the whole cluster (unset: all namespaces).
     pub const WATCH_NAMESPACE: &str = "WATCH_NAMESPACE";
+    /// Operator-wide hard maximum of a session's lifetime (default 12h).
+    pub const MAX_SESSION_DURATION: &str = "MAX_SESSION_DURATION";
+    /// How often the orphan sweeper runs (default 60s).
+    pub const ORPHAN_SWEEP_INTERVAL: &str = "ORPHAN_SWEEP_INTERVAL";
+    /// How long an unowned instance is left alone before it is destroyed (default 10m).
+    pub const ORPHAN_GRACE_PERIOD: &str = "ORPHAN_GRACE_PERIOD";
+    /// How long a host that failed verification is avoided (default 1h).
+    pub const BAD_HOST_TTL: &str = "BAD_HOST_TTL";
     /// Name of the pod the operator runs in (set by the chart through the downward API); names the reporter of Events.
     pub const POD_NAME: &str = "POD_NAME";
 
@@ -37,6 +46,10 @@ pub mod env {
         RUNPOD_BASE_URL,
         HTTP_ADDR,
         WATCH_NAMESPACE,
+        MAX_SESSION_DURATION,
+        ORPHAN_SWEEP_INTERVAL,
+        ORPHAN_GRACE_PERIOD,
+        BAD_HOST_TTL,
         POD_NAME,
     ];
 }
@@ -63,6 +76,8 @@ pub enum ConfigError {
     InvalidLogFormat(String),
     #[error("HTTP_ADDR {0:?} is not a socket address such as 0.0.0.0:8080")]
     InvalidHttpAddr(String),
+    #[error("{name} {value:?} is not a duration such as 90s, 15m or 12h")]
+    InvalidDuration { name: &'static str, value: String },
     #[error("{name} {value:?} is not an http(s) URL")]
     InvalidBaseUrl { name: &'static str, value: String },
 }
@@ -108,6 +123,10 @@ pub struct Config {
     pub instance_name: Option<String>,
     /// `None` watches every namespace.
     pub watch_namespace: Option<String>,
+    pub max_session_duration: Duration,
+    pub orphan_sweep_interval: Duration,
+    pub orphan_grace_period: Duration,
+    pub bad_host_ttl: Duration,
 }
 
 impl ProviderCredentials {
@@ -187,7 +206,17 @@ impl Config {
         let http_addr_text = get(env::HTTP_ADDR).unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_string());
         let http_addr = http_addr_text.parse().map_err(|_| ConfigError::InvalidHttpAddr(http_addr_text))?;
 
+        let duration = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+            match get(name) {
+                None => Ok(default),
+                Some(value) => crate::crd::duration::parse(&value).ok_or(ConfigError::InvalidDuration { name, value }),
+            }
+        };
         Ok(Config {
+            max_session_duration: duration(env::MAX_SESSION_DURATION, Duration::from_secs(12 * 3600))?,
+            orphan_sweep_interval: duration(env::ORPHAN_SWEEP_INTERVAL, Duration::from_secs(60))?,
+            orphan_grace_period: duration(env::ORPHAN_GRACE_PERIOD, Duration::from_secs(600))?,
+            bad_host_ttl: duration(env::BAD_HOST_TTL, Duration::from_secs(3600))?,
             deployment_id,
             credentials,
             base_urls,

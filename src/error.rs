@@ -11,6 +11,12 @@ pub enum Error {
     MissingNamespace { kind: &'static str },
     #[error("could not encode status: {0}")]
     Serialize(#[from] serde_json::Error),
+    #[error("{0}")]
+    Provider(#[from] crate::provider::ProviderError),
+    #[error("SSH key: {0}")]
+    Key(#[from] crate::keys::KeyError),
+    #[error("the SSH key Secret {0} is missing its keys")]
+    SecretIncomplete(String),
 }
 
 impl Error {
@@ -21,6 +27,9 @@ impl Error {
             Error::Finalizer(_) => "finalizer",
             Error::MissingNamespace { .. } => "missing_namespace",
             Error::Serialize(_) => "serialize",
+            Error::Provider(_) => "provider",
+            Error::Key(_) => "key",
+            Error::SecretIncomplete(_) => "secret",
         }
     }
 }

@@ -132,7 +132,10 @@ async fn controller_main(config: Arc<Config>) -> Result<(), String> {
     let health = Arc::new(Health { ready: false.into(), providers, metrics: metrics.clone() });
     let http_addr = config.http_addr;
     let server = tokio::spawn(http::serve(http_addr, health.clone()));
-    let providers = gpu_shopper::provider::from_config(&config, &CallPolicy::default());
+    let providers = gpu_shopper::provider::from_config(&config, &CallPolicy::default())
+        .into_iter()
+        .map(|p| gpu_shopper::provider::metered::Metered::wrap(p, metrics.clone()))
+        .collect();
     let ctx = Arc::new(Context::new(client, config, providers, metrics));
     tokio::select! {
         result = controller::run(ctx, health) => result.map_err(|e| e.to_string()),

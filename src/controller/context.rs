@@ -13,6 +13,7 @@ use rand::Rng;
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::market::{BadHosts, OfferCache};
 use crate::metrics::{ControllerLabels, ErrorLabels, Metrics};
 use crate::provider::Provider;
 
@@ -26,6 +27,11 @@ pub struct Context {
     pub providers: Vec<Arc<dyn Provider>>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
+    /// Hosts that failed verification, avoided when shopping.
+    pub bad_hosts: BadHosts,
+    pub offer_cache: OfferCache,
+    /// Phase and provider of each session seen, for the `gpu_sessions_active` gauge.
+    session_phases: Mutex<HashMap<String, (String, String, f64)>>,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -34,13 +40,47 @@ impl Context {
     pub fn new(client: Client, config: Arc<Config>, providers: Vec<Arc<dyn Provider>>, metrics: Arc<Metrics>) -> Self {
         let reporter = Reporter { controller: CONTROLLER_NAME.into(), instance: config.instance_name.clone() };
         let recorder = Recorder::new(client.clone(), reporter);
-        Context { client, config, providers, metrics, recorder, failures: Mutex::default() }
+        let bad_hosts = BadHosts::new(config.bad_host_ttl);
+        Context {
+            client,
+            config,
+            providers,
+            metrics,
+            recorder,
+            bad_hosts,
+            offer_cache: OfferCache::default(),
+            session_phases: Mutex::default(),
+            failures: Mutex::default(),
+        }
     }
 
     /// Records a successful reconcile: the object's backoff starts over.
     pub fn succeeded<K: Resource<DynamicType = ()>>(&self, controller: &'static str, obj: &K) {
         self.metrics.reconciliations.get_or_create(&ControllerLabels { controller }).inc();
         self.failures.lock().expect("backoff map poisoned").remove(&key(obj));
+    }
+
+    /// The client of `provider`, when it is configured.
+    pub fn provider(&self, provider: crate::crd::ProviderName) -> Option<&Arc<dyn Provider>> {
+        self.providers.iter().find(|p| p.name() == provider)
+    }
+
+    /// Records a session's phase, provider and cost (`None`: the session is gone) and refreshes the gauges.
+    pub fn track_session(&self, uid: &str, state: Option<(String, String, f64)>) {
+        let mut phases = self.session_phases.lock().expect("phase map poisoned");
+        match state {
+            Some(state) => phases.insert(uid.to_string(), state),
+            None => phases.remove(uid),
+        };
+        let mut counts: HashMap<(String, String), i64> = HashMap::new();
+        for (phase, provider, _) in phases.values() {
+            *counts.entry((phase.clone(), provider.clone())).or_default() += 1;
+        }
+        self.metrics.sessions_active.clear();
+        for ((phase, provider), count) in counts {
+            self.metrics.sessions_active.get_or_create(&crate::metrics::PhaseLabels { phase, provider }).set(count);
+        }
+        self.metrics.accrued_cost.set(phases.values().map(|(_, _, cost)| cost).sum());
     }
 
     fn failed<K: Resource<DynamicType = ()>>(&self, obj: &K) -> u32 {

@@ -5,6 +5,7 @@ pub mod context;
 pub mod offer_filter;
 pub mod session;
 pub mod status;
+pub mod sweeper;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -53,9 +54,11 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
         .run(offer_filter::reconcile, context::error_policy, ctx.clone())
         .for_each(|result| async move { context::log_outcome("gpuofferfilter", result) });
 
+    let sweeper = tokio::spawn(sweeper::run(ctx.clone()));
     health.ready.store(true, Ordering::Relaxed);
     tracing::info!(deployment_id = %ctx.config.deployment_id, "controllers running");
     futures::join!(sessions, filters);
+    sweeper.abort();
     health.ready.store(false, Ordering::Relaxed);
     tracing::info!("controllers stopped");
     Ok(())

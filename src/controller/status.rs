@@ -23,3 +23,26 @@ where
     api.patch_status(name, &PatchParams::apply(CONTROLLER_NAME).force(), &Patch::Apply(&patch)).await?;
     Ok(())
 }
+
+/// Like `apply`, but refused (409) when the object changed since `resource_version`
+/// was read, so a reconcile working from a stale copy cannot overwrite newer status.
+pub async fn apply_at<K>(
+    api: &Api<K>,
+    name: &str,
+    resource_version: Option<String>,
+    status: &impl Serialize,
+) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let mut patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    if let Some(version) = resource_version {
+        patch["metadata"] = serde_json::json!({"resourceVersion": version});
+    }
+    api.patch_status(name, &PatchParams::apply(CONTROLLER_NAME).force(), &Patch::Apply(&patch)).await?;
+    Ok(())
+}

@@ -296,9 +296,18 @@ pub struct GpuSessionStatus {
     /// Cost accrued so far, in US dollars.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accrued_cost_usd: Option<f64>,
-    /// When the machine started billing.
+    /// When the machine was rented and started billing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rented_at: Option<Time>,
+    /// When the machine was proven and handed over; the lifetime counts from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
+    /// Since when the GPUs have been idle, while they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since: Option<Time>,
+    /// When the marketplace confirmed the instance destroyed (or gone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<Time>,
     /// When the session ends at the latest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Time>,

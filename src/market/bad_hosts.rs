@@ -31,17 +31,13 @@ impl BadHosts {
             .insert(Self::key(provider, host_id, offer_id), (until, why.to_string()));
     }
 
-    /// Why the offer's host is avoided, if it is.
+    /// Why the offer's host is avoided, if it is (known by its machine id or its offer id).
     pub fn avoided(&self, offer: &Offer) -> Option<String> {
         let mut map = self.until.lock().unwrap_or_else(|p| p.into_inner());
-        let key = Self::key(offer.provider, offer.host_id.as_deref(), &offer.id);
-        match map.get(&key) {
-            Some((until, why)) if *until > Instant::now() => Some(why.clone()),
-            Some(_) => {
-                map.remove(&key);
-                None
-            }
-            None => None,
-        }
+        let now = Instant::now();
+        map.retain(|_, (until, _)| *until > now);
+        let by_host = offer.host_id.as_deref().map(|h| Self::key(offer.provider, Some(h), &offer.id));
+        let by_offer = Self::key(offer.provider, None, &offer.id);
+        by_host.iter().chain(std::iter::once(&by_offer)).find_map(|key| map.get(key).map(|(_, why)| why.clone()))
     }
 }

@@ -9,9 +9,12 @@ use std::time::{Duration, Instant};
 use crate::crd::ProviderName;
 use crate::provider::{Offer, OfferQuery};
 
+/// Search results by marketplace and query, with when they were fetched.
+type Entries = HashMap<(ProviderName, String), (Instant, Vec<Offer>)>;
+
 pub struct OfferCache {
     ttl: HashMap<ProviderName, Duration>,
-    entries: Mutex<HashMap<(ProviderName, String), (Instant, Vec<Offer>)>>,
+    entries: Mutex<Entries>,
 }
 
 impl Default for OfferCache {

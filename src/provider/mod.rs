@@ -4,6 +4,7 @@
 pub mod error;
 pub mod http;
 pub mod json;
+pub mod metered;
 pub mod runpod;
 pub mod tensordock;
 pub mod types;
@@ -46,6 +47,13 @@ pub trait Provider: Send + Sync {
 
     /// Idempotent: destroying an instance that is already gone succeeds.
     async fn destroy_instance(&self, id: &str) -> Result<(), ProviderError>;
+
+    /// Makes sure `ssh_public_key` can log in to an adopted instance, for
+    /// marketplaces where the key is attached after create (a create whose
+    /// answer was lost never got that far). Idempotent.
+    async fn ensure_ssh_key(&self, _id: &str, _ssh_public_key: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
 }
 
 /// A client for every marketplace that has credentials.

@@ -275,11 +275,7 @@ impl Provider for VastAi {
                 None => return Err(self.unexpected(&reply)),
             },
         };
-        let attach = json!({"ssh_key": request.ssh_public_key});
-        let reply = self.call(Method::POST, &format!("/instances/{id}/ssh/"), Some(&attach), Idempotency::Safe).await?;
-        if !reply.status.is_success() {
-            return Err(self.unexpected(&reply));
-        }
+        self.ensure_ssh_key(&id, &request.ssh_public_key).await?;
         Ok(self.get_instance(&id).await?.unwrap_or(Instance {
             provider: PROVIDER,
             id,
@@ -324,5 +320,15 @@ impl Provider for VastAi {
             200..=299 | 404 => Ok(()), // 404: already gone
             _ => Err(self.unexpected(&reply)),
         }
+    }
+
+    /// Vast attaches keys to an instance after create.
+    async fn ensure_ssh_key(&self, id: &str, ssh_public_key: &str) -> Result<(), ProviderError> {
+        let attach = json!({"ssh_key": ssh_public_key});
+        let reply = self.call(Method::POST, &format!("/instances/{id}/ssh/"), Some(&attach), Idempotency::Safe).await?;
+        if !reply.status.is_success() {
+            return Err(self.unexpected(&reply));
+        }
+        Ok(())
     }
 }

@@ -78,18 +78,27 @@ impl Connection {
         keys.iter().filter_map(|line| PublicKey::from_openssh(line.trim()).ok()).any(|k| k.key_data() == key.key_data())
     }
 
-    /// `nvidia-smi` as the host really is.
+    /// `nvidia-smi` as the host really is: the banner, or the fields a
+    /// `--query-gpu=` asks for, one line per GPU.
     fn nvidia_smi(&self, command: &str) -> (String, u32) {
         let m = &self.machine;
         if m.driver_missing {
             return ("".into(), 127);
         }
         let util = m.gpu_utilization.load(std::sync::atomic::Ordering::Relaxed);
-        if command.contains("--query-gpu") {
-            let lines: String = (0..m.gpu_count)
-                .map(|_| format!("NVIDIA {}, {}, {}, {util}\n", m.gpu_name, m.vram_mib, m.driver))
+        if let Some(fields) = command.split("--query-gpu=").nth(1).and_then(|rest| rest.split_whitespace().next()) {
+            let line: Vec<String> = fields
+                .split(',')
+                .map(|field| match field.trim() {
+                    "name" => format!("NVIDIA {}", m.gpu_name),
+                    "memory.total" => m.vram_mib.to_string(),
+                    "driver_version" => m.driver.clone(),
+                    "utilization.gpu" => util.to_string(),
+                    "count" => m.gpu_count.to_string(),
+                    _ => "[N/A]".to_string(),
+                })
                 .collect();
-            return (lines, 0);
+            return ((0..m.gpu_count).map(|_| format!("{}\n", line.join(", "))).collect(), 0);
         }
         let mut out = format!(
             "+-----------------------------------------------------------------------------------------+\n\
@@ -104,6 +113,18 @@ impl Connection {
             ));
         }
         (out, 0)
+    }
+
+    /// Commands made only of `nvidia-smi` calls joined by `&&` or `;` are
+    /// answered here (the host has no GPU); anything else runs in `sh -c`.
+    fn only_nvidia_smi(command: &str) -> Option<Vec<String>> {
+        let segments: Vec<String> = command
+            .split("&&")
+            .flat_map(|s| s.split(';'))
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        segments.iter().all(|s| s.starts_with("nvidia-smi")).then_some(segments)
     }
 }
 
@@ -132,8 +153,16 @@ impl russh::server::Handler for Connection {
     ) -> Result<(), Self::Error> {
         let command = String::from_utf8_lossy(data).to_string();
         session.channel_success(channel)?;
-        let (stdout, stderr, code) = if command.trim_start().starts_with("nvidia-smi") {
-            let (out, code) = self.nvidia_smi(&command);
+        let (stdout, stderr, code) = if let Some(segments) = Self::only_nvidia_smi(&command) {
+            let (mut out, mut code) = (String::new(), 0);
+            for segment in segments {
+                let (text, status) = self.nvidia_smi(&segment);
+                out.push_str(&text);
+                code = status;
+                if status != 0 {
+                    break;
+                }
+            }
             let err = if code == 127 { b"sh: 1: nvidia-smi: not found\n".to_vec() } else { Vec::new() };
             (out.into_bytes(), err, code)
         } else {

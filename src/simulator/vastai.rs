@@ -118,13 +118,21 @@ async fn create(
     if let Err(response) = sim.gate(P, "PUT", "/asks/{id}/", bearer(&headers)).await {
         return response;
     }
+    let (response, delay) = create_now(&sim, &id, &body);
+    // The instance exists while the answer is still on its way (a crash window for the caller).
+    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    response
+}
+
+fn create_now(sim: &Sim, id: &str, body: &Value) -> (Response, u64) {
+    let id = id.to_string();
     let mut world = sim.world();
     let faults = world.faults(P).clone();
     if faults.insufficient_funds {
-        return fail(StatusCode::PAYMENT_REQUIRED, "insufficient_credit", "Your account lacks credit");
+        return (fail(StatusCode::PAYMENT_REQUIRED, "insufficient_credit", "Your account lacks credit"), 0);
     }
     let Some(host) = world.host(P, &id).filter(|_| !faults.snatched_offers.contains(&id)) else {
-        return fail(StatusCode::NOT_FOUND, "no_such_ask", &format!("Instance type {id} is no longer available."));
+        return (fail(StatusCode::NOT_FOUND, "no_such_ask", &format!("Instance type {id} is no longer available.")), 0);
     };
     let env: BTreeMap<String, String> = body
         .get("env")
@@ -148,17 +156,19 @@ async fn create(
         ports,
     });
     let Ok(instance) = instance else {
-        return fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", "could not start the simulated machine");
+        return (fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", "could not start the simulated machine"), 0);
     };
     let faults = world.faults(P);
     if faults.lose_create_responses > 0 {
         faults.lose_create_responses -= 1;
-        return (StatusCode::BAD_GATEWAY, "upstream connect error").into_response();
+        return ((StatusCode::BAD_GATEWAY, "upstream connect error").into_response(), 0);
     }
-    if faults.omit_new_contract {
-        return ok(json!({"success": true}));
-    }
-    ok(json!({"success": true, "new_contract": instance.id.parse::<u64>().unwrap_or_default()}))
+    let response = if faults.omit_new_contract {
+        ok(json!({"success": true}))
+    } else {
+        ok(json!({"success": true, "new_contract": instance.id.parse::<u64>().unwrap_or_default()}))
+    };
+    (response, faults.create_response_delay_ms)
 }
 
 fn instance_json(world: &World, i: &SimInstance, now: Instant) -> Value {

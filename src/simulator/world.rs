@@ -35,6 +35,8 @@ pub struct Faults {
     pub lose_create_responses: u32,
     /// Vast: a successful create answers without `new_contract`.
     pub omit_new_contract: bool,
+    /// Vast: a successful create answers only after this long (the instance already exists).
+    pub create_response_delay_ms: u64,
     /// TensorDock: port forwards are ignored (only the dedicated IP works).
     pub ignore_port_forwards: bool,
     /// Instances never become reachable over SSH.
@@ -96,8 +98,9 @@ pub struct NewInstance {
 
 impl SimInstance {
     pub fn authorize(&self, public_key: &str) {
-        if !public_key.trim().is_empty() {
-            self.authorized_keys.lock().unwrap_or_else(|p| p.into_inner()).push(public_key.trim().to_string());
+        let mut keys = self.authorized_keys.lock().unwrap_or_else(|p| p.into_inner());
+        if !public_key.trim().is_empty() && !keys.iter().any(|k| k == public_key.trim()) {
+            keys.push(public_key.trim().to_string());
         }
     }
 }

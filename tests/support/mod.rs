@@ -147,7 +147,8 @@ impl ControllerProcess {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("KUBECONFIG", kubeconfig_path())
-            .env("DEPLOYMENT_ID", "test")
+            // One deployment per test namespace: a sweeper never sees another test's instances as its own.
+            .env("DEPLOYMENT_ID", &self.namespace)
             .env("WATCH_NAMESPACE", &self.namespace)
             .env("HTTP_ADDR", format!("127.0.0.1:{}", self.http_port))
             .env("LOG_LEVEL", "info,gpu_shopper=debug")

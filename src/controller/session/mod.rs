@@ -1,0 +1,192 @@
+//! The GpuSession reconciler: shop, rent, prove, hand over, expire, destroy.
+//! One step per reconcile, each safe to repeat; status is the memory, the
+//! instance label is the safety net (a crash between create and the status
+//! write is healed by adopting the labelled instance).
+
+mod rent;
+mod running;
+pub mod secret;
+mod stages;
+mod teardown;
+pub mod timeouts;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::{Resource, ResourceExt};
+
+use super::context::Context;
+use super::status;
+use crate::crd::conditions::{self, ConditionUpdate, types};
+use crate::crd::{GpuSession, GpuSessionStatus, SessionPhase};
+use crate::error::{Error, Result};
+
+/// Finalizer that keeps a GpuSession until its instance is confirmed destroyed.
+pub const FINALIZER: &str = "gpushopper.dev/destroy-instance";
+
+/// How soon to look again while a machine is being rented or proven.
+const PROVISIONING_POLL: Duration = Duration::from_secs(2);
+
+pub async fn reconcile(session: Arc<GpuSession>, ctx: Arc<Context>) -> Result<Action> {
+    let started = std::time::Instant::now();
+    let namespace = session.namespace().ok_or(Error::MissingNamespace { kind: "GpuSession" })?;
+    let api: Api<GpuSession> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, session.clone(), |event| async {
+        match event {
+            FinalizerEvent::Apply(session) => apply(&session, &api, &ctx).await,
+            FinalizerEvent::Cleanup(session) => cleanup(&session, &api, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics
+        .reconcile_duration
+        .get_or_create(&crate::metrics::ControllerLabels { controller: "gpusession" })
+        .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.succeeded("gpusession", session.as_ref());
+    }
+    result
+}
+
+/// One reconcile's working state: the session, and the status being built.
+pub(crate) struct Step<'a> {
+    pub session: &'a GpuSession,
+    pub ctx: &'a Context,
+    pub status: GpuSessionStatus,
+    pub now: Timestamp,
+}
+
+impl<'a> Step<'a> {
+    fn new(session: &'a GpuSession, ctx: &'a Context) -> Self {
+        let mut status = session.status.clone().unwrap_or_default();
+        status.observed_generation = session.meta().generation;
+        Step { session, ctx, status, now: Timestamp::now() }
+    }
+
+    pub fn time(&self) -> Time {
+        Time(self.now)
+    }
+
+    pub fn condition(&mut self, type_: &str, status: bool, reason: &str, message: impl Into<String>) {
+        let generation = self.session.meta().generation;
+        let update = ConditionUpdate { type_, status, reason, message: message.into() };
+        let now = self.time();
+        conditions::set(&mut self.status.conditions, update, generation, now);
+    }
+
+    pub fn condition_is_true(&self, type_: &str) -> bool {
+        conditions::find(&self.status.conditions, type_).is_some_and(|c| c.status == "True")
+    }
+
+    /// When `type_` last became True.
+    pub fn true_since(&self, type_: &str) -> Option<Timestamp> {
+        conditions::find(&self.status.conditions, type_)
+            .filter(|c| c.status == "True")
+            .map(|c| c.last_transition_time.0)
+    }
+
+    pub fn phase(&mut self, phase: SessionPhase, reason: &str, message: impl Into<String>) {
+        self.status.phase = Some(phase);
+        self.status.reason = Some(reason.to_string());
+        self.status.message = Some(message.into());
+    }
+
+    /// Publishes an Event on the session; a failure to record it is logged, not fatal.
+    pub async fn event(&self, warning: bool, reason: &str, note: impl Into<String>) {
+        let note: String = note.into();
+        let event = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.to_string(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(error) = self.ctx.recorder.publish(&event, &self.session.object_ref(&())).await {
+            tracing::warn!(session = %self.session.name_any(), %error, "could not publish an event");
+        }
+    }
+
+    pub fn seconds_since(&self, then: Timestamp) -> f64 {
+        self.now.duration_since(then).as_secs_f64()
+    }
+}
+
+async fn apply(session: &GpuSession, api: &Api<GpuSession>, ctx: &Context) -> Result<Action> {
+    let mut step = Step::new(session, ctx);
+    let action = advance(&mut step).await;
+    // Whatever happened, keep what was learnt (an attempt, a destroyed instance) before returning.
+    let current = session.status.clone().unwrap_or_default();
+    if step.status != current {
+        status::apply_at(api, &session.name_any(), session.resource_version(), &step.status).await?;
+    }
+    track(&step);
+    action
+}
+
+fn track(step: &Step<'_>) {
+    let phase = step.status.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "Pending".into());
+    let provider = step.status.provider.map(|p| p.as_str().to_string()).unwrap_or_default();
+    let cost = step.status.accrued_cost_usd.unwrap_or(0.0);
+    let uid = step.session.uid().unwrap_or_default();
+    step.ctx.track_session(&uid, Some((phase, provider, cost)));
+}
+
+/// The next step of the session's life.
+async fn advance(step: &mut Step<'_>) -> Result<Action> {
+    if matches!(step.status.phase, Some(SessionPhase::Succeeded | SessionPhase::Failed)) {
+        // Ended: make sure nothing bills, then wait for deletion.
+        teardown::release(step).await?;
+        return Ok(Action::await_change());
+    }
+    if step.status.instance_id.is_none()
+        && let Err((reason, message)) = rent::effective_requirements(step).await?
+    {
+        step.phase(SessionPhase::Pending, reason, message.clone());
+        step.condition(types::READY, false, reason, message);
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
+    if step.ctx.providers.is_empty() {
+        let message = "no marketplace credentials are configured in the operator (VASTAI_API_KEY, TENSORDOCK_AUTH_ID + TENSORDOCK_API_TOKEN, RUNPOD_API_KEY): nothing can be rented until one is set";
+        step.phase(SessionPhase::Pending, "NoProvidersConfigured", message);
+        step.condition(types::READY, false, "NoProvidersConfigured", message);
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
+    let key = secret::ensure(step.session, step.ctx).await?;
+    step.status.secret_name = Some(secret::secret_name(step.session));
+    if step.status.instance_id.is_none() {
+        return rent::step(step, &key).await;
+    }
+    if step.condition_is_true(types::READY) {
+        return running::step(step, &key).await;
+    }
+    stages::step(step, &key).await
+}
+
+/// Deletion: destroy the instance (and any labelled one never recorded) before the finalizer goes.
+async fn cleanup(session: &GpuSession, api: &Api<GpuSession>, ctx: &Context) -> Result<Action> {
+    let mut step = Step::new(session, ctx);
+    if step.status.phase != Some(SessionPhase::Terminating) && step.status.released_at.is_none() {
+        step.phase(SessionPhase::Terminating, "Deleting", "the session was deleted; destroying its instance");
+        let _ = status::apply_at(api, &session.name_any(), None, &step.status).await;
+    }
+    teardown::release(&mut step).await?;
+    teardown::destroy_unrecorded(&mut step).await?;
+    let note = match &step.status.instance_id {
+        Some(id) => format!(
+            "instance {id} on {} is destroyed; nothing bills any more",
+            step.status.provider.map(|p| p.as_str()).unwrap_or("?")
+        ),
+        None => "no instance was rented for this session; nothing to destroy".to_string(),
+    };
+    step.event(false, "CleanupComplete", note).await;
+    ctx.track_session(&session.uid().unwrap_or_default(), None);
+    tracing::info!(session = %session.name_any(), namespace = ?session.namespace(), "cleanup complete; finalizer released");
+    Ok(Action::await_change())
+}

@@ -1,0 +1,136 @@
+//! A handed-over machine: keep its cost current and end it when its lifetime,
+//! idle time or budget is used up, or when its Job exits. Ending destroys the
+//! instance at once.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::controller::Action;
+
+use super::secret::SessionKey;
+use super::stages::{run_on_machine, work_dir};
+use super::{Step, teardown};
+use crate::crd::duration::parse;
+use crate::crd::session::JobResult;
+use crate::crd::{SessionPhase, WorkloadKind};
+use crate::error::Result;
+
+/// How often a running machine is looked at, at most.
+const RUNNING_POLL: Duration = Duration::from_secs(15);
+/// Below this GPU utilisation (percent) a machine counts as idle.
+const IDLE_BELOW_PERCENT: u32 = 5;
+const LOG_TAIL_LINES: usize = 40;
+
+/// `expiresAt` = start + the spec's max duration, capped by the operator's hard maximum.
+pub fn set_expiry(step: &mut Step<'_>) {
+    let Some(started) = step.status.started_at.as_ref().map(|t| t.0) else { return };
+    let hard_max = step.ctx.config.max_session_duration;
+    let wanted =
+        step.session.spec.lifetime.as_ref().and_then(|l| l.max_duration.as_deref()).and_then(parse).unwrap_or(hard_max);
+    let lifetime = SignedDuration::try_from(wanted.min(hard_max)).unwrap_or(SignedDuration::MAX);
+    step.status.expires_at = started.checked_add(lifetime).ok().map(Time);
+}
+
+pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
+    teardown::settle_cost(step);
+    set_expiry(step); // the spec's duration may have been extended
+
+    if let Some(expires) = step.status.expires_at.as_ref().map(|t| t.0)
+        && step.now >= expires
+    {
+        let message = "the session reached its maximum lifetime; the instance was destroyed".to_string();
+        teardown::end(step, SessionPhase::Succeeded, "Expired", message).await?;
+        return Ok(Action::await_change());
+    }
+    if let (Some(budget), Some(cost)) = (step.session.spec.budget.as_ref(), step.status.accrued_cost_usd)
+        && cost >= budget.max_cost_usd
+    {
+        let message =
+            format!("accrued ${cost:.4} reached the budget of ${:.2}; the instance was destroyed", budget.max_cost_usd);
+        teardown::end(step, SessionPhase::Succeeded, "BudgetReached", message).await?;
+        return Ok(Action::await_change());
+    }
+    if step.session.spec.workload.kind == WorkloadKind::Job
+        && let Some(action) = check_job(step, key).await?
+    {
+        return Ok(action);
+    }
+    let idle_timeout = step.session.spec.lifetime.as_ref().and_then(|l| l.idle_timeout.as_deref()).and_then(parse);
+    if let Some(idle_timeout) = idle_timeout
+        && let Some(action) = check_idle(step, key, idle_timeout).await?
+    {
+        return Ok(action);
+    }
+    Ok(Action::requeue(next_look(step, idle_timeout)))
+}
+
+/// Soon enough to catch expiry, the budget and idleness near when they happen.
+fn next_look(step: &Step<'_>, idle_timeout: Option<Duration>) -> Duration {
+    let mut wait = RUNNING_POLL;
+    if let Some(expires) = step.status.expires_at.as_ref().map(|t| t.0) {
+        wait = wait.min(until(step.now, expires));
+    }
+    if let Some(idle) = idle_timeout {
+        wait = wait.min(idle / 3);
+    }
+    if let (Some(budget), Some(price), Some(cost)) =
+        (step.session.spec.budget.as_ref(), step.status.price_per_hour, step.status.accrued_cost_usd)
+        && price > 0.0
+    {
+        let hours_left = ((budget.max_cost_usd - cost) / price).max(0.0);
+        wait = wait.min(Duration::from_secs_f64(hours_left * 3600.0));
+    }
+    wait.max(Duration::from_millis(200))
+}
+
+fn until(now: Timestamp, then: Timestamp) -> Duration {
+    then.duration_since(now).try_into().unwrap_or(Duration::ZERO)
+}
+
+/// `Some` when the job has exited (the session ended).
+async fn check_job(step: &mut Step<'_>, key: &SessionKey) -> Result<Option<Action>> {
+    let dir = work_dir(step);
+    let command = format!(
+        "cd \"{dir}\" && if [ -e exit_code ]; then cat exit_code; echo ---; tail -n {LOG_TAIL_LINES} job.log; fi"
+    );
+    let out = match run_on_machine(step, key, &command).await {
+        Ok(out) => out,
+        Err(error) => {
+            tracing::warn!(session = %step.session.metadata.name.clone().unwrap_or_default(), %error, "could not check the job");
+            return Ok(None);
+        }
+    };
+    let Some((code, tail)) = out.stdout.split_once("---\n") else { return Ok(None) };
+    let Ok(exit_code) = code.trim().parse::<i32>() else { return Ok(None) };
+    step.status.job = Some(JobResult { exit_code, log_tail: tail.to_string() });
+    let (phase, reason) =
+        if exit_code == 0 { (SessionPhase::Succeeded, "JobSucceeded") } else { (SessionPhase::Failed, "JobFailed") };
+    let last_line = tail.lines().last().unwrap_or("");
+    let message =
+        format!("the job exited with code {exit_code} (last line: {last_line:?}); the instance was destroyed");
+    teardown::end(step, phase, reason, message).await?;
+    Ok(Some(Action::await_change()))
+}
+
+/// `Some` when the machine has been idle too long (the session ended).
+async fn check_idle(step: &mut Step<'_>, key: &SessionKey, idle_timeout: Duration) -> Result<Option<Action>> {
+    let query = "nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits";
+    let Ok(out) = run_on_machine(step, key, query).await else { return Ok(None) };
+    let busiest = out.stdout.lines().filter_map(|l| l.rsplit(',').next()?.trim().parse::<u32>().ok()).max();
+    let Some(busiest) = busiest else { return Ok(None) };
+    if busiest >= IDLE_BELOW_PERCENT {
+        step.status.idle_since = None;
+        return Ok(None);
+    }
+    let since = step.status.idle_since.get_or_insert(Time(step.now)).0;
+    if step.seconds_since(since) >= idle_timeout.as_secs_f64() {
+        let message = format!(
+            "GPUs idle (below {IDLE_BELOW_PERCENT}%) for {}s; the instance was destroyed",
+            idle_timeout.as_secs()
+        );
+        teardown::end(step, SessionPhase::Succeeded, "Idle", message).await?;
+        return Ok(Some(Action::await_change()));
+    }
+    Ok(None)
+}

@@ -1,0 +1,84 @@
+//! The session's SSH key pair lives in a Secret it owns (`<name>-ssh`),
+//! created before any marketplace is called, so the key can always be read
+//! again. Host, port and user are added once known.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Resource, ResourceExt};
+use secrecy::SecretString;
+
+use crate::controller::context::Context;
+use crate::controller::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::crd::GpuSession;
+use crate::error::{Error, Result};
+use crate::keys;
+
+pub const PRIVATE_KEY: &str = "ssh-privatekey";
+pub const PUBLIC_KEY: &str = "ssh-publickey";
+
+pub fn secret_name(session: &GpuSession) -> String {
+    format!("{}-ssh", session.name_any())
+}
+
+/// The session's key pair, creating the Secret on first use.
+pub struct SessionKey {
+    pub public_openssh: String,
+    pub private_openssh: SecretString,
+}
+
+pub async fn ensure(session: &GpuSession, ctx: &Context) -> Result<SessionKey> {
+    let namespace = session.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let name = secret_name(session);
+    if let Some(existing) = secrets.get_opt(&name).await? {
+        return read(&existing, &name);
+    }
+    let pair = keys::generate(&format!("gpu-shopper {namespace}/{}", session.name_any()))?;
+    let owner = session.controller_owner_ref(&()).expect("a stored GpuSession has a name and uid");
+    let mut data = BTreeMap::new();
+    data.insert(
+        PRIVATE_KEY.to_string(),
+        ByteString(secrecy::ExposeSecret::expose_secret(&pair.private_openssh).as_bytes().to_vec()),
+    );
+    data.insert(PUBLIC_KEY.to_string(), ByteString(pair.public_openssh.as_bytes().to_vec()));
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(namespace),
+            owner_references: Some(vec![owner]),
+            labels: Some(BTreeMap::from([(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string())])),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/ssh-auth".into()),
+        data: Some(data),
+        ..Default::default()
+    };
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(created) => read(&created, &name),
+        // Another reconcile won the race: use its key.
+        Err(kube::Error::Api(status)) if status.code == 409 => read(&secrets.get(&name).await?, &name),
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn read(secret: &Secret, name: &str) -> Result<SessionKey> {
+    let data = secret.data.as_ref().ok_or_else(|| Error::SecretIncomplete(name.into()))?;
+    let text = |key: &str| data.get(key).map(|b| String::from_utf8_lossy(&b.0).into_owned());
+    match (text(PUBLIC_KEY), text(PRIVATE_KEY)) {
+        (Some(public), Some(private)) => {
+            Ok(SessionKey { public_openssh: public, private_openssh: SecretString::from(private) })
+        }
+        _ => Err(Error::SecretIncomplete(name.into())),
+    }
+}
+
+/// Adds where to log in (`host`, `port`, `user`) to the Secret.
+pub async fn record_endpoint(session: &GpuSession, ctx: &Context, host: &str, port: u16, user: &str) -> Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &session.namespace().unwrap_or_default());
+    let patch = serde_json::json!({"stringData": {"host": host, "port": port.to_string(), "user": user}});
+    secrets.patch(&secret_name(session), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}

@@ -1,0 +1,405 @@
+//! Proving the machine works, one stage per step: InstanceRunning, SSHReady,
+//! CUDAVerified, WorkloadReady, then Ready. A stage that fails for the host's
+//! sake (never running, unreachable, CUDA below the requirement, workload
+//! crash) destroys the instance, marks the host bad and shops again; any
+//! other failure ends the session.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+
+use super::secret::{self, SessionKey};
+use super::timeouts::{self, StageTimeouts};
+use super::{PROVISIONING_POLL, Step, teardown};
+use crate::crd::conditions::types;
+use crate::crd::session::{Attempt, SshEndpoint, VerifiedMachine};
+use crate::crd::{SessionPhase, WorkloadKind};
+use crate::error::Result;
+use crate::keys;
+use crate::market::cuda_at_least;
+use crate::metrics::ProviderLabels;
+use crate::probe::ssh::{self, CommandOutput, SshError, Target};
+use crate::provider::{Instance, InstanceState};
+
+/// Time allowed to one SSH login + command.
+const SSH_CALL: Duration = Duration::from_secs(20);
+
+pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
+    let limits = timeouts::for_spec(&step.session.spec);
+    if !step.condition_is_true(types::INSTANCE_RUNNING) {
+        return instance_running(step, &limits).await;
+    }
+    if !step.condition_is_true(types::SSH_READY) {
+        return ssh_ready(step, key, &limits).await;
+    }
+    if !step.condition_is_true(types::CUDA_VERIFIED) {
+        return cuda_verified(step, key, &limits).await;
+    }
+    if !step.condition_is_true(types::WORKLOAD_READY) {
+        return workload_ready(step, key, &limits).await;
+    }
+    ready(step)
+}
+
+async fn current_instance(step: &Step<'_>) -> Result<Option<Instance>> {
+    let (Some(provider), Some(id)) = (step.status.provider, step.status.instance_id.clone()) else { return Ok(None) };
+    match step.ctx.provider(provider) {
+        Some(client) => Ok(client.get_instance(&id).await?),
+        None => Ok(None),
+    }
+}
+
+async fn instance_running(step: &mut Step<'_>, limits: &StageTimeouts) -> Result<Action> {
+    let Some(instance) = current_instance(step).await? else {
+        return host_failed(step, "InstanceLost", "the marketplace no longer knows the instance".into()).await;
+    };
+    if let (InstanceState::Running, Some(target)) = (&instance.state, &instance.ssh) {
+        step.status.ssh = Some(SshEndpoint {
+            host: target.host.clone(),
+            port: target.port,
+            user: target.user.clone(),
+            host_key_fingerprint: None,
+        });
+        secret::record_endpoint(step.session, step.ctx, &target.host, target.port, &target.user).await?;
+        let message = format!(
+            "{} reports the instance running; SSH at {}@{}:{}",
+            instance.provider, target.user, target.host, target.port
+        );
+        step.condition(types::INSTANCE_RUNNING, true, "Running", message.clone());
+        step.phase(SessionPhase::Verifying, "InstanceRunning", message);
+        return Ok(Action::requeue(Duration::ZERO));
+    }
+    let since = step.status.rented_at.as_ref().map(|t| t.0).unwrap_or(step.now);
+    if step.seconds_since(since) > limits.instance_running.as_secs_f64() {
+        let message = format!(
+            "not running with an SSH endpoint after {}s (state {:?})",
+            limits.instance_running.as_secs(),
+            instance.state
+        );
+        return host_failed(step, "InstanceNeverRan", message).await;
+    }
+    step.condition(
+        types::INSTANCE_RUNNING,
+        false,
+        "Starting",
+        format!("state {:?}, no SSH endpoint yet", instance.state),
+    );
+    Ok(Action::requeue(PROVISIONING_POLL))
+}
+
+/// Runs `command` on the machine with the session's key and the pinned host key.
+pub async fn run_on_machine(
+    step: &Step<'_>,
+    key: &SessionKey,
+    command: &str,
+) -> std::result::Result<CommandOutput, SshError> {
+    let endpoint = step
+        .status
+        .ssh
+        .clone()
+        .ok_or_else(|| SshError::Connect { addr: "?".into(), message: "no SSH endpoint known".into() })?;
+    let private = keys::parse_private(&key.private_openssh)
+        .map_err(|e| SshError::Protocol { addr: endpoint.host.clone(), message: e.to_string() })?;
+    let target = Target {
+        host: &endpoint.host,
+        port: endpoint.port,
+        user: &endpoint.user,
+        pinned_fingerprint: endpoint.host_key_fingerprint.as_deref(),
+    };
+    ssh::run(&target, Arc::new(private), command, SSH_CALL).await
+}
+
+fn count_ssh_failure(step: &Step<'_>) {
+    let provider = step.status.provider.map(|p| p.as_str()).unwrap_or("unknown");
+    step.ctx.metrics.ssh_verify_failures.get_or_create(&ProviderLabels { provider }).inc();
+}
+
+async fn ssh_ready(step: &mut Step<'_>, key: &SessionKey, limits: &StageTimeouts) -> Result<Action> {
+    match run_on_machine(step, key, "true").await {
+        Ok(out) => {
+            let endpoint = step.status.ssh.as_mut().expect("InstanceRunning recorded the endpoint");
+            endpoint.host_key_fingerprint.get_or_insert(out.host_fingerprint.clone());
+            let message = format!(
+                "logged in as {}@{}:{} with the session's key; host key {} pinned",
+                endpoint.user, endpoint.host, endpoint.port, out.host_fingerprint
+            );
+            step.condition(types::SSH_READY, true, "LoggedIn", message);
+            Ok(Action::requeue(Duration::ZERO))
+        }
+        Err(error @ SshError::HostKeyChanged { .. }) => {
+            count_ssh_failure(step);
+            host_failed(step, "HostKeyChanged", error.to_string()).await
+        }
+        Err(error) => {
+            count_ssh_failure(step);
+            let since = step.true_since(types::INSTANCE_RUNNING).unwrap_or(step.now);
+            if step.seconds_since(since) > limits.ssh_ready.as_secs_f64() {
+                let message = format!("no SSH login within {}s: {error}", limits.ssh_ready.as_secs());
+                return host_failed(step, "SSHUnreachable", message).await;
+            }
+            step.condition(types::SSH_READY, false, "Waiting", format!("not yet: {error}"));
+            Ok(Action::requeue(PROVISIONING_POLL))
+        }
+    }
+}
+
+/// What `nvidia-smi` says: (name, vram MiB, driver) per GPU, and the CUDA version.
+fn parse_nvidia_smi(stdout: &str) -> Option<VerifiedMachine> {
+    let gpus: Vec<(String, u64, String)> = stdout
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+            (fields.len() >= 3)
+                .then(|| Some((fields[0].to_string(), fields[1].parse().ok()?, fields[2].to_string())))?
+        })
+        .collect();
+    let cuda = stdout.split("CUDA Version:").nth(1)?.split_whitespace().next()?.trim_end_matches('|').to_string();
+    let (name, vram_mib, driver) = gpus.first()?.clone();
+    Some(VerifiedMachine {
+        gpu_name: name,
+        gpu_count: gpus.len() as u32,
+        vram_mib,
+        driver_version: driver,
+        cuda_version: cuda,
+    })
+}
+
+async fn cuda_verified(step: &mut Step<'_>, key: &SessionKey, limits: &StageTimeouts) -> Result<Action> {
+    let command = "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader,nounits && nvidia-smi";
+    let out = match run_on_machine(step, key, command).await {
+        Ok(out) => out,
+        Err(error) => {
+            count_ssh_failure(step);
+            let since = step.true_since(types::SSH_READY).unwrap_or(step.now);
+            if step.seconds_since(since) > limits.cuda_verified.as_secs_f64() {
+                return host_failed(step, "SSHUnreachable", format!("lost SSH while verifying CUDA: {error}")).await;
+            }
+            step.condition(types::CUDA_VERIFIED, false, "Waiting", format!("not yet: {error}"));
+            return Ok(Action::requeue(PROVISIONING_POLL));
+        }
+    };
+    if out.exit_code != Some(0) {
+        let why = if out.exit_code == Some(127) {
+            "nvidia-smi is not installed: the image has no NVIDIA driver"
+        } else {
+            "nvidia-smi failed"
+        };
+        return host_failed(step, "DriverMissing", format!("{why} ({})", out.stderr.trim())).await;
+    }
+    let Some(found) = parse_nvidia_smi(&out.stdout) else {
+        return host_failed(step, "CUDAUnverifiable", "nvidia-smi output could not be read".into()).await;
+    };
+    // The filter and the inline requirements together, as when shopping.
+    let requirements = match super::rent::effective_requirements(step).await? {
+        Ok(requirements) => requirements,
+        Err(_) => step.session.spec.requirements.clone().unwrap_or_default(),
+    };
+    let needed = requirements.min_cuda_version.clone();
+    let summary = format!(
+        "{}x {} ({} MiB), driver {}, CUDA {}",
+        found.gpu_count, found.gpu_name, found.vram_mib, found.driver_version, found.cuda_version
+    );
+    step.status.verified = Some(found.clone());
+    if let Some(needed) = needed
+        && !cuda_at_least(&found.cuda_version, &needed)
+    {
+        let message = format!(
+            "nvidia-smi reports CUDA {} (the marketplace advertised more or nothing); the session needs {needed}: {summary}",
+            found.cuda_version
+        );
+        return host_failed(step, "CUDAMismatch", message).await;
+    }
+    if let Some(count) = requirements.gpu_count
+        && found.gpu_count < count
+    {
+        return host_failed(step, "GPUCountMismatch", format!("asked for {count} GPUs, nvidia-smi shows {summary}"))
+            .await;
+    }
+    step.condition(types::CUDA_VERIFIED, true, "Verified", summary);
+    Ok(Action::requeue(Duration::ZERO))
+}
+
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// The operator's own working directory on the machine for this session.
+pub fn work_dir(step: &Step<'_>) -> String {
+    format!("$HOME/.gpu-shopper/{}", step.session.uid().unwrap_or_default())
+}
+
+/// Starts the start script and the workload command in the background, once.
+fn launcher(step: &Step<'_>) -> String {
+    let spec = &step.session.spec;
+    let dir = work_dir(step);
+    let start = spec.start_script.clone().unwrap_or_default();
+    let command = spec.workload.command.clone().unwrap_or_default();
+    format!(
+        "D=\"{dir}\"; mkdir -p \"$D\" && cd \"$D\" && if [ ! -e started ]; then touch started; \
+         printf '%s\\n' {start} > start.sh; printf '%s\\n' {command} > workload.sh; \
+         nohup sh -c 'sh ./start.sh > start.log 2>&1; sh ./workload.sh > job.log 2>&1; echo $? > exit_code.tmp; mv exit_code.tmp exit_code' \
+         > /dev/null 2>&1 < /dev/null & fi; echo launched",
+        start = shell_quote(&start),
+        command = shell_quote(&command),
+    )
+}
+
+async fn workload_ready(step: &mut Step<'_>, key: &SessionKey, limits: &StageTimeouts) -> Result<Action> {
+    if let Err(error) = run_on_machine(step, key, &launcher(step)).await {
+        count_ssh_failure(step);
+        step.condition(types::WORKLOAD_READY, false, "Waiting", format!("could not start the workload yet: {error}"));
+        return workload_deadline(step, limits, &error.to_string()).await;
+    }
+    match step.session.spec.workload.kind {
+        WorkloadKind::Interactive => {
+            step.condition(
+                types::WORKLOAD_READY,
+                true,
+                "SSHSuffices",
+                "interactive: SSH works; the start script runs in the background",
+            );
+        }
+        WorkloadKind::Job => {
+            step.condition(types::WORKLOAD_READY, true, "JobRunning", "the job's command is running");
+        }
+        WorkloadKind::Inference => match probe_inference(step).await {
+            InferenceProbe::Answered(message) => step.condition(types::WORKLOAD_READY, true, "ModelAnswered", message),
+            InferenceProbe::Crashed(message) => return host_failed(step, "WorkloadCrashed", message).await,
+            InferenceProbe::NotYet(message) => {
+                step.condition(types::WORKLOAD_READY, false, "Loading", message.clone());
+                return workload_deadline(step, limits, &message).await;
+            }
+        },
+    }
+    Ok(Action::requeue(Duration::ZERO))
+}
+
+async fn workload_deadline(step: &mut Step<'_>, limits: &StageTimeouts, last: &str) -> Result<Action> {
+    let since = step.true_since(types::CUDA_VERIFIED).unwrap_or(step.now);
+    if step.seconds_since(since) > limits.workload_ready.as_secs_f64() {
+        let message = format!("the workload was not ready within {}s: {last}", limits.workload_ready.as_secs());
+        teardown::end(step, SessionPhase::Failed, "WorkloadTimeout", message).await?;
+        return Ok(Action::await_change());
+    }
+    Ok(Action::requeue(PROVISIONING_POLL))
+}
+
+enum InferenceProbe {
+    Answered(String),
+    NotYet(String),
+    Crashed(String),
+}
+
+async fn probe_inference(step: &Step<'_>) -> InferenceProbe {
+    let Some(probe) = step.session.spec.workload.inference.clone() else {
+        return InferenceProbe::NotYet("spec.workload.inference is missing".into());
+    };
+    let port = probe.port.unwrap_or(super::rent::DEFAULT_INFERENCE_PORT);
+    let instance = match current_instance(step).await {
+        Ok(Some(instance)) => instance,
+        Ok(None) => return InferenceProbe::NotYet("the instance is not visible".into()),
+        Err(error) => return InferenceProbe::NotYet(error.to_string()),
+    };
+    let Some(endpoint) = instance.endpoint(port) else {
+        return InferenceProbe::NotYet(format!("port {port} is not exposed yet"));
+    };
+    let base = format!("http://{}:{}", endpoint.host, endpoint.port);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client");
+    let path = probe.health_path.clone().unwrap_or_else(|| "/v1/models".into());
+    let listed = match http.get(format!("{base}{path}")).send().await {
+        Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
+        Ok(r) => return InferenceProbe::NotYet(format!("{path} answered {}", r.status())),
+        Err(e) => return InferenceProbe::NotYet(format!("{path}: {}", e.without_url())),
+    };
+    if !listed.contains(&probe.model) {
+        return InferenceProbe::NotYet(format!("{path} does not list {} yet", probe.model));
+    }
+    let prompt = probe.test_prompt.clone().unwrap_or_else(|| "Say hello.".into());
+    let body = serde_json::json!({"model": probe.model, "prompt": prompt, "max_tokens": 16});
+    match http.post(format!("{base}/v1/completions")).json(&body).send().await {
+        Ok(r) if r.status().is_success() => {
+            InferenceProbe::Answered(format!("{} is listed and answered the test prompt", probe.model))
+        }
+        Ok(r) if r.status().is_server_error() => {
+            let status = r.status();
+            let text: String = r.text().await.unwrap_or_default().chars().take(300).collect();
+            InferenceProbe::Crashed(format!("the first prompt failed with {status}: {text}"))
+        }
+        Ok(r) => InferenceProbe::NotYet(format!("/v1/completions answered {}", r.status())),
+        Err(e) => InferenceProbe::NotYet(format!("/v1/completions: {}", e.without_url())),
+    }
+}
+
+fn ready(step: &mut Step<'_>) -> Result<Action> {
+    let message = "every stage passed: the machine is handed over".to_string();
+    step.condition(types::READY, true, "AllStagesPassed", message.clone());
+    step.phase(SessionPhase::Running, "Ready", message);
+    step.status.started_at = Some(step.time());
+    if let Some(created) = step.session.metadata.creation_timestamp.as_ref() {
+        step.ctx.metrics.time_to_ready.observe(step.now.duration_since(created.0).as_secs_f64());
+    }
+    super::running::set_expiry(step);
+    Ok(Action::requeue(Duration::ZERO))
+}
+
+/// The host failed a stage: destroy it, avoid it, record the attempt, shop again.
+pub async fn host_failed(step: &mut Step<'_>, reason: &str, message: String) -> Result<Action> {
+    let provider = step.status.provider;
+    let offer_id = step.status.offer_id.clone().unwrap_or_default();
+    if let Some(provider) = provider {
+        step.ctx.bad_hosts.mark(provider, None, &offer_id, reason);
+    }
+    teardown::release(step).await?;
+    step.status.attempts.push(Attempt {
+        provider,
+        offer_id: offer_id.clone(),
+        price_per_hour: step.status.price_per_hour,
+        reason: reason.to_string(),
+        message: message.clone(),
+        time: step.time(),
+    });
+    step.event(
+        true,
+        reason,
+        format!("offer {offer_id}: {message}; the host is avoided and another offer will be tried"),
+    )
+    .await;
+    let s = &mut step.status;
+    s.instance_id = None;
+    s.ssh = None;
+    s.verified = None;
+    s.rented_at = None;
+    s.released_at = None;
+    s.price_per_hour = None;
+    s.gpu = None;
+    for stage in [types::INSTANCE_RUNNING, types::SSH_READY, types::CUDA_VERIFIED, types::WORKLOAD_READY] {
+        step.condition(stage, false, "Reshopping", format!("previous host failed: {reason}"));
+    }
+    step.condition(types::READY, false, reason, message.clone());
+    step.phase(SessionPhase::Provisioning, reason, format!("{message}; trying another offer"));
+    Ok(Action::requeue(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_nvidia_smi_query_and_banner() {
+        let out = "NVIDIA RTX 4090, 24576, 550.54.15, 0\n+---+\n| NVIDIA-SMI 550.54.15   Driver Version: 550.54.15   CUDA Version: 12.8     |\n";
+        let found = parse_nvidia_smi(out).unwrap();
+        assert_eq!(
+            (found.gpu_name.as_str(), found.vram_mib, found.cuda_version.as_str()),
+            ("NVIDIA RTX 4090", 24576, "12.8")
+        );
+        assert_eq!(found.gpu_count, 1);
+        assert!(parse_nvidia_smi("bash: nvidia-smi: command not found").is_none());
+    }
+
+    #[test]
+    fn shell_quoting_survives_quotes() {
+        assert_eq!(shell_quote("echo 'hi'"), r"'echo '\''hi'\'''");
+    }
+}

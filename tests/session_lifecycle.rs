@@ -1,0 +1,442 @@
+//! The GpuSession lifecycle end to end: the operator binary against a real
+//! kube-apiserver and the simulated marketplaces. Every test ends by asking
+//! the simulator that no instance of this test is still alive.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+
+use gpu_shopper::crd::conditions::{find, types};
+use gpu_shopper::crd::{GpuSession, ProviderName, SessionPhase};
+use gpu_shopper::simulator::market::{Host, Market};
+use gpu_shopper::simulator::world::Faults;
+use gpu_shopper::simulator::{self, SimulatorHandle};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Harness {
+    client: Client,
+    ns: String,
+    sim: SimulatorHandle,
+    controller: ControllerProcess,
+    sessions: Api<GpuSession>,
+}
+
+fn fast_market() -> Market {
+    let mut market = Market::builtin();
+    market.timings.created_ms = 50;
+    market.timings.loading_ms = 150;
+    market.inference.load_ms = 300;
+    market
+}
+
+impl Harness {
+    async fn new(prefix: &str, market: Market) -> Self {
+        let client = client().await;
+        install_crds(&client).await;
+        let ns = namespace(&client, prefix).await;
+        let sim = simulator::start(market, 0).await.unwrap();
+        let mut env: Vec<(&str, String)> = sim.env();
+        env.push(("ORPHAN_SWEEP_INTERVAL", "1s".into()));
+        env.push(("ORPHAN_GRACE_PERIOD", "2s".into()));
+        let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let controller = ControllerProcess::start_with_env(&ns, &env_refs);
+        controller.wait_ready().await;
+        let sessions = Api::namespaced(client.clone(), &ns);
+        Harness { client, ns, sim, controller, sessions }
+    }
+
+    async fn apply(&self, name: &str, spec: Value) -> GpuSession {
+        let session: GpuSession = serde_json::from_value(json!({
+            "apiVersion": "gpushopper.dev/v1alpha1", "kind": "GpuSession",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .unwrap();
+        self.sessions.create(&PostParams::default(), &session).await.unwrap()
+    }
+
+    async fn wait_until(&self, name: &str, what: &str, done: impl Fn(&GpuSession) -> bool) -> GpuSession {
+        let sessions = self.sessions.clone();
+        let log_path = self.controller.log_path.clone();
+        let result = tokio::time::timeout(WAIT, async {
+            loop {
+                if let Ok(s) = sessions.get(name).await
+                    && done(&s)
+                {
+                    return s;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+        match result {
+            Ok(session) => session,
+            Err(_) => {
+                let status = sessions.get(name).await.ok().and_then(|s| s.status);
+                panic!(
+                    "{name}: timed out waiting for {what}; status: {status:#?}; controller log: {}",
+                    log_path.display()
+                )
+            }
+        }
+    }
+
+    async fn wait_phase(&self, name: &str, phase: SessionPhase) -> GpuSession {
+        self.wait_until(name, &format!("phase {phase:?}"), |s| s.status.as_ref().and_then(|st| st.phase) == Some(phase))
+            .await
+    }
+
+    async fn wait_ready(&self, name: &str) -> GpuSession {
+        self.wait_until(name, "Ready", |s| {
+            s.status.as_ref().and_then(|st| find(&st.conditions, types::READY)).is_some_and(|c| c.status == "True")
+        })
+        .await
+    }
+
+    async fn delete_and_wait_gone(&self, name: &str) {
+        self.sessions.delete(name, &DeleteParams::default()).await.unwrap();
+        wait_for(&format!("{name} to be gone"), WAIT, || async {
+            self.sessions.get_opt(name).await.unwrap().is_none().then_some(())
+        })
+        .await;
+    }
+
+    /// Instances of this test (labelled with its deployment id) still alive.
+    fn live_instances(&self) -> Vec<String> {
+        let label = format!("gpushopper.{}.", self.ns);
+        self.sim.instances().into_iter().filter(|i| !i.destroyed && i.label.starts_with(&label)).map(|i| i.id).collect()
+    }
+
+    async fn events(&self, reason: &str) -> Vec<Event> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .collect()
+    }
+
+    async fn finish(self) {
+        let _ = self.sessions.delete_collection(&DeleteParams::default(), &ListParams::default()).await;
+        wait_for("every session to be gone", WAIT, || async {
+            self.sessions.list(&ListParams::default()).await.ok()?.items.is_empty().then_some(())
+        })
+        .await;
+        assert!(self.live_instances().is_empty(), "instances still billing: {:?}", self.live_instances());
+        let log = self.controller.log();
+        assert!(!log.contains("panicked"), "the controller panicked; log: {}", self.controller.log_path.display());
+        drop(self.controller);
+        delete_namespace(&self.client, &self.ns).await;
+    }
+}
+
+fn rtx_4090(extra: Value) -> Value {
+    let mut spec =
+        json!({"requirements": {"gpuModels": ["RTX 4090"], "providers": ["vastai"]}, "timeouts": {"sshReady": "20s"}});
+    merge(&mut spec, extra);
+    spec
+}
+
+fn merge(base: &mut Value, extra: Value) {
+    if let (Some(base), Value::Object(extra)) = (base.as_object_mut(), extra) {
+        for (k, v) in extra {
+            match (base.get_mut(&k), v) {
+                (Some(b @ Value::Object(_)), v @ Value::Object(_)) => merge(b, v),
+                (_, v) => {
+                    base.insert(k, v);
+                }
+            }
+        }
+    }
+}
+
+fn status(session: &GpuSession) -> &gpu_shopper::crd::GpuSessionStatus {
+    session.status.as_ref().unwrap()
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn interactive_session_reaches_ready_and_its_secret_key_logs_in() {
+    let h = Harness::new("interactive", fast_market()).await;
+    h.apply("box", rtx_4090(json!({"consumer": "team-vision"}))).await;
+    let ready = h.wait_ready("box").await;
+    let st = status(&ready);
+    assert_eq!(st.phase, Some(SessionPhase::Running));
+    assert_eq!(st.provider, Some(ProviderName::Vastai));
+    assert_eq!(st.gpu.as_deref(), Some("1x RTX 4090"));
+    assert_eq!(st.price_per_hour, Some(0.29), "the cheapest matching offer");
+    assert!(st.selection.as_deref().unwrap().starts_with("cheapest of"), "{:?}", st.selection);
+    for stage in [types::INSTANCE_RUNNING, types::SSH_READY, types::CUDA_VERIFIED, types::WORKLOAD_READY] {
+        assert_eq!(find(&st.conditions, stage).unwrap().status, "True", "{stage}");
+    }
+    let verified = st.verified.clone().unwrap();
+    assert_eq!(verified.cuda_version, "12.8", "the real CUDA, not the advertised 12.9");
+    let ssh = st.ssh.clone().unwrap();
+    assert!(ssh.host_key_fingerprint.as_deref().unwrap().starts_with("SHA256:"));
+    assert!(st.expires_at.is_some() && st.started_at.is_some());
+
+    // The key in the Secret logs in, as a user would with `gpu-shopper ssh`.
+    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), &h.ns);
+    let secret = secrets.get("box-ssh").await.unwrap();
+    assert_eq!(secret.owner_references()[0].name, "box");
+    let data = secret.data.unwrap();
+    let private = String::from_utf8(data["ssh-privatekey"].0.clone()).unwrap();
+    assert_eq!(String::from_utf8(data["port"].0.clone()).unwrap(), ssh.port.to_string());
+    let key = gpu_shopper::keys::parse_private(&secrecy::SecretString::from(private)).unwrap();
+    let target = gpu_shopper::probe::ssh::Target {
+        host: &ssh.host,
+        port: ssh.port,
+        user: &ssh.user,
+        pinned_fingerprint: ssh.host_key_fingerprint.as_deref(),
+    };
+    let out =
+        gpu_shopper::probe::ssh::run(&target, Arc::new(key), "nvidia-smi", Duration::from_secs(10)).await.unwrap();
+    assert!(out.stdout.contains("CUDA Version: 12.8"));
+    assert!(!h.events("Rented").await.is_empty());
+    assert_eq!(h.live_instances().len(), 1);
+
+    h.delete_and_wait_gone("box").await;
+    assert!(h.live_instances().is_empty(), "deleting the session destroyed its instance");
+    h.finish().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn inference_session_is_ready_only_when_the_model_answers() {
+    let h = Harness::new("inference", fast_market()).await;
+    let spec = rtx_4090(json!({
+        "image": "vllm/vllm-openai:v0.6.4",
+        "workload": {"kind": "Inference", "command": "vllm serve llama", "inference": {"model": "llama-3-8b", "port": 8000}},
+    }));
+    h.apply("llm", spec).await;
+    let ready = h.wait_ready("llm").await;
+    let workload = find(&status(&ready).conditions, types::WORKLOAD_READY).unwrap().clone();
+    assert_eq!(workload.reason, "ModelAnswered", "{}", workload.message);
+    h.finish().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn a_job_that_succeeds_or_fails_lands_in_status_and_destroys_its_instance() {
+    let h = Harness::new("job", fast_market()).await;
+    let ok = rtx_4090(
+        json!({"workload": {"kind": "Job", "command": "echo training on $GPU_SHOPPER_RUN; echo done"}, "env": [{"name": "GPU_SHOPPER_RUN", "value": "run-7"}]}),
+    );
+    let bad = rtx_4090(json!({"workload": {"kind": "Job", "command": "echo boom >&2; exit 3"}}));
+    h.apply("train-ok", ok).await;
+    h.apply("train-bad", bad).await;
+    let done = h.wait_phase("train-ok", SessionPhase::Succeeded).await;
+    let job = status(&done).job.clone().unwrap();
+    assert_eq!(job.exit_code, 0);
+    assert!(job.log_tail.contains("training on run-7"), "{}", job.log_tail);
+    assert_eq!(status(&done).reason.as_deref(), Some("JobSucceeded"));
+    assert!(status(&done).released_at.is_some());
+
+    let failed = h.wait_phase("train-bad", SessionPhase::Failed).await;
+    let job = status(&failed).job.clone().unwrap();
+    assert_eq!(job.exit_code, 3);
+    assert!(job.log_tail.contains("boom"));
+    assert!(status(&failed).released_at.is_some(), "a failed job must not keep billing");
+    assert!(h.live_instances().is_empty());
+    assert!(!h.events("JobFailed").await.is_empty());
+    h.finish().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn snatched_offer_falls_over_to_the_next_best() {
+    let h = Harness::new("snatched", fast_market()).await;
+    h.sim.set_faults(ProviderName::Vastai, Faults { snatched_offers: vec!["4101".into()], ..Default::default() });
+    h.apply("s", rtx_4090(json!({}))).await;
+    let ready = h.wait_ready("s").await;
+    let st = status(&ready);
+    assert_eq!(st.attempts.len(), 1);
+    assert_eq!((st.attempts[0].offer_id.as_str(), st.attempts[0].reason.as_str()), ("4101", "OfferGone"));
+    assert_eq!(st.offer_id.as_deref(), Some("4102"));
+    assert!(!h.events("AttemptFailed").await.is_empty());
+    h.finish().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn cuda_mismatch_is_caught_the_host_avoided_and_the_session_re_provisioned() {
+    let mut market = fast_market();
+    let mut honest = market.hosts.iter().find(|h| h.id == "4101").unwrap().clone();
+    honest.id = "4199".into();
+    honest.real_cuda = None; // really 12.9
+    honest.price_per_hour = 0.31;
+    market.hosts.push(Host { ..honest });
+    let h = Harness::new("cuda", market).await;
+    let spec = rtx_4090(json!({"requirements": {"minCudaVersion": "12.9"}}));
+    h.apply("first", spec.clone()).await;
+    let ready = h.wait_ready("first").await;
+    let st = status(&ready);
+    assert_eq!(st.attempts.len(), 1, "{:?}", st.attempts);
+    assert_eq!((st.attempts[0].offer_id.as_str(), st.attempts[0].reason.as_str()), ("4101", "CUDAMismatch"));
+    assert!(st.attempts[0].message.contains("CUDA 12.8"), "{}", st.attempts[0].message);
+    assert_eq!(st.offer_id.as_deref(), Some("4199"));
+    assert_eq!(st.verified.as_ref().unwrap().cuda_version, "12.9");
+    let lying = h.sim.instances().into_iter().find(|i| i.offer_id == "4101").unwrap();
+    assert!(lying.destroyed, "the lying host's instance was destroyed");
+
+    // The bad host is remembered: the next session does not try it.
+    h.apply("second", spec).await;
+    let ready = h.wait_ready("second").await;
+    assert!(status(&ready).attempts.is_empty(), "{:?}", status(&ready).attempts);
+    h.finish().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn a_lost_create_response_is_adopted_not_doubled() {
+    let h = Harness::new("lost", fast_market()).await;
+    h.sim.set_faults(ProviderName::Vastai, Faults { lose_create_responses: 1, ..Default::default() });
+    h.apply("s", rtx_4090(json!({}))).await;
+    h.wait_ready("s").await;
+    assert_eq!(h.live_instances().len(), 1, "exactly one instance");
+    assert_eq!(h.sim.instances().len(), 1, "no second instance was ever created");
+    assert!(!h.events("Adopted").await.is_empty());
+    h.finish().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn a_controller_killed_between_create_and_status_write_leaves_exactly_one_instance() {
+    let mut h = Harness::new("crash", fast_market()).await;
+    h.sim.set_faults(ProviderName::Vastai, Faults { create_response_delay_ms: 5_000, ..Default::default() });
+    h.apply("s", rtx_4090(json!({}))).await;
+    wait_for("the instance to exist at the marketplace", WAIT, || async {
+        (!h.live_instances().is_empty()).then_some(())
+    })
+    .await;
+    h.controller.kill(); // before the create call returned, so before any status write
+    let before = h.sessions.get("s").await.unwrap();
+    assert!(
+        before.status.as_ref().and_then(|s| s.instance_id.clone()).is_none(),
+        "the status never heard of the instance"
+    );
+    h.sim.set_faults(ProviderName::Vastai, Faults::default());
+    h.controller.restart();
+    h.wait_ready("s").await;
+    assert_eq!(h.sim.instances().len(), 1, "adopted, not doubled");
+    h.finish().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn ssh_that_never_works_times_out_and_destroys_the_instance() {
+    let h = Harness::new("nossh", fast_market()).await;
+    h.sim.set_faults(ProviderName::Vastai, Faults { key_delay_ms: 3_600_000, ..Default::default() });
+    h.apply("s", rtx_4090(json!({"timeouts": {"sshReady": "3s"}, "maxAttempts": 1}))).await;
+    let failed = h.wait_phase("s", SessionPhase::Failed).await;
+    let st = status(&failed);
+    assert_eq!(st.reason.as_deref(), Some("AttemptsExhausted"));
+    assert_eq!(st.attempts[0].reason, "SSHUnreachable");
+    assert!(h.sim.instances().iter().all(|i| i.destroyed));
+    h.finish().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn expiry_idle_and_budget_each_end_a_session_and_destroy_its_instance() {
+    let h = Harness::new("limits", fast_market()).await;
+    h.apply("expiring", rtx_4090(json!({"lifetime": {"maxDuration": "3s"}}))).await;
+    h.apply("idle", rtx_4090(json!({"lifetime": {"idleTimeout": "2s"}}))).await;
+    h.apply("budget", rtx_4090(json!({"budget": {"maxCostUsd": 0.0003}}))).await;
+    for (name, reason) in [("expiring", "Expired"), ("idle", "Idle"), ("budget", "BudgetReached")] {
+        let ended = h.wait_phase(name, SessionPhase::Succeeded).await;
+        assert_eq!(status(&ended).reason.as_deref(), Some(reason), "{name}");
+        assert!(status(&ended).released_at.is_some(), "{name}: instance destroyed");
+    }
+    let budget = h.sessions.get("budget").await.unwrap();
+    assert!(status(&budget).accrued_cost_usd.unwrap() >= 0.0003);
+    assert!(h.live_instances().is_empty());
+    h.finish().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn deletion_while_provisioning_destroys_what_was_rented() {
+    let mut market = fast_market();
+    market.timings.loading_ms = 60_000; // never gets to running during this test
+    let h = Harness::new("early-delete", market).await;
+    h.apply("s", rtx_4090(json!({}))).await;
+    h.wait_until("s", "an instance", |s| s.status.as_ref().is_some_and(|st| st.instance_id.is_some())).await;
+    h.delete_and_wait_gone("s").await;
+    assert!(h.live_instances().is_empty());
+    h.finish().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn provider_down_during_deletion_holds_the_finalizer_until_it_is_back() {
+    let h = Harness::new("down", fast_market()).await;
+    h.apply("s", rtx_4090(json!({}))).await;
+    h.wait_ready("s").await;
+    h.sim.set_faults(ProviderName::Vastai, Faults { destroy_failures: 1_000, ..Default::default() });
+    h.sessions.delete("s", &DeleteParams::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let held = h.sessions.get("s").await.expect("the finalizer holds the session");
+    assert!(held.metadata.deletion_timestamp.is_some());
+    assert_eq!(h.live_instances().len(), 1, "still there, and still tracked");
+    assert!(!h.events("DestroyFailed").await.is_empty());
+    h.sim.set_faults(ProviderName::Vastai, Faults::default());
+    wait_for("the session to go once the marketplace is back", WAIT, || async {
+        h.sessions.get_opt("s").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    h.finish().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn an_orphan_from_a_crashed_run_is_destroyed_and_another_deployments_instance_is_left_alone() {
+    use gpu_shopper::provider::{CreateRequest, InstanceLabel, OfferQuery, Provider};
+    let h = Harness::new("orphans", fast_market()).await;
+    let keys = h.sim.sim.world().market.keys.clone();
+    let vast = gpu_shopper::provider::vastai::VastAi::new(
+        &h.sim.vastai_url,
+        secrecy::SecretString::from(keys.vastai),
+        Default::default(),
+    );
+    let offer =
+        vast.search_offers(&OfferQuery { requirements: Default::default(), limit: 10 }).await.unwrap().remove(0);
+    let request = |deployment: &str| CreateRequest {
+        offer: offer.clone(),
+        label: InstanceLabel::new(deployment, "uid-of-a-session-that-no-longer-exists"),
+        ssh_public_key: String::new(),
+        image: "x".into(),
+        start_script: None,
+        env: vec![],
+        ports: vec![],
+        disk_gb: 10,
+    };
+    let orphan = vast.create_instance(&request(&h.ns)).await.unwrap();
+    let foreign = vast.create_instance(&request("another-deployment")).await.unwrap();
+    wait_for("the orphan to be destroyed", WAIT, || async {
+        h.sim.instances().iter().find(|i| i.id == orphan.id).is_some_and(|i| i.destroyed).then_some(())
+    })
+    .await;
+    let foreign_state = h.sim.instances().into_iter().find(|i| i.id == foreign.id).unwrap();
+    assert!(!foreign_state.destroyed, "another deployment's instance is never touched");
+    assert!(!h.events("OrphanDestroyed").await.is_empty());
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", h.controller.http_port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("gpu_orphans_detected_total{provider=\"vastai\"} 1"), "{metrics}");
+    vast.destroy_instance(&foreign.id).await.unwrap();
+    h.finish().await;
+}
