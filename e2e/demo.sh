@@ -21,7 +21,8 @@ k apply --server-side -f crds/
 k wait --for condition=established --timeout=60s crd/gpusessions.gpushopper.dev crd/gpuofferfilters.gpushopper.dev
 
 ns=gpu-shopper-demo
-k create namespace "$ns" --dry-run=client -o yaml | k apply -f - >/dev/null
+k delete namespace "$ns" --ignore-not-found --wait=true --timeout=120s >/dev/null
+k create namespace "$ns" >/dev/null
 
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
@@ -34,6 +35,7 @@ if [[ -z ${VASTAI_API_KEY:-}${TENSORDOCK_API_TOKEN:-}${RUNPOD_API_KEY:-} ]]; the
   # shellcheck disable=SC1090
   source <(grep '^export ' "$sim_env")
   grep '^#' "$sim_env"
+  SIM_CONTROL_URL=$(sed -n 's/^# simulated marketplaces; control endpoint: \(.*\)\/state$/\1/p' "$sim_env")
 fi
 
 port=$(( 20000 + RANDOM % 20000 ))
@@ -45,23 +47,41 @@ pids+=($!)
 for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
 curl -sS "http://127.0.0.1:$port/readyz"
 
-say "applying deploy/examples"
-k -n "$ns" apply -f deploy/examples/
-for obj in $(k -n "$ns" get gs,gof -o name); do
+say "applying e2e/demo (a filter and one session per workload kind)"
+k -n "$ns" apply -f e2e/demo/
+for obj in $(k -n "$ns" get gof -o name); do
   k -n "$ns" wait "$obj" --for=jsonpath='{.status.observedGeneration}'=1 --timeout=60s >/dev/null
 done
-
-say "the live market for the filter (kubectl get gof cheap-4090 -o yaml, status)"
+say "the live market for the filter"
 k -n "$ns" get gof cheap-4090 -o jsonpath='{range .status.bestOffers[*]}{.provider}{"\t"}{.gpuModel}{"\t"}{.vramGb}GiB{"\t"}CUDA {.cudaVersion}{"\t"}${.pricePerHour}/h{"\t"}{.location}{"\n"}{end}'
-k -n "$ns" get gof cheap-4090 -o jsonpath='{.status.conditions[?(@.type=="MarketSearched")].message}{"\n"}'
+
+say "waiting for the sessions to be Ready (rent, SSH, real CUDA, workload)"
+k -n "$ns" wait gs/interactive-4090 gs/llama-inference --for=condition=Ready --timeout=120s
+k -n "$ns" wait gs/finetune-job --for=jsonpath='{.status.phase}'=Succeeded --timeout=120s
 
 say "kubectl get gof,gs"
 k -n "$ns" get gof,gs -o wide
-say "why each session waits (Ready condition)"
-k -n "$ns" get gs -o jsonpath='{range .items[*]}{.metadata.name}: {.status.conditions[?(@.type=="Ready")].reason}: {.status.conditions[?(@.type=="Ready")].message}{"\n"}{end}'
+
+say "why each session is where it is"
+k -n "$ns" get gs -o jsonpath='{range .items[*]}{.metadata.name}: {.status.phase} ({.status.reason}): {.status.message}{"\n"}  chosen: {.status.selection}{"\n"}  verified: {.status.verified.gpuCount}x {.status.verified.gpuName}, driver {.status.verified.driverVersion}, CUDA {.status.verified.cudaVersion}{"\n"}{end}'
+echo "finetune-job log tail:"
+k -n "$ns" get gs finetune-job -o jsonpath='{.status.job.logTail}'
+
+say "logging in with the key from the Secret interactive-4090-ssh"
+keyfile=$(mktemp -t gpu-shopper-demo-key.XXXXXX)
+k -n "$ns" get secret interactive-4090-ssh -o jsonpath='{.data.ssh-privatekey}' | base64 -d >"$keyfile"
+chmod 600 "$keyfile"
+host=$(k -n "$ns" get secret interactive-4090-ssh -o jsonpath='{.data.host}' | base64 -d)
+sshport=$(k -n "$ns" get secret interactive-4090-ssh -o jsonpath='{.data.port}' | base64 -d)
+user=$(k -n "$ns" get secret interactive-4090-ssh -o jsonpath='{.data.user}' | base64 -d)
+echo "pinned host key: $(k -n "$ns" get gs interactive-4090 -o jsonpath='{.status.ssh.hostKeyFingerprint}')"
+echo "\$ ssh -i <key> -p $sshport $user@$host nvidia-smi"
+ssh -i "$keyfile" -p "$sshport" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR "$user@$host" nvidia-smi
+rm -f "$keyfile"
 
 say "deleting the sessions: the finalizer holds each until the operator's cleanup ran"
 k -n "$ns" delete gs --all --wait=true --timeout=60s
+echo "instances still alive at the simulated marketplaces: $(curl -s "${SIM_CONTROL_URL:-}/state" 2>/dev/null | grep -o '"destroyed":false' | wc -l)"
 k -n "$ns" get events --field-selector reason=CleanupComplete -o custom-columns=SESSION:.involvedObject.name,REASON:.reason,MESSAGE:.message
 k delete namespace "$ns" --wait=false >/dev/null
 

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on a fresh Debian machine, when it is
 # missing: openssl and curl (control plane certificates and readiness checks),
+# the OpenSSH client (the demo logs in with the session key),
 # Go (to build the real Kubernetes control plane; Go fetches the toolchain
 # version go.mod asks for through the module proxy), rustfmt and clippy.
 set -euo pipefail
 need=()
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl ca-certificates)
+command -v ssh >/dev/null || need+=(openssh-client)
 command -v go >/dev/null || need+=(golang-go)
 if ((${#need[@]})); then
   echo "setup.sh: installing ${need[*]}" >&2
