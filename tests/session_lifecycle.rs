@@ -440,3 +440,29 @@ async fn an_orphan_from_a_crashed_run_is_destroyed_and_another_deployments_insta
     vast.destroy_instance(&foreign.id).await.unwrap();
     h.finish().await;
 }
+
+#[tokio::test]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn a_model_that_crashes_on_its_first_prompt_re_provisions_on_another_host() {
+    let mut market = fast_market();
+    let mut honest = market.hosts.iter().find(|h| h.id == "4101").unwrap().clone();
+    honest.id = "4199".into();
+    honest.real_cuda = None; // really 12.9, what the image needs
+    honest.price_per_hour = 0.36;
+    market.hosts.push(honest);
+    let h = Harness::new("crash-prompt", market).await;
+    // No CUDA requirement in the spec: only the workload reveals that 12.8 (4101) and 12.4 (4102) are too old for this image.
+    let spec = rtx_4090(json!({
+        "image": "vllm/vllm-openai:v0.10.1",
+        "workload": {"kind": "Inference", "command": "vllm serve m", "inference": {"model": "m"}},
+    }));
+    h.apply("llm", spec).await;
+    let ready = h.wait_ready("llm").await;
+    let st = status(&ready);
+    let reasons: Vec<_> = st.attempts.iter().map(|a| (a.offer_id.as_str(), a.reason.as_str())).collect();
+    assert_eq!(reasons, [("4101", "WorkloadCrashed"), ("4102", "WorkloadCrashed")]);
+    assert!(st.attempts[0].message.contains("CUDA error"), "{}", st.attempts[0].message);
+    assert_eq!(st.offer_id.as_deref(), Some("4199"));
+    assert_eq!(h.live_instances().len(), 1, "the crashed hosts' instances were destroyed");
+    h.finish().await;
+}

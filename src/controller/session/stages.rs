@@ -40,7 +40,7 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
     if !step.condition_is_true(types::WORKLOAD_READY) {
         return workload_ready(step, key, &limits).await;
     }
-    ready(step)
+    ready(step).await
 }
 
 async fn current_instance(step: &Step<'_>) -> Result<Option<Instance>> {
@@ -68,6 +68,7 @@ async fn instance_running(step: &mut Step<'_>, limits: &StageTimeouts) -> Result
             instance.provider, target.user, target.host, target.port
         );
         step.condition(types::INSTANCE_RUNNING, true, "Running", message.clone());
+        step.event(false, "InstanceRunning", &message).await;
         step.phase(SessionPhase::Verifying, "InstanceRunning", message);
         return Ok(Action::requeue(Duration::ZERO));
     }
@@ -125,7 +126,8 @@ async fn ssh_ready(step: &mut Step<'_>, key: &SessionKey, limits: &StageTimeouts
                 "logged in as {}@{}:{} with the session's key; host key {} pinned",
                 endpoint.user, endpoint.host, endpoint.port, out.host_fingerprint
             );
-            step.condition(types::SSH_READY, true, "LoggedIn", message);
+            step.condition(types::SSH_READY, true, "LoggedIn", message.clone());
+            step.event(false, "SSHReady", message).await;
             Ok(Action::requeue(Duration::ZERO))
         }
         Err(error @ SshError::HostKeyChanged { .. }) => {
@@ -217,7 +219,8 @@ async fn cuda_verified(step: &mut Step<'_>, key: &SessionKey, limits: &StageTime
         return host_failed(step, "GPUCountMismatch", format!("asked for {count} GPUs, nvidia-smi shows {summary}"))
             .await;
     }
-    step.condition(types::CUDA_VERIFIED, true, "Verified", summary);
+    step.condition(types::CUDA_VERIFIED, true, "Verified", summary.clone());
+    step.event(false, "CUDAVerified", summary).await;
     Ok(Action::requeue(Duration::ZERO))
 }
 
@@ -332,11 +335,12 @@ async fn probe_inference(step: &Step<'_>) -> InferenceProbe {
     }
 }
 
-fn ready(step: &mut Step<'_>) -> Result<Action> {
+async fn ready(step: &mut Step<'_>) -> Result<Action> {
     let message = "every stage passed: the machine is handed over".to_string();
     step.condition(types::READY, true, "AllStagesPassed", message.clone());
     step.phase(SessionPhase::Running, "Ready", message);
     step.status.started_at = Some(step.time());
+    step.event(false, "Ready", "every stage passed: the machine is handed over").await;
     if let Some(created) = step.session.metadata.creation_timestamp.as_ref() {
         step.ctx.metrics.time_to_ready.observe(step.now.duration_since(created.0).as_secs_f64());
     }
