@@ -191,6 +191,7 @@ async fn interactive_session_reaches_ready_and_its_secret_key_logs_in() {
     assert_eq!(secret.owner_references()[0].name, "box");
     let data = secret.data.unwrap();
     let private = String::from_utf8(data["ssh-privatekey"].0.clone()).unwrap();
+    let private_text = private.clone();
     assert_eq!(String::from_utf8(data["port"].0.clone()).unwrap(), ssh.port.to_string());
     let key = gpu_shopper::keys::parse_private(&secrecy::SecretString::from(private)).unwrap();
     let target = gpu_shopper::probe::ssh::Target {
@@ -204,6 +205,33 @@ async fn interactive_session_reaches_ready_and_its_secret_key_logs_in() {
     assert!(out.stdout.contains("CUDA Version: 12.8"));
     assert!(!h.events("Rented").await.is_empty());
     assert_eq!(h.live_instances().len(), 1);
+
+    // Observability, and no key material anywhere but the Secret.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", h.controller.http_port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        "gpu_sessions_active{phase=\"Running\",provider=\"vastai\"} 1",
+        "gpu_session_time_to_ready_seconds_count 1",
+        "gpu_provider_call_duration_seconds_count{provider=\"vastai\",operation=\"create\"} 1",
+        "gpu_accrued_cost_usd",
+    ] {
+        assert!(metrics.contains(expected), "{expected} in {metrics}");
+    }
+    let key_body: String = private_text.lines().nth(1).unwrap().to_string();
+    let events = serde_json::to_string(
+        &Api::<Event>::namespaced(h.client.clone(), &h.ns).list(&ListParams::default()).await.unwrap().items,
+    )
+    .unwrap();
+    let status_text = serde_json::to_string(&ready.status).unwrap();
+    for (place, text) in
+        [("events", events), ("status", status_text), ("controller log", h.controller.log()), ("metrics", metrics)]
+    {
+        assert!(!text.contains(&key_body), "the private key leaked into the {place}");
+    }
 
     h.delete_and_wait_gone("box").await;
     assert!(h.live_instances().is_empty(), "deleting the session destroyed its instance");
