@@ -29,6 +29,14 @@ pub mod env {
     pub const ORPHAN_GRACE_PERIOD: &str = "ORPHAN_GRACE_PERIOD";
     /// How long a host that failed verification is avoided (default 1h).
     pub const BAD_HOST_TTL: &str = "BAD_HOST_TTL";
+    /// "false" turns leader election off (a single replica only).
+    pub const LEADER_ELECTION: &str = "LEADER_ELECTION";
+    /// Namespace of the leader-election Lease (default: POD_NAMESPACE, else WATCH_NAMESPACE, else "default").
+    pub const LEASE_NAMESPACE: &str = "LEASE_NAMESPACE";
+    /// How long a leader's lease lasts without renewal (default 15s).
+    pub const LEASE_DURATION: &str = "LEASE_DURATION";
+    /// Namespace the operator's pod runs in (set by the chart through the downward API).
+    pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
     /// Name of the pod the operator runs in (set by the chart through the downward API); names the reporter of Events.
     pub const POD_NAME: &str = "POD_NAME";
 
@@ -50,6 +58,10 @@ pub mod env {
         ORPHAN_SWEEP_INTERVAL,
         ORPHAN_GRACE_PERIOD,
         BAD_HOST_TTL,
+        LEADER_ELECTION,
+        LEASE_NAMESPACE,
+        LEASE_DURATION,
+        POD_NAMESPACE,
         POD_NAME,
     ];
 }
@@ -127,6 +139,15 @@ pub struct Config {
     pub orphan_sweep_interval: Duration,
     pub orphan_grace_period: Duration,
     pub bad_host_ttl: Duration,
+    /// `None`: leader election is off.
+    pub leader_election: Option<LeaderElection>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeaderElection {
+    pub lease_name: String,
+    pub lease_namespace: String,
+    pub lease_duration: Duration,
 }
 
 impl ProviderCredentials {
@@ -212,7 +233,19 @@ impl Config {
                 Some(value) => crate::crd::duration::parse(&value).ok_or(ConfigError::InvalidDuration { name, value }),
             }
         };
+        let leader_election = match get(env::LEADER_ELECTION).as_deref().map(str::to_ascii_lowercase).as_deref() {
+            Some("false") | Some("0") | Some("off") => None,
+            _ => Some(LeaderElection {
+                lease_name: format!("gpu-shopper-{deployment_id}"),
+                lease_namespace: get(env::LEASE_NAMESPACE)
+                    .or_else(|| get(env::POD_NAMESPACE))
+                    .or_else(|| get(env::WATCH_NAMESPACE))
+                    .unwrap_or_else(|| "default".into()),
+                lease_duration: duration(env::LEASE_DURATION, Duration::from_secs(15))?,
+            }),
+        };
         Ok(Config {
+            leader_election,
             max_session_duration: duration(env::MAX_SESSION_DURATION, Duration::from_secs(12 * 3600))?,
             orphan_sweep_interval: duration(env::ORPHAN_SWEEP_INTERVAL, Duration::from_secs(60))?,
             orphan_grace_period: duration(env::ORPHAN_GRACE_PERIOD, Duration::from_secs(600))?,

@@ -16,6 +16,8 @@ use crate::metrics::Metrics;
 pub struct Health {
     /// Set once the controllers' watches are running.
     pub ready: AtomicBool,
+    /// Set while waiting for the leader-election lease.
+    pub standby: AtomicBool,
     /// Marketplaces with credentials, shown by /readyz so "no providers" is never silent.
     pub providers: Vec<crate::crd::ProviderName>,
     pub metrics: Arc<Metrics>,
@@ -32,7 +34,10 @@ async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
         let names: Vec<_> = health.providers.iter().map(|p| p.as_str()).collect();
         format!("providers: {}", names.join(", "))
     };
-    if health.ready.load(Ordering::Relaxed) {
+    if health.standby.load(Ordering::Relaxed) {
+        // A standby is healthy and ready to take over; it reconciles nothing until it leads.
+        (StatusCode::OK, format!("standby: waiting for the leader-election lease\n{providers}\n"))
+    } else if health.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, format!("ready\n{providers}\n"))
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, format!("starting: controllers not running yet\n{providers}\n"))

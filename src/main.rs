@@ -129,7 +129,7 @@ async fn controller_main(config: Arc<Config>) -> Result<(), String> {
             "no marketplace credentials configured: sessions will wait with reason NoProvidersConfigured until VASTAI_API_KEY, TENSORDOCK_AUTH_ID + TENSORDOCK_API_TOKEN or RUNPOD_API_KEY is set"
         );
     }
-    let health = Arc::new(Health { ready: false.into(), providers, metrics: metrics.clone() });
+    let health = Arc::new(Health { ready: false.into(), standby: false.into(), providers, metrics: metrics.clone() });
     let http_addr = config.http_addr;
     let server = tokio::spawn(http::serve(http_addr, health.clone()));
     let providers = gpu_shopper::provider::from_config(&config, &CallPolicy::default())

@@ -2,6 +2,7 @@
 //! create) and one for GpuOfferFilters, run side by side.
 
 pub mod context;
+pub mod leader;
 pub mod offer_filter;
 pub mod session;
 pub mod status;
@@ -34,6 +35,10 @@ pub enum StartError {
     CrdMissing { kind: &'static str },
     #[error("cannot reach the Kubernetes API server to list {kind}s: {source}")]
     Api { kind: &'static str, source: kube::Error },
+    #[error("leader election failed: {0}")]
+    LeaderElection(String),
+    #[error("lost leadership; exiting so that only the new leader reconciles")]
+    LostLeadership,
 }
 
 /// Runs both controllers until SIGTERM or Ctrl-C.
@@ -42,6 +47,25 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
     let namespace = ctx.config.watch_namespace.as_deref();
     ensure_crd_served::<GpuSession>(&client, namespace, "GpuSession").await?;
     ensure_crd_served::<GpuOfferFilter>(&client, namespace, "GpuOfferFilter").await?;
+
+    let leadership = match &ctx.config.leader_election {
+        None => None,
+        Some(election) => {
+            health.standby.store(true, Ordering::Relaxed);
+            let identity = ctx.config.instance_name.clone().unwrap_or_else(random_identity);
+            let leadership = leader::acquire(
+                client.clone(),
+                &election.lease_name,
+                &election.lease_namespace,
+                &identity,
+                election.lease_duration,
+            )
+            .await
+            .map_err(|e| StartError::LeaderElection(e.to_string()))?;
+            health.standby.store(false, Ordering::Relaxed);
+            Some(leadership)
+        }
+    };
 
     let owned_secrets = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
     let sessions = Controller::new(scoped::<GpuSession>(&client, namespace), watcher::Config::default())
@@ -57,11 +81,25 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
     let sweeper = tokio::spawn(sweeper::run(ctx.clone()));
     health.ready.store(true, Ordering::Relaxed);
     tracing::info!(deployment_id = %ctx.config.deployment_id, "controllers running");
-    futures::join!(sessions, filters);
+    let lost = async {
+        match leadership {
+            Some(leadership) => leadership.lost().await,
+            None => futures::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        _ = async { futures::join!(sessions, filters) } => Ok(()),
+        _ = lost => Err(StartError::LostLeadership),
+    };
     sweeper.abort();
     health.ready.store(false, Ordering::Relaxed);
     tracing::info!("controllers stopped");
-    Ok(())
+    outcome
+}
+
+fn random_identity() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "gpu-shopper".into());
+    format!("{host}-{:08x}", rand::random::<u32>())
 }
 
 /// An Api over one namespace, or over all of them.

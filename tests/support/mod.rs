@@ -125,12 +125,17 @@ impl ControllerProcess {
     }
 
     pub fn start_with_env(namespace: &str, extra_env: &[(&str, &str)]) -> Self {
+        Self::start_with_env_named(namespace, "controller", extra_env)
+    }
+
+    /// Like `start_with_env`, with its own log file named after `replica`.
+    pub fn start_with_env_named(namespace: &str, replica: &str, extra_env: &[(&str, &str)]) -> Self {
         let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("controller-logs");
         std::fs::create_dir_all(&log_dir).unwrap();
         let mut process = ControllerProcess {
             child: None,
             http_port: 0,
-            log_path: log_dir.join(format!("{namespace}.log")),
+            log_path: log_dir.join(format!("{namespace}-{replica}.log")),
             namespace: namespace.to_string(),
             extra_env: extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
@@ -153,6 +158,8 @@ impl ControllerProcess {
             .env("HTTP_ADDR", format!("127.0.0.1:{}", self.http_port))
             .env("LOG_LEVEL", "info,gpu_shopper=debug")
             .env("LOG_FORMAT", "json")
+            // Short leases: a restarted controller waits for its old lease to expire.
+            .env("LEASE_DURATION", "3s")
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .stdin(Stdio::null());
