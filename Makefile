@@ -10,8 +10,8 @@ demo:
 
 ## test: everything: formatting, clippy, unit tests, and the integration tests against a real API server
 test: setup lint
-	kubeconfig=$$($(CONTROL_PLANE)/start.sh) && \
-	GPU_SHOPPER_TEST_KUBECONFIG=$$kubeconfig cargo test --all-targets -- --include-ignored
+	kubeconfig=$$($(CONTROL_PLANE)/start.sh) && helm=$$(tests/helm/build.sh) && \
+	GPU_SHOPPER_TEST_KUBECONFIG=$$kubeconfig GPU_SHOPPER_HELM=$$helm cargo test --all-targets -- --include-ignored
 
 setup:
 	scripts/setup.sh
@@ -30,6 +30,7 @@ control-plane:
 stop-control-plane:
 	$(CONTROL_PLANE)/stop.sh
 
-## crds: regenerate crds/ from the Rust types
+## crds: regenerate crds/ (and the chart's copy) from the Rust types
 crds:
 	cargo run --quiet -- crds > crds/gpushopper.dev.yaml
+	cp crds/gpushopper.dev.yaml charts/gpu-shopper/crds/gpushopper.dev.yaml

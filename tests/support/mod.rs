@@ -34,7 +34,11 @@ pub fn kubeconfig_path() -> PathBuf {
 }
 
 pub async fn client() -> Client {
-    let path = kubeconfig_path();
+    client_from(&kubeconfig_path()).await
+}
+
+pub async fn client_from(path: &std::path::Path) -> Client {
+    let path = path.to_path_buf();
     let kubeconfig = Kubeconfig::read_from(&path).unwrap_or_else(|e| {
         panic!("no test control plane kubeconfig at {} ({e}). {NEEDS_CONTROL_PLANE}", path.display())
     });

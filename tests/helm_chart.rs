@@ -1,0 +1,228 @@
+//! The Helm chart: its CRDs equal the repo's, it lints and renders with
+//! default and custom values, installs into the real API server, and its RBAC
+//! is enough, and no more than enough, for a session's whole life.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use serde_json::json;
+
+use gpu_shopper::crd::GpuSession;
+use gpu_shopper::crd::conditions::{find, types};
+use gpu_shopper::simulator;
+use gpu_shopper::simulator::market::Market;
+use support::*;
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/gpu-shopper");
+
+#[test]
+fn the_charts_crds_are_the_repos_crds() {
+    let repo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/gpushopper.dev.yaml")).unwrap();
+    let chart = std::fs::read_to_string(format!("{CHART}/crds/gpushopper.dev.yaml")).unwrap();
+    assert!(repo == chart, "charts/gpu-shopper/crds/ differs from crds/: run `make crds`");
+}
+
+/// Helm, built by tests/helm/build.sh (`make test` passes its path in GPU_SHOPPER_HELM).
+fn helm() -> PathBuf {
+    let path = std::env::var("GPU_SHOPPER_HELM")
+        .ok()
+        .or_else(|| {
+            let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/helm/build.sh")).output().ok()?;
+            out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        })
+        .expect("helm is needed: run `make test`, or tests/helm/build.sh and set GPU_SHOPPER_HELM");
+    PathBuf::from(path)
+}
+
+fn run(command: &mut Command) -> (bool, String, String) {
+    let out = command.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn render(args: &[&str]) -> Vec<serde_yaml::Value> {
+    let (ok, stdout, stderr) = run(Command::new(helm()).args(["template", "gs", CHART]).args(args));
+    assert!(ok, "helm template {args:?} failed: {stderr}");
+    serde_yaml::Deserializer::from_str(&stdout)
+        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .filter(|v: &serde_yaml::Value| !v.is_null())
+        .collect()
+}
+
+fn kind<'a>(docs: &'a [serde_yaml::Value], kind: &str) -> &'a serde_yaml::Value {
+    docs.iter().find(|d| d["kind"].as_str() == Some(kind)).unwrap_or_else(|| panic!("no {kind} rendered"))
+}
+
+#[test]
+#[ignore = "needs helm: run `make test` (it builds Helm from the Go module proxy)"]
+fn lint_and_template_with_default_and_custom_values() {
+    for values in [
+        vec!["--set", "deploymentId=prod-eu-1"],
+        vec![
+            "--set",
+            "deploymentId=x",
+            "--set",
+            "replicas=3",
+            "--set",
+            "leaderElection.enabled=false",
+            "--set",
+            "watchNamespace=ml",
+            "--set",
+            "providers.baseUrls.vastai=http://sim:18000/api/v0",
+        ],
+    ] {
+        let (ok, stdout, stderr) = run(Command::new(helm()).args(["lint", "--strict", CHART]).args(&values));
+        assert!(ok, "helm lint {values:?}: {stdout}{stderr}");
+    }
+    let docs = render(&["--set", "deploymentId=prod-eu-1"]);
+    let deployment = kind(&docs, "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], serde_yaml::Value::Bool(true));
+    let container = &pod["containers"][0];
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], serde_yaml::Value::Bool(true));
+    assert_eq!(security["allowPrivilegeEscalation"], serde_yaml::Value::Bool(false));
+    assert_eq!(security["capabilities"]["drop"][0].as_str(), Some("ALL"));
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"].as_str(), Some("/healthz"));
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"));
+    assert!(container["resources"]["limits"]["memory"].is_string());
+    // One set of names: every variable the chart sets is one the binary reads.
+    let names: Vec<&str> =
+        container["env"].as_sequence().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    for name in &names {
+        assert!(gpu_shopper::config::env::ALL.contains(name), "the chart sets {name}, which gpu-shopper does not read");
+    }
+    for needed in ["DEPLOYMENT_ID", "VASTAI_API_KEY", "TENSORDOCK_AUTH_ID", "TENSORDOCK_API_TOKEN", "RUNPOD_API_KEY"] {
+        assert!(names.contains(&needed), "the chart does not set {needed}");
+    }
+    let custom = render(&["--set", "deploymentId=x", "--set", "replicas=3", "--set", "leaderElection.enabled=false"]);
+    assert_eq!(kind(&custom, "Deployment")["spec"]["replicas"].as_i64(), Some(3));
+    assert!(custom.iter().all(|d| d["kind"].as_str() != Some("Role")), "no Lease role without leader election");
+
+    let (ok, _, stderr) = run(Command::new(helm()).args(["template", "gs", CHART]));
+    assert!(!ok && stderr.contains("deploymentId is required"), "{stderr}");
+    let (ok, _, stderr) = run(Command::new(helm()).args(["template", "gs", CHART, "--set", "deploymentId=Prod_1"]));
+    assert!(!ok && stderr.contains("deploymentId must be"), "{stderr}");
+}
+
+#[tokio::test]
+#[ignore = "needs helm and a real API server: run `make test`"]
+async fn helm_install_creates_everything_and_the_chart_rbac_runs_a_whole_session() {
+    let client = client().await;
+    let ns = namespace(&client, "helm").await;
+    let release = ns.as_str(); // cluster-scoped names stay unique per run
+    let (ok, stdout, stderr) = run(Command::new(helm()).args([
+        "install",
+        release,
+        CHART,
+        "--namespace",
+        &ns,
+        "--kubeconfig",
+        kubeconfig_path().to_str().unwrap(),
+        "--set",
+        &format!("deploymentId={ns}"),
+        "--set",
+        &format!("watchNamespace={ns}"),
+    ]));
+    assert!(ok, "helm install: {stdout}{stderr}");
+    let name = format!("{release}-gpu-shopper");
+    Api::<ServiceAccount>::namespaced(client.clone(), &ns).get(&name).await.expect("ServiceAccount");
+    Api::<Deployment>::namespaced(client.clone(), &ns).get(&name).await.expect("Deployment");
+    Api::<Service>::namespaced(client.clone(), &ns).get(&name).await.expect("Service");
+    Api::<Role>::namespaced(client.clone(), &ns).get(&format!("{name}-leader-election")).await.expect("Role");
+    Api::<RoleBinding>::namespaced(client.clone(), &ns)
+        .get(&format!("{name}-leader-election"))
+        .await
+        .expect("RoleBinding");
+    Api::<ClusterRole>::all(client.clone()).get(&name).await.expect("ClusterRole");
+    Api::<ClusterRoleBinding>::all(client.clone()).get(&name).await.expect("ClusterRoleBinding");
+    install_crds(&client).await; // helm installed them if absent; wait until they are served
+
+    // The operator, out of cluster, as the chart's ServiceAccount: RBAC is enforced by the API server.
+    let kubeconfig = impersonating_kubeconfig(&format!("system:serviceaccount:{ns}:{name}"), &ns);
+    let mut market = Market::builtin();
+    market.timings.created_ms = 50;
+    market.timings.loading_ms = 100;
+    let sim = simulator::start(market, 0).await.unwrap();
+    let mut env: Vec<(&str, String)> = sim.env();
+    env.push(("KUBECONFIG", kubeconfig.to_string_lossy().into_owned()));
+    env.push(("POD_NAMESPACE", ns.clone()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let controller = ControllerProcess::start_with_env_named(&ns, "as-chart-sa", &env);
+    controller.wait_ready().await;
+
+    let sessions: Api<GpuSession> = Api::namespaced(client.clone(), &ns);
+    let session: GpuSession = serde_json::from_value(json!({
+        "apiVersion": "gpushopper.dev/v1alpha1", "kind": "GpuSession", "metadata": {"name": "rbac"},
+        "spec": {"requirements": {"gpuModels": ["RTX 4090"]}, "workload": {"kind": "Job", "command": "echo ok"}},
+    }))
+    .unwrap();
+    sessions.create(&PostParams::default(), &session).await.unwrap();
+    let done = wait_for("the job session to succeed under the chart's RBAC", Duration::from_secs(60), || async {
+        let s = sessions.get("rbac").await.ok()?;
+        (s.status.as_ref()?.reason.as_deref() == Some("JobSucceeded")).then_some(s)
+    })
+    .await;
+    assert!(find(&done.status.as_ref().unwrap().conditions, types::CUDA_VERIFIED).is_some_and(|c| c.status == "True"));
+    let log = controller.log();
+    assert!(
+        !log.contains("forbidden"),
+        "the chart's RBAC refused something the operator needs: {}",
+        controller.log_path.display()
+    );
+
+    // And no more than needed: the ServiceAccount cannot delete Secrets or rewrite a session's spec.
+    let as_sa = support::client_from(&kubeconfig).await;
+    let denied = Api::<Secret>::namespaced(as_sa.clone(), &ns).delete("rbac-ssh", &DeleteParams::default()).await;
+    assert!(matches!(denied, Err(kube::Error::Api(ref s)) if s.code == 403), "{denied:?}");
+    let mut edited = sessions.get("rbac").await.unwrap();
+    edited.spec.consumer = Some("not-allowed".into());
+    let denied = Api::<GpuSession>::namespaced(as_sa, &ns).replace("rbac", &PostParams::default(), &edited).await;
+    assert!(matches!(denied, Err(kube::Error::Api(ref s)) if s.code == 403), "{denied:?}");
+
+    sessions.delete("rbac", &DeleteParams::default()).await.unwrap();
+    wait_for("the session to go", Duration::from_secs(60), || async {
+        sessions.get_opt("rbac").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(sim.instances().iter().all(|i| i.destroyed));
+    drop(controller);
+    let (ok, _, stderr) = run(Command::new(helm()).args([
+        "uninstall",
+        release,
+        "--namespace",
+        &ns,
+        "--kubeconfig",
+        kubeconfig_path().to_str().unwrap(),
+    ]));
+    assert!(ok, "helm uninstall: {stderr}");
+    delete_namespace(&client, &ns).await;
+}
+
+/// The test kubeconfig, acting as `user` (the admin may impersonate).
+fn impersonating_kubeconfig(user: &str, ns: &str) -> PathBuf {
+    let text = std::fs::read_to_string(kubeconfig_path()).unwrap();
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let auth = &mut config["users"][0]["user"];
+    auth["as"] = serde_yaml::Value::String(user.into());
+    auth["as-groups"] = serde_yaml::to_value(vec![
+        "system:serviceaccounts".to_string(),
+        format!("system:serviceaccounts:{ns}"),
+        "system:authenticated".into(),
+    ])
+    .unwrap();
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kubeconfig-{ns}"));
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    path
+}
