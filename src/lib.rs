@@ -1,6 +1,7 @@
 //! gpu-shopper: a Kubernetes operator that rents GPUs from cheap marketplaces,
 //! proves they work, and never leaves one billing.
 
+pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod crd;

@@ -14,7 +14,12 @@ use gpu_shopper::{crd, simulator, telemetry};
 
 /// Rents GPUs from cheap marketplaces for a Kubernetes cluster, proves they work, and never leaves one billing.
 #[derive(Parser)]
-#[command(name = "gpu-shopper", version, propagate_version = true)]
+#[command(
+    name = "gpu-shopper",
+    version,
+    propagate_version = true,
+    after_help = "Installed as `kubectl-gpu` on PATH, it is also the kubectl plugin `kubectl gpu ...`."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -47,6 +52,14 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         port: u16,
     },
+    /// The live market, ranked, from the configured marketplaces.
+    Offers(gpu_shopper::cli::offers::OffersArgs),
+    /// Log in to a session's machine with the key from its Secret (or print the ssh command).
+    Ssh(gpu_shopper::cli::ssh::SshArgs),
+    /// Accrued cost per session and consumer, from the sessions' status.
+    Cost(gpu_shopper::cli::cost::CostArgs),
+    /// A session's phase, conditions and attempts, with what to do next.
+    Status(gpu_shopper::cli::status::StatusArgs),
     /// Print the CustomResourceDefinitions as YAML.
     ///
     /// Example: gpu-shopper crds | kubectl apply -f -
@@ -61,6 +74,34 @@ fn main() -> ExitCode {
         }
         Command::Controller => run_controller(),
         Command::Simulate { market, port } => run_simulator(market, port),
+        Command::Offers(args) => user_command(gpu_shopper::cli::offers::run(args)),
+        Command::Cost(args) => user_command(gpu_shopper::cli::cost::run(args)),
+        Command::Status(args) => user_command(gpu_shopper::cli::status::run(args)),
+        Command::Ssh(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+            match runtime.block_on(gpu_shopper::cli::ssh::run(args)) {
+                Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+                Err(error) => {
+                    eprintln!("gpu-shopper: {error}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+/// Runs a user command that prints its output.
+fn user_command(future: impl std::future::Future<Output = Result<String, gpu_shopper::cli::CliError>>) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(future) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("gpu-shopper: {error}");
+            ExitCode::from(1)
+        }
     }
 }
 

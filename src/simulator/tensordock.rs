@@ -32,7 +32,15 @@ fn error(status: StatusCode, message: &str) -> Response {
 
 /// "RTX 4090", 24 -> "geforcertx4090-pcie-24gb".
 pub fn v0_name(host: &Host) -> String {
-    let model: String = host.gpu.to_ascii_lowercase().chars().filter(char::is_ascii_alphanumeric).collect();
+    let model: String = host
+        .gpu
+        .to_ascii_lowercase()
+        .split_whitespace()
+        .filter(|t| !["pcie", "sxm", "sxm4", "sxm5"].contains(t))
+        .collect::<String>()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
     let prefix = if model.starts_with("rtx") { "geforce" } else { "" };
     format!("{prefix}{model}-pcie-{}gb", host.vram_gb)
 }

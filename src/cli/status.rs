@@ -1,0 +1,116 @@
+//! `gpu-shopper status SESSION`: conditions and attempts, readable, with what
+//! to do next for a failure.
+
+use kube::Api;
+
+use super::{CliError, table};
+use crate::crd::GpuSession;
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  gpu-shopper status llama-inference -n ml
+  kubectl gpu status finetune-job")]
+pub struct StatusArgs {
+    /// Name of the GpuSession.
+    pub session: String,
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+}
+
+/// What to do about a reason, for the reasons a user can act on.
+pub fn advice(reason: &str) -> Option<&'static str> {
+    Some(match reason {
+        "NoProvidersConfigured" => {
+            "the operator has no marketplace credentials: ask its admin to set them (see docs/providers.md)"
+        }
+        "OfferFilterNotFound" => "create the GpuOfferFilter named in spec.offerFilterRef, or fix the name",
+        "ConflictingRequirements" => "the filter and spec.requirements contradict each other: relax one of them",
+        "NoMatchingOffers" => {
+            "nothing on the market matches now: raise maxPricePerHour, allow more GPU models or providers, or wait"
+        }
+        "AttemptsExhausted" => {
+            "every offer tried failed (see the attempts): loosen the requirements or raise spec.maxAttempts, then recreate the session"
+        }
+        "CUDAMismatch" => {
+            "the host's real CUDA was below the requirement; the operator already avoids it and tries another"
+        }
+        "SSHUnreachable" => "the machine never accepted SSH; raise spec.timeouts.sshReady if images are slow to start",
+        "WorkloadTimeout" => {
+            "the workload was not ready in time: raise spec.timeouts.workloadReady (large models take long to load) or check the command"
+        }
+        "WorkloadCrashed" => {
+            "the model server failed its first prompt on that host (often CUDA too old for the image); set requirements.minCudaVersion"
+        }
+        "JobFailed" => "the job exited non-zero: read status.job.logTail, fix the command, recreate the session",
+        "DriverMissing" => "the image has no NVIDIA driver: use a CUDA image",
+        "BudgetReached" | "Expired" | "Idle" => {
+            "the session ended as configured; recreate it (or raise lifetime/budget) to continue"
+        }
+        "CreateRejected" => "the marketplace refused the request: check image and disk size",
+        _ => return None,
+    })
+}
+
+pub async fn run(args: StatusArgs) -> Result<String, CliError> {
+    let namespace = super::namespace(args.namespace).await;
+    let sessions: Api<GpuSession> = Api::namespaced(super::client().await?, &namespace);
+    let session = sessions.get(&args.session).await?;
+    let Some(status) = session.status else {
+        return Ok(format!("{namespace}/{}: no status yet (is the operator running?)\n", args.session));
+    };
+    let mut out = format!(
+        "{namespace}/{}: {} ({})\n  {}\n",
+        args.session,
+        status.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "Pending".into()),
+        status.reason.clone().unwrap_or_default(),
+        status.message.clone().unwrap_or_default()
+    );
+    if let (Some(provider), Some(instance)) = (status.provider, &status.instance_id) {
+        out.push_str(&format!(
+            "  machine: {} instance {instance}, {} at ${:.3}/h, cost so far ${:.4}\n",
+            provider,
+            status.gpu.clone().unwrap_or_default(),
+            status.price_per_hour.unwrap_or(0.0),
+            status.accrued_cost_usd.unwrap_or(0.0)
+        ));
+    }
+    if let Some(ssh) = &status.ssh {
+        out.push_str(&format!("  ssh: {}@{}:{} (gpu-shopper ssh {})\n", ssh.user, ssh.host, ssh.port, args.session));
+    }
+    if let Some(v) = &status.verified {
+        out.push_str(&format!(
+            "  verified: {}x {}, driver {}, CUDA {}\n",
+            v.gpu_count, v.gpu_name, v.driver_version, v.cuda_version
+        ));
+    }
+    if let Some(job) = &status.job {
+        out.push_str(&format!("  job exit code {}; last lines:\n{}\n", job.exit_code, job.log_tail.trim_end()));
+    }
+    out.push_str("\nCONDITIONS\n");
+    let rows: Vec<Vec<String>> = status
+        .conditions
+        .iter()
+        .map(|c| vec![c.type_.clone(), c.status.clone(), c.reason.clone(), c.message.clone()])
+        .collect();
+    out.push_str(&table::render(&["TYPE", "STATUS", "REASON", "MESSAGE"], &rows));
+    if !status.attempts.is_empty() {
+        out.push_str("\nATTEMPTS\n");
+        let rows: Vec<Vec<String>> = status
+            .attempts
+            .iter()
+            .map(|a| {
+                vec![
+                    a.provider.map(|p| p.to_string()).unwrap_or_default(),
+                    a.offer_id.clone(),
+                    a.reason.clone(),
+                    a.message.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table::render(&["PROVIDER", "OFFER", "REASON", "MESSAGE"], &rows));
+    }
+    if let Some(hint) = status.reason.as_deref().and_then(advice) {
+        out.push_str(&format!("\nnext: {hint}\n"));
+    }
+    Ok(out)
+}
