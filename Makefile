@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CONTROL_PLANE := tests/control-plane
 
-.PHONY: demo test setup lint unit integration control-plane stop-control-plane crds
+.PHONY: demo test setup lint unit integration control-plane stop-control-plane crds manifests image
 
 ## demo: set up this machine and run the operator end to end against a local control plane
 demo:
@@ -30,7 +30,17 @@ control-plane:
 stop-control-plane:
 	$(CONTROL_PLANE)/stop.sh
 
-## crds: regenerate crds/ (and the chart's copy) from the Rust types
+## crds: regenerate crds/ (and the chart's and deploy/base's copies) from the Rust types
 crds:
 	cargo run --quiet -- crds > crds/gpushopper.dev.yaml
 	cp crds/gpushopper.dev.yaml charts/gpu-shopper/crds/gpushopper.dev.yaml
+	cp crds/gpushopper.dev.yaml deploy/base/crds.yaml
+
+## manifests: regenerate deploy/base from the chart's defaults
+manifests: crds
+	scripts/render-manifests.sh
+
+## image: build the container image where docker or podman exists (not needed to build or test)
+image:
+	@engine=$$(command -v docker || command -v podman) || { echo "no docker or podman here: the image is optional; cargo builds the binary"; exit 1; }; \
+	$$engine build -t gpu-shopper:dev .
