@@ -60,6 +60,8 @@ enum Command {
     Cost(gpu_shopper::cli::cost::CostArgs),
     /// A session's phase, conditions and attempts, with what to do next.
     Status(gpu_shopper::cli::status::StatusArgs),
+    /// Print the field reference of both resources as Markdown (docs/reference.md).
+    Reference,
     /// Print the CustomResourceDefinitions as YAML.
     ///
     /// Example: gpu-shopper crds | kubectl apply -f -
@@ -73,6 +75,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Controller => run_controller(),
+        Command::Reference => {
+            print!("{}", crd::reference::markdown());
+            ExitCode::SUCCESS
+        }
         Command::Simulate { market, port } => run_simulator(market, port),
         Command::Offers(args) => user_command(gpu_shopper::cli::offers::run(args)),
         Command::Cost(args) => user_command(gpu_shopper::cli::cost::run(args)),

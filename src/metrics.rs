@@ -42,6 +42,45 @@ pub struct PhaseLabels {
     pub provider: String,
 }
 
+/// The name of every metric family, for the docs test and dashboards.
+pub mod names {
+    pub const GPU_SHOPPER_RECONCILIATIONS: &str = "gpu_shopper_reconciliations";
+    pub const GPU_SHOPPER_RECONCILE_ERRORS: &str = "gpu_shopper_reconcile_errors";
+    pub const GPU_SHOPPER_RECONCILE_DURATION_SECONDS: &str = "gpu_shopper_reconcile_duration_seconds";
+    pub const GPU_SHOPPER_PROVIDERS_CONFIGURED: &str = "gpu_shopper_providers_configured";
+    pub const GPU_SESSIONS_ACTIVE: &str = "gpu_sessions_active";
+    pub const GPU_ORPHANS_DETECTED: &str = "gpu_orphans_detected";
+    pub const GPU_DESTROY_FAILURES: &str = "gpu_destroy_failures";
+    pub const GPU_SSH_VERIFY_FAILURES: &str = "gpu_ssh_verify_failures";
+    pub const GPU_PROVIDER_API_ERRORS: &str = "gpu_provider_api_errors";
+    pub const GPU_PROVIDER_CALL_DURATION_SECONDS: &str = "gpu_provider_call_duration_seconds";
+    pub const GPU_SESSION_TIME_TO_READY_SECONDS: &str = "gpu_session_time_to_ready_seconds";
+    pub const GPU_ACCRUED_COST_USD: &str = "gpu_accrued_cost_usd";
+    /// Counters: Prometheus shows them with a `_total` suffix.
+    pub const COUNTERS: &[&str] = &[
+        GPU_SHOPPER_RECONCILIATIONS,
+        GPU_SHOPPER_RECONCILE_ERRORS,
+        GPU_ORPHANS_DETECTED,
+        GPU_DESTROY_FAILURES,
+        GPU_SSH_VERIFY_FAILURES,
+        GPU_PROVIDER_API_ERRORS,
+    ];
+    pub const ALL: &[&str] = &[
+        GPU_SHOPPER_RECONCILIATIONS,
+        GPU_SHOPPER_RECONCILE_ERRORS,
+        GPU_SHOPPER_RECONCILE_DURATION_SECONDS,
+        GPU_SHOPPER_PROVIDERS_CONFIGURED,
+        GPU_SESSIONS_ACTIVE,
+        GPU_ORPHANS_DETECTED,
+        GPU_DESTROY_FAILURES,
+        GPU_SSH_VERIFY_FAILURES,
+        GPU_PROVIDER_API_ERRORS,
+        GPU_PROVIDER_CALL_DURATION_SECONDS,
+        GPU_SESSION_TIME_TO_READY_SECONDS,
+        GPU_ACCRUED_COST_USD,
+    ];
+}
+
 /// Every metric the operator exports, registered once.
 pub struct Metrics {
     pub registry: Registry,
@@ -81,58 +120,58 @@ impl Default for Metrics {
         };
         let m = &metrics;
         registry.register(
-            "gpu_shopper_reconciliations",
+            names::GPU_SHOPPER_RECONCILIATIONS,
             "Reconciliations run, per controller",
             m.reconciliations.clone(),
         );
         registry.register(
-            "gpu_shopper_reconcile_errors",
+            names::GPU_SHOPPER_RECONCILE_ERRORS,
             "Reconciliations that failed, per controller and error kind",
             m.reconcile_errors.clone(),
         );
         registry.register(
-            "gpu_shopper_reconcile_duration_seconds",
+            names::GPU_SHOPPER_RECONCILE_DURATION_SECONDS,
             "Time one reconciliation took",
             m.reconcile_duration.clone(),
         );
         registry.register(
-            "gpu_shopper_providers_configured",
+            names::GPU_SHOPPER_PROVIDERS_CONFIGURED,
             "Marketplaces with credentials (0 means nothing can be rented)",
             m.providers_configured.clone(),
         );
-        registry.register("gpu_sessions_active", "GpuSessions by phase and provider", m.sessions_active.clone());
+        registry.register(names::GPU_SESSIONS_ACTIVE, "GpuSessions by phase and provider", m.sessions_active.clone());
         registry.register(
-            "gpu_orphans_detected",
+            names::GPU_ORPHANS_DETECTED,
             "Instances of this deployment that no live GpuSession owned",
             m.orphans_detected.clone(),
         );
         registry.register(
-            "gpu_destroy_failures",
+            names::GPU_DESTROY_FAILURES,
             "Failed attempts to destroy an instance (each is retried)",
             m.destroy_failures.clone(),
         );
         registry.register(
-            "gpu_ssh_verify_failures",
+            names::GPU_SSH_VERIFY_FAILURES,
             "SSH logins or checks on a rented machine that failed",
             m.ssh_verify_failures.clone(),
         );
         registry.register(
-            "gpu_provider_api_errors",
+            names::GPU_PROVIDER_API_ERRORS,
             "Marketplace API calls that failed, by provider and kind",
             m.provider_api_errors.clone(),
         );
         registry.register(
-            "gpu_provider_call_duration_seconds",
+            names::GPU_PROVIDER_CALL_DURATION_SECONDS,
             "Marketplace API call latency",
             m.provider_call_duration.clone(),
         );
         registry.register(
-            "gpu_session_time_to_ready_seconds",
+            names::GPU_SESSION_TIME_TO_READY_SECONDS,
             "From GpuSession creation to Ready",
             m.time_to_ready.clone(),
         );
         registry.register(
-            "gpu_accrued_cost_usd",
+            names::GPU_ACCRUED_COST_USD,
             "Cost accrued by the sessions this controller tracks, USD",
             m.accrued_cost.clone(),
         );

@@ -4,6 +4,7 @@
 pub mod conditions;
 pub mod duration;
 pub mod offer_filter;
+pub mod reference;
 pub mod requirements;
 pub mod session;
 

@@ -66,7 +66,7 @@ pub struct GpuSessionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requirements: Option<OfferRequirements>,
 
-    /// Container image to run on the machine (marketplaces that rent whole VMs run it with Docker). Defaults to a CUDA base image.
+    /// Container image to run on the machine. Defaults to a CUDA base image. TensorDock rents whole VMs: there the machine runs Ubuntu 24.04 and this image is not used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
