@@ -110,6 +110,24 @@ async fn status_ssh_and_cost_describe_a_running_session() {
     assert_eq!(cuda_row.split_whitespace().nth(1), Some("True"), "{stdout}");
     assert!(stdout.contains("verified: 1x NVIDIA RTX 4090, driver 550.54.15, CUDA 12.8"), "{stdout}");
 
+    // The same binary as a kubectl plugin.
+    let plugin_dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kubectl-plugin");
+    std::fs::create_dir_all(&plugin_dir).unwrap();
+    let link = plugin_dir.join("kubectl-gpu");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_gpu-shopper"), &link).unwrap();
+    let bin_dir = std::fs::read_to_string(kubeconfig_path().with_file_name("bin.path")).unwrap();
+    let kubectl = format!("{}/kubectl", bin_dir.trim());
+    let path = format!("{}:{}", plugin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let (code, stdout, stderr) = output(
+        Command::new(kubectl)
+            .args(["gpu", "status", "box", "-n", &ns])
+            .env("PATH", path)
+            .env("KUBECONFIG", kubeconfig_path()),
+    );
+    assert_eq!(code, 0, "kubectl gpu: {stderr}");
+    assert!(stdout.contains("Running (Ready)"), "{stdout}");
+
     let (_, stdout, _) = output(gpu_shopper(&kube_env).args(["status", "lost", "-n", &ns]));
     assert!(stdout.contains("next: create the GpuOfferFilter"), "{stdout}");
     let (code, _, stderr) = output(gpu_shopper(&kube_env).args(["status", "missing", "-n", &ns]));

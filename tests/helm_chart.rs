@@ -110,10 +110,57 @@ fn lint_and_template_with_default_and_custom_values() {
     assert_eq!(kind(&custom, "Deployment")["spec"]["replicas"].as_i64(), Some(3));
     assert!(custom.iter().all(|d| d["kind"].as_str() != Some("Role")), "no Lease role without leader election");
 
-    let (ok, _, stderr) = run(Command::new(helm()).args(["template", "gs", CHART]));
-    assert!(!ok && stderr.contains("deploymentId is required"), "{stderr}");
-    let (ok, _, stderr) = run(Command::new(helm()).args(["template", "gs", CHART, "--set", "deploymentId=Prod_1"]));
-    assert!(!ok && stderr.contains("deploymentId must be"), "{stderr}");
+    // Without a deploymentId, one stable per release: "<namespace>-<release>".
+    let defaulted = render(&["--namespace", "ml"]);
+    let env = kind(&defaulted, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_sequence()
+        .unwrap()
+        .clone();
+    let id = env.iter().find(|e| e["name"].as_str() == Some("DEPLOYMENT_ID")).unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(id, "ml-gs");
+
+    // Bad values fail at install time with a message (values.schema.json and the templates).
+    for (args, expected) in [
+        (vec!["--set", "deploymentId=Prod_1"], "/deploymentId"),
+        (vec!["--set", "replicas=0"], "/replicas"),
+        (vec!["--set", "limits.orphanGracePeriod=10minutes"], "/limits/orphanGracePeriod"),
+        (vec!["--set", "log.format=xml"], "/log/format"),
+    ] {
+        let (ok, _, stderr) = run(Command::new(helm()).args(["template", "gs", CHART]).args(&args));
+        assert!(!ok && stderr.contains(expected), "{args:?}: {stderr}");
+    }
+
+    // Optional pieces, and credentials created from values.
+    let full = render(&[
+        "--set",
+        "deploymentId=x",
+        "--set",
+        "watchNamespace=ml",
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "providers.create=true",
+        "--set",
+        "providers.credentials.vastaiApiKey=k",
+    ]);
+    for expected in ["NetworkPolicy", "ServiceMonitor", "Secret"] {
+        kind(&full, expected);
+    }
+    let secret_name = kind(&full, "Secret")["metadata"]["name"].as_str().unwrap().to_string();
+    let env =
+        kind(&full, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"].as_sequence().unwrap().clone();
+    let vast = env.iter().find(|e| e["name"].as_str() == Some("VASTAI_API_KEY")).unwrap();
+    assert_eq!(vast["valueFrom"]["secretKeyRef"]["name"].as_str(), Some(secret_name.as_str()));
+    let cluster_role = kind(&full, "ClusterRole");
+    assert!(
+        !serde_yaml::to_string(cluster_role).unwrap().contains("secrets"),
+        "watching one namespace: no cluster-wide Secret access"
+    );
 }
 
 #[tokio::test]
@@ -182,8 +229,13 @@ async fn helm_install_creates_everything_and_the_chart_rbac_runs_a_whole_session
         controller.log_path.display()
     );
 
-    // And no more than needed: the ServiceAccount cannot delete Secrets or rewrite a session's spec.
+    // And no more than needed: the ServiceAccount cannot delete Secrets, read Secrets of other
+    // namespaces, touch unrelated resources, or rewrite a session's spec.
     let as_sa = support::client_from(&kubeconfig).await;
+    let elsewhere = Api::<Secret>::namespaced(as_sa.clone(), "default").list(&Default::default()).await;
+    assert!(matches!(elsewhere, Err(kube::Error::Api(ref s)) if s.code == 403), "{elsewhere:?}");
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(as_sa.clone(), &ns).list(&Default::default()).await;
+    assert!(matches!(pods, Err(kube::Error::Api(ref s)) if s.code == 403), "{pods:?}");
     let denied = Api::<Secret>::namespaced(as_sa.clone(), &ns).delete("rbac-ssh", &DeleteParams::default()).await;
     assert!(matches!(denied, Err(kube::Error::Api(ref s)) if s.code == 403), "{denied:?}");
     let mut edited = sessions.get("rbac").await.unwrap();

@@ -30,3 +30,32 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 app.kubernetes.io/name: {{ include "gpu-shopper.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
+
+{{- define "gpu-shopper.deploymentId" -}}
+{{- $id := .Values.deploymentId | default (printf "%s-%s" .Release.Namespace .Release.Name | trunc 40 | trimSuffix "-") -}}
+{{- if not (regexMatch "^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$" $id) -}}
+{{- fail "deploymentId must be 1-40 characters of a-z, 0-9 and '-', starting and ending with a letter or digit" -}}
+{{- end -}}
+{{- $id -}}
+{{- end -}}
+
+{{- define "gpu-shopper.providersSecret" -}}
+{{- if .Values.providers.create -}}
+{{- printf "%s-providers" (include "gpu-shopper.fullname" .) -}}
+{{- else -}}
+{{- .Values.providers.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The SSH-key Secrets the operator owns (watched by label), and its Events. */}}
+{{- define "gpu-shopper.namespacedRules" }}
+  - apiGroups: [""]
+    resources: ["secrets"]
+    verbs: ["get", "list", "watch", "create", "patch"]
+  - apiGroups: ["events.k8s.io"]
+    resources: ["events"]
+    verbs: ["create", "patch"]
+  - apiGroups: [""]
+    resources: ["events"]
+    verbs: ["create", "patch"]
+{{- end }}
