@@ -165,10 +165,10 @@ fn run_controller() -> ExitCode {
 }
 
 async fn controller_main(config: Arc<Config>) -> Result<(), String> {
-    let client = kube::Client::try_default()
+    let metrics = Arc::new(Metrics::default());
+    let client = controller::kube_client::client(metrics.clone())
         .await
         .map_err(|e| format!("cannot connect to Kubernetes (set KUBECONFIG or run in a cluster): {e}"))?;
-    let metrics = Arc::new(Metrics::default());
     let providers = config.credentials.configured();
     metrics.providers_configured.set(providers.len() as i64);
     if providers.is_empty() {

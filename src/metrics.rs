@@ -37,6 +37,11 @@ pub struct ProviderCallLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KubeRequestLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
     pub phase: String,
     pub provider: String,
@@ -56,6 +61,7 @@ pub mod names {
     pub const GPU_PROVIDER_CALL_DURATION_SECONDS: &str = "gpu_provider_call_duration_seconds";
     pub const GPU_SESSION_TIME_TO_READY_SECONDS: &str = "gpu_session_time_to_ready_seconds";
     pub const GPU_ACCRUED_COST_USD: &str = "gpu_accrued_cost_usd";
+    pub const GPU_SHOPPER_KUBE_REQUESTS: &str = "gpu_shopper_kube_requests";
     /// Counters: Prometheus shows them with a `_total` suffix.
     pub const COUNTERS: &[&str] = &[
         GPU_SHOPPER_RECONCILIATIONS,
@@ -64,6 +70,7 @@ pub mod names {
         GPU_DESTROY_FAILURES,
         GPU_SSH_VERIFY_FAILURES,
         GPU_PROVIDER_API_ERRORS,
+        GPU_SHOPPER_KUBE_REQUESTS,
     ];
     pub const ALL: &[&str] = &[
         GPU_SHOPPER_RECONCILIATIONS,
@@ -78,6 +85,7 @@ pub mod names {
         GPU_PROVIDER_CALL_DURATION_SECONDS,
         GPU_SESSION_TIME_TO_READY_SECONDS,
         GPU_ACCRUED_COST_USD,
+        GPU_SHOPPER_KUBE_REQUESTS,
     ];
 }
 
@@ -96,6 +104,7 @@ pub struct Metrics {
     pub provider_call_duration: Family<ProviderCallLabels, Histogram>,
     pub time_to_ready: Histogram,
     pub accrued_cost: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub kube_requests: Family<KubeRequestLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -116,6 +125,7 @@ impl Default for Metrics {
             }),
             time_to_ready: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             accrued_cost: Gauge::default(),
+            kube_requests: Family::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -174,6 +184,11 @@ impl Default for Metrics {
             names::GPU_ACCRUED_COST_USD,
             "Cost accrued by the sessions this controller tracks, USD",
             m.accrued_cost.clone(),
+        );
+        registry.register(
+            names::GPU_SHOPPER_KUBE_REQUESTS,
+            "Requests this operator sent to the Kubernetes API server, by kind (read, watch, write)",
+            m.kube_requests.clone(),
         );
         Metrics { registry, ..metrics }
     }

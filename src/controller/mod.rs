@@ -2,6 +2,7 @@
 //! create) and one for GpuOfferFilters, run side by side.
 
 pub mod context;
+pub mod kube_client;
 pub mod leader;
 pub mod offer_filter;
 pub mod session;
