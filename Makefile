@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CONTROL_PLANE := tests/control-plane
 
-.PHONY: demo test setup lint unit integration control-plane stop-control-plane crds manifests image
+.PHONY: demo test setup lint unit integration control-plane stop-control-plane crds manifests image soak bench
 
 ## demo: set up this machine and run the operator end to end against a local control plane
 demo:
@@ -44,3 +44,11 @@ manifests: crds
 image:
 	@engine=$$(command -v docker || command -v podman) || { echo "no docker or podman here: the image is optional; cargo builds the binary"; exit 1; }; \
 	$$engine build -t gpu-shopper:dev .
+
+## soak: the long fault-injection soak (the short one runs in `make test`)
+SOAK_SECONDS ?= 1800
+SOAK_SEED ?= 7
+soak: setup
+	kubeconfig=$$($(CONTROL_PLANE)/start.sh) && \
+	GPU_SHOPPER_TEST_KUBECONFIG=$$kubeconfig SOAK_SECONDS=$(SOAK_SECONDS) SOAK_SEED=$(SOAK_SEED) \
+	cargo test --release --test soak -- --include-ignored --nocapture

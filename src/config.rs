@@ -29,6 +29,8 @@ pub mod env {
     pub const ORPHAN_GRACE_PERIOD: &str = "ORPHAN_GRACE_PERIOD";
     /// How long a host that failed verification is avoided (default 1h).
     pub const BAD_HOST_TTL: &str = "BAD_HOST_TTL";
+    /// Time allowed to one marketplace API call (default 20s).
+    pub const PROVIDER_CALL_TIMEOUT: &str = "PROVIDER_CALL_TIMEOUT";
     /// "false" turns leader election off (a single replica only).
     pub const LEADER_ELECTION: &str = "LEADER_ELECTION";
     /// Namespace of the leader-election Lease (default: POD_NAMESPACE, else WATCH_NAMESPACE, else "default").
@@ -58,6 +60,7 @@ pub mod env {
         ORPHAN_SWEEP_INTERVAL,
         ORPHAN_GRACE_PERIOD,
         BAD_HOST_TTL,
+        PROVIDER_CALL_TIMEOUT,
         LEADER_ELECTION,
         LEASE_NAMESPACE,
         LEASE_DURATION,
@@ -139,6 +142,7 @@ pub struct Config {
     pub orphan_sweep_interval: Duration,
     pub orphan_grace_period: Duration,
     pub bad_host_ttl: Duration,
+    pub provider_call_timeout: Duration,
     /// `None`: leader election is off.
     pub leader_election: Option<LeaderElection>,
 }
@@ -250,6 +254,7 @@ impl Config {
             orphan_sweep_interval: duration(env::ORPHAN_SWEEP_INTERVAL, Duration::from_secs(60))?,
             orphan_grace_period: duration(env::ORPHAN_GRACE_PERIOD, Duration::from_secs(600))?,
             bad_host_ttl: duration(env::BAD_HOST_TTL, Duration::from_secs(3600))?,
+            provider_call_timeout: duration(env::PROVIDER_CALL_TIMEOUT, Duration::from_secs(20))?,
             deployment_id,
             credentials,
             base_urls,

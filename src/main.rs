@@ -179,7 +179,8 @@ async fn controller_main(config: Arc<Config>) -> Result<(), String> {
     let health = Arc::new(Health { ready: false.into(), standby: false.into(), providers, metrics: metrics.clone() });
     let http_addr = config.http_addr;
     let server = tokio::spawn(http::serve(http_addr, health.clone()));
-    let providers = gpu_shopper::provider::from_config(&config, &CallPolicy::default())
+    let policy = CallPolicy { timeout: config.provider_call_timeout, ..CallPolicy::default() };
+    let providers = gpu_shopper::provider::from_config(&config, &policy)
         .into_iter()
         .map(|p| gpu_shopper::provider::metered::Metered::wrap(p, metrics.clone()))
         .collect();

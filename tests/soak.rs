@@ -1,0 +1,349 @@
+//! A bounded, seeded, randomised soak: sessions come and go while the
+//! controller is SIGKILLed and restarted, the simulated marketplaces fail in
+//! every way they can, and status writes collide. Invariants are checked all
+//! along and at the end; any violation fails the run.
+//!
+//! `make test` runs a short one (SOAK_SECONDS=60, SOAK_SEED=7); `make soak`
+//! a long one. Prints one line per invariant and counts; writes
+//! bench/results/soak-<seed>-<seconds>s.json.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+use gpu_shopper::crd::{GpuSession, ProviderName, SessionPhase};
+use gpu_shopper::simulator::market::Market;
+use gpu_shopper::simulator::world::Faults;
+use gpu_shopper::simulator::{self, SimulatorHandle};
+use support::*;
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn market() -> Market {
+    let mut market = Market::builtin();
+    market.timings.created_ms = 100;
+    market.timings.loading_ms = 300;
+    let mut honest = market.hosts.iter().find(|h| h.id == "4101").unwrap().clone();
+    honest.id = "4199".into();
+    honest.real_cuda = None;
+    honest.price_per_hour = 0.33;
+    market.hosts.push(honest);
+    market
+}
+
+/// A random fault set for one marketplace, and its name for the counts.
+fn random_faults(rng: &mut StdRng, provider: ProviderName) -> (&'static str, Faults) {
+    let snatch = match provider {
+        ProviderName::Vastai => "4101",
+        ProviderName::Tensordock => "loc-chi-1",
+        ProviderName::Runpod => "NVIDIA GeForce RTX 4090",
+    };
+    match rng.random_range(0..9) {
+        0 => ("snatched-offer", Faults { snatched_offers: vec![snatch.into()], ..Default::default() }),
+        1 => ("server-errors", Faults { server_errors: 3, ..Default::default() }),
+        2 => ("timeouts", Faults { hangs: 2, hang_ms: 3_000, ..Default::default() }),
+        3 => ("rate-limited", Faults { rate_limits: 3, retry_after_secs: 1, ..Default::default() }),
+        4 => ("lost-create-response", Faults { lose_create_responses: 1, ..Default::default() }),
+        5 => ("unreachable-hosts", Faults { unreachable_instances: true, ..Default::default() }),
+        6 => ("destroy-failures", Faults { destroy_failures: 3, ..Default::default() }),
+        7 => ("stale-inventory", Faults { stale_inventory: true, ..Default::default() }),
+        _ => ("late-ssh-key", Faults { key_delay_ms: 2_000, ..Default::default() }),
+    }
+}
+
+fn session_spec(rng: &mut StdRng) -> serde_json::Value {
+    let mut requirements = json!({"gpuModels": ["RTX 4090"], "maxPricePerHour": 0.5});
+    if rng.random_bool(0.3) {
+        requirements["minCudaVersion"] = json!("12.9"); // meets the lying host 4101 sometimes
+    }
+    let mut spec = json!({
+        "requirements": requirements,
+        "maxAttempts": 8,
+        "timeouts": {"instanceRunning": "8s", "sshReady": "6s", "cudaVerified": "6s", "workloadReady": "10s"},
+        "lifetime": {"maxDuration": format!("{}s", rng.random_range(4..20))},
+    });
+    if rng.random_bool(0.4) {
+        spec["workload"] = json!({"kind": "Job", "command": "echo soak; sleep 1"});
+    }
+    spec
+}
+
+#[derive(Default)]
+struct Counts {
+    created: u64,
+    deleted: u64,
+    restarts: u64,
+    conflicts_provoked: u64,
+    faults: BTreeMap<&'static str, u64>,
+    observations: u64,
+    double_instances: Vec<String>,
+    deleted_but_alive: Vec<String>,
+    orphans_past_grace: Vec<String>,
+    not_settled: Vec<String>,
+    leaks: Vec<String>,
+}
+
+struct Observer {
+    /// Session uid -> name, for every session ever seen.
+    seen: HashMap<String, String>,
+    /// Uids of sessions that are gone from the API.
+    gone: HashSet<String>,
+    /// Since when an instance has been alive with no live session.
+    unowned_since: HashMap<String, Instant>,
+}
+
+async fn observe(
+    sim: &SimulatorHandle,
+    sessions: &Api<GpuSession>,
+    ns: &str,
+    observer: &mut Observer,
+    counts: &mut Counts,
+) {
+    let Ok(list) = sessions.list(&ListParams::default()).await else { return };
+    let live: HashSet<String> = list.items.iter().filter_map(|s| s.metadata.uid.clone()).collect();
+    for s in &list.items {
+        observer.seen.insert(s.metadata.uid.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default());
+    }
+    for uid in observer.seen.keys() {
+        if !live.contains(uid) {
+            observer.gone.insert(uid.clone());
+        }
+    }
+    // Read the marketplace after the API: a session seen gone had its instance destroyed before.
+    let prefix = format!("gpushopper.{ns}.");
+    let mut per_uid: HashMap<String, Vec<String>> = HashMap::new();
+    for instance in sim.instances().into_iter().filter(|i| !i.destroyed && i.label.starts_with(&prefix)) {
+        let uid = instance.label[prefix.len()..].to_string();
+        per_uid.entry(uid.clone()).or_default().push(instance.id.clone());
+        if observer.gone.contains(&uid) {
+            counts.deleted_but_alive.push(format!("instance {} of deleted session {uid}", instance.id));
+        }
+        if live.contains(&uid) {
+            observer.unowned_since.remove(&instance.id);
+        } else {
+            let since = *observer.unowned_since.entry(instance.id.clone()).or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(20) {
+                counts.orphans_past_grace.push(format!(
+                    "instance {} (session {uid}) unowned for {:?}",
+                    instance.id,
+                    since.elapsed()
+                ));
+                observer.unowned_since.remove(&instance.id);
+            }
+        }
+    }
+    for (uid, ids) in per_uid {
+        if ids.len() > 1 {
+            counts.double_instances.push(format!("session {uid}: instances {ids:?}"));
+        }
+    }
+    counts.observations += 1;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real API server: run `make test` (short soak) or `make soak`"]
+async fn soak() {
+    let seconds = env_number("SOAK_SECONDS", 60);
+    let seed = env_number("SOAK_SEED", 7);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, "soak").await;
+    let sim = simulator::start(market(), 0).await.unwrap();
+    let mut env: Vec<(&str, String)> = sim.env();
+    env.extend([
+        ("ORPHAN_SWEEP_INTERVAL", "1s".to_string()),
+        ("ORPHAN_GRACE_PERIOD", "3s".to_string()),
+        ("PROVIDER_CALL_TIMEOUT", "2s".to_string()),
+        ("LOG_LEVEL", "info".to_string()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut controller = ControllerProcess::start_with_env_named(&ns, "soak", &env);
+    controller.wait_ready().await;
+    let sessions: Api<GpuSession> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let mut counts = Counts::default();
+    let mut observer = Observer { seen: HashMap::new(), gone: HashSet::new(), unowned_since: HashMap::new() };
+    let mut fault_resets: Vec<(Instant, ProviderName)> = Vec::new();
+    let mut private_keys: HashSet<String> = HashSet::new();
+    let started = Instant::now();
+    let mut tick = 0u64;
+
+    while started.elapsed() < Duration::from_secs(seconds) {
+        tick += 1;
+        let live = sessions.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
+        if live.len() < 10 && rng.random_bool(0.5) {
+            let name = format!("s{tick}");
+            let session: GpuSession = serde_json::from_value(json!({
+                "apiVersion": "gpushopper.dev/v1alpha1", "kind": "GpuSession", "metadata": {"name": name}, "spec": session_spec(&mut rng),
+            }))
+            .unwrap();
+            if sessions.create(&PostParams::default(), &session).await.is_ok() {
+                counts.created += 1;
+            }
+        }
+        if !live.is_empty() && rng.random_bool(0.15) {
+            let victim = &live[rng.random_range(0..live.len())];
+            if sessions.delete(victim.metadata.name.as_deref().unwrap(), &DeleteParams::default()).await.is_ok() {
+                counts.deleted += 1;
+            }
+        }
+        if rng.random_bool(0.2) {
+            let provider = ProviderName::ALL[rng.random_range(0..3)];
+            let (kind, faults) = random_faults(&mut rng, provider);
+            sim.set_faults(provider, faults);
+            fault_resets.push((Instant::now() + Duration::from_millis(rng.random_range(1500..4000)), provider));
+            *counts.faults.entry(kind).or_default() += 1;
+        }
+        fault_resets.retain(|(at, provider)| {
+            let due = *at <= Instant::now();
+            if due {
+                sim.set_faults(*provider, Faults::default());
+            }
+            !due
+        });
+        if !live.is_empty() && rng.random_bool(0.15) {
+            // Someone else writes the object: the controller's next status write may conflict.
+            let victim = live[rng.random_range(0..live.len())].metadata.name.clone().unwrap();
+            let patch = json!({"metadata": {"annotations": {"soak/poke": tick.to_string()}}});
+            if sessions.patch(&victim, &PatchParams::default(), &Patch::Merge(&patch)).await.is_ok() {
+                counts.conflicts_provoked += 1;
+            }
+        }
+        if rng.random_bool(0.03) {
+            controller.restart(); // SIGKILL, then a fresh process
+            counts.restarts += 1;
+        }
+        if tick % 10 == 0
+            && let Ok(list) = secrets.list(&ListParams::default()).await
+        {
+            for secret in list.items {
+                if let Some(key) = secret.data.as_ref().and_then(|d| d.get("ssh-privatekey")) {
+                    let text = String::from_utf8_lossy(&key.0).to_string();
+                    if let Some(line) = text.lines().nth(1) {
+                        private_keys.insert(line.to_string());
+                    }
+                }
+            }
+        }
+        observe(&sim, &sessions, &ns, &mut observer, &mut counts).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(150..450))).await;
+    }
+
+    // Calm: no more faults; every session must settle (Ready or ended) within its timeouts.
+    for provider in ProviderName::ALL {
+        sim.set_faults(provider, Faults::default());
+    }
+    let settle_deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        observe(&sim, &sessions, &ns, &mut observer, &mut counts).await;
+        let list = sessions.list(&ListParams::default()).await.unwrap().items;
+        let unsettled: Vec<String> = list
+            .iter()
+            .filter(|s| {
+                let st = s.status.as_ref();
+                let ready = st
+                    .and_then(|st| gpu_shopper::crd::conditions::find(&st.conditions, "Ready"))
+                    .is_some_and(|c| c.status == "True");
+                let ended = st
+                    .and_then(|st| st.phase)
+                    .is_some_and(|p| matches!(p, SessionPhase::Succeeded | SessionPhase::Failed));
+                !(ready || ended)
+            })
+            .map(|s| {
+                format!(
+                    "{} ({:?}: {:?})",
+                    s.metadata.name.clone().unwrap_or_default(),
+                    s.status.as_ref().and_then(|st| st.phase),
+                    s.status.as_ref().and_then(|st| st.reason.clone())
+                )
+            })
+            .collect();
+        if unsettled.is_empty() {
+            break;
+        }
+        if Instant::now() > settle_deadline {
+            counts.not_settled = unsettled;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    sessions.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(90), async {
+        while !sessions.list(&ListParams::default()).await.map(|l| l.items.is_empty()).unwrap_or(false) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+    // Give the sweeper its grace period to repair anything left behind, then look.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    observe(&sim, &sessions, &ns, &mut observer, &mut counts).await;
+    let prefix = format!("gpushopper.{ns}.");
+    let alive: Vec<String> =
+        sim.instances().into_iter().filter(|i| !i.destroyed && i.label.starts_with(&prefix)).map(|i| i.id).collect();
+    if !alive.is_empty() {
+        counts.deleted_but_alive.push(format!("after deleting everything, still alive: {alive:?}"));
+    }
+
+    // No private key or API key in any log line.
+    let log = std::fs::read_to_string(&controller.log_path).unwrap_or_default();
+    let keys = sim.sim.world().market.keys.clone();
+    for secret in [keys.vastai, keys.tensordock, keys.runpod].into_iter().chain(private_keys.iter().cloned()) {
+        if log.contains(&secret) {
+            counts.leaks.push(format!("a key ({} chars) appears in the controller log", secret.len()));
+        }
+    }
+    drop(controller);
+
+    let instances = sim.instances();
+    let lines = [
+        format!(
+            "soak seed={seed} seconds={seconds} sessions_created={} sessions_deleted={} controller_restarts={} conflicting_writes={} observations={} instances_rented={}",
+            counts.created,
+            counts.deleted,
+            counts.restarts,
+            counts.conflicts_provoked,
+            counts.observations,
+            instances.len()
+        ),
+        format!("faults injected: {:?}", counts.faults),
+        format!("invariant never-two-instances-per-session: {} violations", counts.double_instances.len()),
+        format!("invariant deleted-session-instance-destroyed: {} violations", counts.deleted_but_alive.len()),
+        format!("invariant no-orphan-past-grace: {} violations", counts.orphans_past_grace.len()),
+        format!("invariant every-session-settles: {} violations", counts.not_settled.len()),
+        format!("invariant no-key-in-logs: {} violations", counts.leaks.len()),
+    ];
+    for line in &lines {
+        println!("{line}");
+    }
+    let results = json!({
+        "seed": seed, "seconds": seconds, "sessionsCreated": counts.created, "sessionsDeleted": counts.deleted,
+        "controllerRestarts": counts.restarts, "conflictingWrites": counts.conflicts_provoked, "instancesRented": instances.len(),
+        "faults": counts.faults,
+        "violations": {
+            "doubleInstances": counts.double_instances, "deletedButAlive": counts.deleted_but_alive,
+            "orphansPastGrace": counts.orphans_past_grace, "notSettled": counts.not_settled, "keyLeaks": counts.leaks,
+        },
+    });
+    let dir = format!("{}/bench/results", env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(format!("{dir}/soak-{seed}-{seconds}s.json"), serde_json::to_string_pretty(&results).unwrap())
+        .unwrap();
+    delete_namespace(&client, &ns).await;
+    let violations = counts.double_instances.len()
+        + counts.deleted_but_alive.len()
+        + counts.orphans_past_grace.len()
+        + counts.not_settled.len()
+        + counts.leaks.len();
+    assert_eq!(violations, 0, "invariants violated: {results:#}");
+}
