@@ -224,7 +224,7 @@ async fn soak() {
             controller.restart(); // SIGKILL, then a fresh process
             counts.restarts += 1;
         }
-        if tick % 10 == 0
+        if tick.is_multiple_of(10)
             && let Ok(list) = secrets.list(&ListParams::default()).await
         {
             for secret in list.items {
