@@ -23,7 +23,10 @@ pub fn cuda_at_least(version: &str, minimum: &str) -> bool {
 pub fn matches(offer: &Offer, r: &OfferRequirements) -> bool {
     let at_least = |value: Option<f64>, min: Option<f64>| min.is_none_or(|min| value.is_some_and(|v| v >= min));
     (r.providers.is_empty() || r.providers.contains(&offer.provider))
-        && (r.gpu_models.is_empty() || r.gpu_models.iter().any(|m| gpu_model_key(m) == gpu_model_key(&offer.gpu_model)))
+        && (r.gpu_models.is_empty() || {
+            let offered = gpu_model_key(&offer.gpu_model);
+            r.gpu_models.iter().any(|m| gpu_model_key(m) == offered)
+        })
         && r.gpu_count.is_none_or(|n| offer.gpu_count == n)
         && r.min_vram_gb.is_none_or(|v| offer.vram_gb >= v)
         && r.max_price_per_hour.is_none_or(|p| offer.price_per_hour <= p)

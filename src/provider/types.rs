@@ -155,9 +155,14 @@ pub fn display_gpu_model(name: &str) -> String {
 /// Normalises a GPU model name for comparison: case, spaces, dashes and
 /// vendor words do not matter ("NVIDIA GeForce RTX 4090" == "rtx-4090").
 pub fn gpu_model_key(name: &str) -> String {
-    let lowered = name.to_ascii_lowercase();
-    let without_vendor = ["nvidia", "geforce", "tesla"].iter().fold(lowered, |s, vendor| s.replace(vendor, ""));
-    without_vendor.chars().filter(|c| c.is_ascii_alphanumeric()).collect()
+    // One pass, one allocation: this runs for every offer of every search.
+    let mut key: String = name.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect();
+    for vendor in ["nvidia", "geforce", "tesla"] {
+        if key.contains(vendor) {
+            key = key.replace(vendor, "");
+        }
+    }
+    key
 }
 
 #[cfg(test)]
