@@ -196,6 +196,11 @@ impl ControllerProcess {
         self.spawn();
     }
 
+    /// The operating-system pid of the running process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }

@@ -1,0 +1,238 @@
+//! Scale benchmark (`make bench`): N GpuSessions applied at once against the
+//! real API server and the simulated marketplaces (instances boot at once),
+//! compared with the floor: the same API server doing only the minimum API
+//! work a session needs, with the same concurrency. Prints a table and writes
+//! bench/results/<date>.json. Needs the control plane (`make bench` starts it).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+use gpu_shopper::crd::GpuSession;
+use gpu_shopper::simulator;
+use gpu_shopper::simulator::market::Market;
+use support::*;
+
+const CONCURRENCY: usize = 32;
+
+fn session(name: &str) -> GpuSession {
+    serde_json::from_value(json!({
+        "apiVersion": "gpushopper.dev/v1alpha1", "kind": "GpuSession", "metadata": {"name": name},
+        "spec": {"requirements": {"gpuModels": ["RTX 4090"]}},
+    }))
+    .unwrap()
+}
+
+/// Runs `work(i)` for i in 0..n with CONCURRENCY in flight.
+async fn each<F, Fut>(n: usize, work: F)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    futures::stream::iter(0..n).map(work).buffer_unordered(CONCURRENCY).collect::<Vec<_>>().await;
+}
+
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "bench: timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn metric_sum(text: &str, name: &str, label_filter: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label_filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn proc_figures(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0.0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    (hwm_kib / 1024.0, ticks / 100.0)
+}
+
+async fn controller_run(client: &Client, n: usize) -> Value {
+    let ns = namespace(client, &format!("bench{n}")).await;
+    let mut market = Market::builtin();
+    market.timings.created_ms = 0;
+    market.timings.loading_ms = 0;
+    let sim = simulator::start(market, 0).await.unwrap();
+    let mut env: Vec<(&str, String)> = sim.env();
+    env.push(("LOG_LEVEL", "warn".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let controller = ControllerProcess::start_with_env_named(&ns, "bench", &env);
+    controller.wait_ready().await;
+    let pid = controller.pid().unwrap();
+    let sessions: Api<GpuSession> = Api::namespaced(client.clone(), &ns);
+
+    let started = Instant::now();
+    each(n, |i| {
+        let sessions = sessions.clone();
+        async move {
+            sessions.create(&PostParams::default(), &session(&format!("s{i}"))).await.unwrap();
+        }
+    })
+    .await;
+    wait_until("every session Ready", Duration::from_secs(1800), || async {
+        let list = sessions.list(&ListParams::default()).await.unwrap();
+        list.items
+            .iter()
+            .filter(|s| {
+                s.status
+                    .as_ref()
+                    .and_then(|st| gpu_shopper::crd::conditions::find(&st.conditions, "Ready"))
+                    .is_some_and(|c| c.status == "True")
+            })
+            .count()
+            == n
+    })
+    .await;
+    let ready = started.elapsed();
+    let metrics_at_ready =
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", controller.http_port)).await.unwrap().text().await.unwrap();
+
+    let deleting = Instant::now();
+    sessions.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
+    wait_until("every session gone and no live instance", Duration::from_secs(1800), || async {
+        sessions.list(&ListParams::default()).await.unwrap().items.is_empty()
+            && sim.instances().iter().all(|i| i.destroyed)
+    })
+    .await;
+    let deleted = deleting.elapsed();
+    let metrics =
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", controller.http_port)).await.unwrap().text().await.unwrap();
+    let (rss_mib, cpu_seconds) = proc_figures(pid);
+    drop(controller);
+    delete_namespace(client, &ns).await;
+    let per = |total: f64| total / n as f64;
+    json!({
+        "readySeconds": ready.as_secs_f64(),
+        "deleteSeconds": deleted.as_secs_f64(),
+        "apiWritesPerSessionToReady": per(metric_sum(&metrics_at_ready, "gpu_shopper_kube_requests_total", "kind=\"write\"")),
+        "apiWritesPerSession": per(metric_sum(&metrics, "gpu_shopper_kube_requests_total", "kind=\"write\"")),
+        "apiReadsPerSession": per(metric_sum(&metrics, "gpu_shopper_kube_requests_total", "kind=\"read\"")),
+        "apiWatchRequests": metric_sum(&metrics, "gpu_shopper_kube_requests_total", "kind=\"watch\""),
+        "providerCallsPerSession": per(metric_sum(&metrics, "gpu_provider_call_duration_seconds_count", "")),
+        "reconcilesPerSession": per(metric_sum(&metrics, "gpu_shopper_reconciliations_total", "controller=\"gpusession\"")),
+        "peakRssMiB": rss_mib,
+        "cpuSeconds": cpu_seconds,
+    })
+}
+
+/// The minimum API work per session, by a tight client loop: create the session, create its
+/// Secret, add the finalizer, two status writes (rented, Ready); then delete and drop the finalizer.
+async fn floor_run(client: &Client, n: usize) -> Value {
+    let ns = namespace(client, &format!("floor{n}")).await;
+    let sessions: Api<GpuSession> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let started = Instant::now();
+    each(n, |i| {
+        let (sessions, secrets) = (sessions.clone(), secrets.clone());
+        async move {
+            let name = format!("s{i}");
+            sessions.create(&PostParams::default(), &session(&name)).await.unwrap();
+            let secret = Secret {
+                metadata: kube::api::ObjectMeta { name: Some(format!("{name}-ssh")), ..Default::default() },
+                data: Some(BTreeMap::from([("ssh-privatekey".to_string(), ByteString(vec![b'k'; 400]))])),
+                ..Default::default()
+            };
+            secrets.create(&PostParams::default(), &secret).await.unwrap();
+            let finalizer = json!({"metadata": {"finalizers": ["gpushopper.dev/destroy-instance"]}});
+            sessions.patch(&name, &PatchParams::default(), &Patch::Merge(&finalizer)).await.unwrap();
+            for phase in ["Provisioning", "Running"] {
+                let status = json!({"status": {"phase": phase, "observedGeneration": 1}});
+                sessions.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+            }
+        }
+    })
+    .await;
+    let ready = started.elapsed();
+    let deleting = Instant::now();
+    each(n, |i| {
+        let sessions = sessions.clone();
+        async move {
+            let name = format!("s{i}");
+            sessions.delete(&name, &DeleteParams::default()).await.unwrap();
+            let clear = json!({"metadata": {"finalizers": null}});
+            sessions.patch(&name, &PatchParams::default(), &Patch::Merge(&clear)).await.unwrap();
+        }
+    })
+    .await;
+    let deleted = deleting.elapsed();
+    delete_namespace(client, &ns).await;
+    json!({"readySeconds": ready.as_secs_f64(), "deleteSeconds": deleted.as_secs_f64(), "apiWritesPerSession": 6.0})
+}
+
+#[tokio::main]
+async fn main() {
+    let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
+        .unwrap_or_else(|_| "100,500,1000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let client = client().await;
+    install_crds(&client).await;
+    let mut runs = Vec::new();
+    println!(
+        "{:>6} {:>9} {:>9} {:>7} {:>9} {:>9} {:>11} {:>11} {:>9} {:>8} {:>8}",
+        "N",
+        "ready s",
+        "floor s",
+        "ratio",
+        "delete s",
+        "floor s",
+        "writes/ses",
+        "reads/ses",
+        "prov/ses",
+        "RSS MiB",
+        "CPU s"
+    );
+    for n in sizes {
+        let floor = floor_run(&client, n).await;
+        let controller = controller_run(&client, n).await;
+        let ratio = controller["readySeconds"].as_f64().unwrap() / floor["readySeconds"].as_f64().unwrap();
+        println!(
+            "{n:>6} {:>9.1} {:>9.1} {ratio:>7.1} {:>9.1} {:>9.1} {:>11.1} {:>11.1} {:>9.1} {:>8.1} {:>8.1}",
+            controller["readySeconds"].as_f64().unwrap(),
+            floor["readySeconds"].as_f64().unwrap(),
+            controller["deleteSeconds"].as_f64().unwrap(),
+            floor["deleteSeconds"].as_f64().unwrap(),
+            controller["apiWritesPerSession"].as_f64().unwrap(),
+            controller["apiReadsPerSession"].as_f64().unwrap(),
+            controller["providerCallsPerSession"].as_f64().unwrap(),
+            controller["peakRssMiB"].as_f64().unwrap(),
+            controller["cpuSeconds"].as_f64().unwrap(),
+        );
+        runs.push(json!({"sessions": n, "controller": controller, "floor": floor, "readyRatio": ratio}));
+    }
+    let date = jiff::Timestamp::now().strftime("%Y-%m-%d").to_string();
+    let dir = format!("{}/bench/results", env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = format!("{dir}/{date}.json");
+    let results = json!({"date": date, "machine": "2 cores", "concurrency": CONCURRENCY, "runs": runs});
+    std::fs::write(&path, serde_json::to_string_pretty(&results).unwrap()).unwrap();
+    println!("figures written to {path}");
+}
