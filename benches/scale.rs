@@ -115,9 +115,17 @@ async fn controller_run(client: &Client, n: usize) -> Value {
         reqwest::get(format!("http://127.0.0.1:{}/metrics", controller.http_port)).await.unwrap().text().await.unwrap();
 
     let deleting = Instant::now();
-    sessions.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
+    // One delete per session, as users delete them (a single delete-collection of 1000
+    // objects with finalizers outlives the API server's request timeout).
+    each(n, |i| {
+        let sessions = sessions.clone();
+        async move {
+            let _ = sessions.delete(&format!("s{i}"), &DeleteParams::default()).await;
+        }
+    })
+    .await;
     wait_until("every session gone and no live instance", Duration::from_secs(1800), || async {
-        sessions.list(&ListParams::default()).await.unwrap().items.is_empty()
+        sessions.list(&ListParams::default()).await.is_ok_and(|l| l.items.is_empty())
             && sim.instances().iter().all(|i| i.destroyed)
     })
     .await;
@@ -227,12 +235,28 @@ async fn main() {
             controller["cpuSeconds"].as_f64().unwrap(),
         );
         runs.push(json!({"sessions": n, "controller": controller, "floor": floor, "readyRatio": ratio}));
+        // Written after every size, so a later failure keeps what was measured.
+        write_results(&runs);
     }
+}
+
+fn write_results(runs: &[Value]) {
     let date = jiff::Timestamp::now().strftime("%Y-%m-%d").to_string();
     let dir = format!("{}/bench/results", env!("CARGO_MANIFEST_DIR"));
     std::fs::create_dir_all(&dir).unwrap();
     let path = format!("{dir}/{date}.json");
-    let results = json!({"date": date, "machine": "2 cores", "concurrency": CONCURRENCY, "runs": runs});
+    // Keep today's figures for sizes not measured in this invocation.
+    let mut all: Vec<Value> = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v["runs"].as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|old| runs.iter().all(|new| new["sessions"] != old["sessions"]))
+        .collect();
+    all.extend(runs.iter().cloned());
+    all.sort_by_key(|r| r["sessions"].as_u64());
+    let results = json!({"date": date, "machine": "2 cores", "concurrency": CONCURRENCY, "runs": all});
     std::fs::write(&path, serde_json::to_string_pretty(&results).unwrap()).unwrap();
     println!("figures written to {path}");
 }

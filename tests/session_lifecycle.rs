@@ -37,6 +37,17 @@ fn fast_market() -> Market {
     market
 }
 
+/// The fast market plus host 4199: a 4090 like 4101 that really has the CUDA 12.9 it advertises.
+fn market_with_honest_4199(price_per_hour: f64) -> Market {
+    let mut market = fast_market();
+    let mut honest: Host = market.hosts.iter().find(|h| h.id == "4101").unwrap().clone();
+    honest.id = "4199".into();
+    honest.real_cuda = None;
+    honest.price_per_hour = price_per_hour;
+    market.hosts.push(honest);
+    market
+}
+
 impl Harness {
     async fn new(prefix: &str, market: Market) -> Self {
         let client = client().await;
@@ -298,13 +309,7 @@ async fn snatched_offer_falls_over_to_the_next_best() {
 #[tokio::test]
 #[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
 async fn cuda_mismatch_is_caught_the_host_avoided_and_the_session_re_provisioned() {
-    let mut market = fast_market();
-    let mut honest = market.hosts.iter().find(|h| h.id == "4101").unwrap().clone();
-    honest.id = "4199".into();
-    honest.real_cuda = None; // really 12.9
-    honest.price_per_hour = 0.31;
-    market.hosts.push(Host { ..honest });
-    let h = Harness::new("cuda", market).await;
+    let h = Harness::new("cuda", market_with_honest_4199(0.31)).await;
     let spec = rtx_4090(json!({"requirements": {"minCudaVersion": "12.9"}}));
     h.apply("first", spec.clone()).await;
     let ready = h.wait_ready("first").await;
@@ -472,13 +477,7 @@ async fn an_orphan_from_a_crashed_run_is_destroyed_and_another_deployments_insta
 #[tokio::test]
 #[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
 async fn a_model_that_crashes_on_its_first_prompt_re_provisions_on_another_host() {
-    let mut market = fast_market();
-    let mut honest = market.hosts.iter().find(|h| h.id == "4101").unwrap().clone();
-    honest.id = "4199".into();
-    honest.real_cuda = None; // really 12.9, what the image needs
-    honest.price_per_hour = 0.36;
-    market.hosts.push(honest);
-    let h = Harness::new("crash-prompt", market).await;
+    let h = Harness::new("crash-prompt", market_with_honest_4199(0.36)).await;
     // No CUDA requirement in the spec: only the workload reveals that 12.8 (4101) and 12.4 (4102) are too old for this image.
     let spec = rtx_4090(json!({
         "image": "vllm/vllm-openai:v0.10.1",

@@ -123,6 +123,33 @@ impl Transport {
             .build()
     }
 
+    /// A JSON REST call with the bearer key: `body`, when given, is sent as JSON.
+    pub async fn bearer_call(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&serde_json::Value>,
+        idempotency: Idempotency,
+    ) -> Result<Reply, ProviderError> {
+        self.call(idempotency, || {
+            let request = self.client.request(method.clone(), url).bearer_auth(self.secret());
+            match body {
+                Some(body) => request.json(body),
+                None => request,
+            }
+        })
+        .await
+    }
+
+    /// The error for an answer this client cannot use.
+    pub fn unexpected(&self, reply: &Reply) -> ProviderError {
+        ProviderError::BadResponse {
+            provider: self.provider,
+            status: reply.status.as_u16(),
+            body: self.excerpt(&reply.body),
+        }
+    }
+
     async fn attempt(&self, request: RequestBuilder) -> Result<Reply, Attempt> {
         let provider = self.provider;
         let response = match request.send().await {

@@ -40,25 +40,11 @@ impl TensorDock {
         body: Option<&Value>,
         idempotency: Idempotency,
     ) -> Result<Reply, ProviderError> {
-        let url = format!("{}{path}", self.base_url);
-        self.transport
-            .call(idempotency, || {
-                let request =
-                    self.transport.client().request(method.clone(), &url).bearer_auth(self.transport.secret());
-                match body {
-                    Some(body) => request.json(body),
-                    None => request,
-                }
-            })
-            .await
+        self.transport.bearer_call(method, &format!("{}{path}", self.base_url), body, idempotency).await
     }
 
     fn unexpected(&self, reply: &Reply) -> ProviderError {
-        ProviderError::BadResponse {
-            provider: PROVIDER,
-            status: reply.status.as_u16(),
-            body: self.transport.excerpt(&reply.body),
-        }
+        self.transport.unexpected(reply)
     }
 }
 
