@@ -50,7 +50,7 @@ SOAK_SECONDS ?= 1800
 SOAK_SEED ?= 7
 soak: setup
 	kubeconfig=$$($(CONTROL_PLANE)/start.sh) && \
-	GPU_SHOPPER_TEST_KUBECONFIG=$$kubeconfig SOAK_SECONDS=$(SOAK_SECONDS) SOAK_SEED=$(SOAK_SEED) \
+	GPU_SHOPPER_TEST_KUBECONFIG=$$kubeconfig SOAK_SECONDS=$(SOAK_SECONDS) SOAK_SEED=$(SOAK_SEED) SOAK_RESULTS_DIR=$(CURDIR)/bench/results \
 	cargo test --release --test soak -- --include-ignored --nocapture
 
 ## bench: the scale benchmark (N = BENCH_SIZES) and the offer-ranking criterion bench

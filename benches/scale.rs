@@ -196,6 +196,11 @@ async fn floor_run(client: &Client, n: usize) -> Value {
 
 #[tokio::main]
 async fn main() {
+    // `cargo test --all-targets` runs bench binaries too (without --bench): this one takes minutes.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("scale bench: not run under `cargo test`; run it with `make bench` (cargo bench --bench scale)");
+        return;
+    }
     let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
         .unwrap_or_else(|_| "100,500,1000".into())
         .split(',')

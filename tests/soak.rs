@@ -5,7 +5,7 @@
 //!
 //! `make test` runs a short one (SOAK_SECONDS=60, SOAK_SEED=7); `make soak`
 //! a long one. Prints one line per invariant and counts; writes
-//! bench/results/soak-<seed>-<seconds>s.json.
+//! soak-<seed>-<seconds>s.json to SOAK_RESULTS_DIR (`make soak`: bench/results).
 
 mod support;
 
