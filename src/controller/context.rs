@@ -102,12 +102,21 @@ pub fn backoff_delay(failures: u32) -> Duration {
     capped.mul_f64(rand::rng().random_range(0.8..1.2))
 }
 
+/// Fallback retry after a write refused on a stale copy (the watch event usually comes first).
+const STALE_COPY_RETRY: Duration = Duration::from_millis(500);
+
 /// The error policy of both controllers: log, count, and retry with backoff.
 pub fn error_policy<K>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action
 where
     K: Resource<DynamicType = ()> + ResourceExt,
 {
     let controller = if K::kind(&()) == "GpuSession" { "gpusession" } else { "gpuofferfilter" };
+    if error.is_stale_copy() {
+        // Our copy was older than the server's: no fault, no backoff; the fresh copy arrives by watch.
+        ctx.metrics.reconcile_errors.get_or_create(&ErrorLabels { controller, error: "stale_copy" }).inc();
+        tracing::debug!(object = %key(obj.as_ref()), "write refused on a stale copy; retrying on the fresh one");
+        return Action::requeue(STALE_COPY_RETRY);
+    }
     let failures = ctx.failed(obj.as_ref());
     let delay = backoff_delay(failures);
     ctx.metrics.reconcile_errors.get_or_create(&ErrorLabels { controller, error: error.metric_label() }).inc();

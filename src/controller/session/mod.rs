@@ -33,6 +33,11 @@ pub const FINALIZER: &str = "gpushopper.dev/destroy-instance";
 /// How soon to look again while a machine is being rented or proven.
 const PROVISIONING_POLL: Duration = Duration::from_secs(2);
 
+/// After a stage passes, the watch event of our own status write starts the next
+/// stage with the fresh object; this requeue is only the fallback. (Requeueing at
+/// once raced the watch: the next reconcile read a stale copy and its write got 409.)
+const NEXT_STAGE: Duration = Duration::from_secs(1);
+
 pub async fn reconcile(session: Arc<GpuSession>, ctx: Arc<Context>) -> Result<Action> {
     let started = std::time::Instant::now();
     let namespace = session.namespace().ok_or(Error::MissingNamespace { kind: "GpuSession" })?;
@@ -45,6 +50,10 @@ pub async fn reconcile(session: Arc<GpuSession>, ctx: Arc<Context>) -> Result<Ac
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
+    let result = match result {
+        Err(error) if error.is_finalizer_of_deleted_object() => Ok(Action::await_change()),
+        other => other,
+    };
     ctx.metrics
         .reconcile_duration
         .get_or_create(&crate::metrics::ControllerLabels { controller: "gpusession" })
@@ -55,19 +64,28 @@ pub async fn reconcile(session: Arc<GpuSession>, ctx: Arc<Context>) -> Result<Ac
     result
 }
 
-/// One reconcile's working state: the session, and the status being built.
+/// One reconcile's working state: the session, the status being built, and what
+/// to announce once that status is written.
 pub(crate) struct Step<'a> {
     pub session: &'a GpuSession,
     pub ctx: &'a Context,
     pub status: GpuSessionStatus,
     pub now: Timestamp,
+    /// Events and observations held until the status they describe is stored, so a
+    /// step that is redone after a refused write does not announce itself twice.
+    announcements: Vec<Announcement>,
+}
+
+enum Announcement {
+    Event(Box<Event>),
+    TimeToReady(f64),
 }
 
 impl<'a> Step<'a> {
     fn new(session: &'a GpuSession, ctx: &'a Context) -> Self {
         let mut status = session.status.clone().unwrap_or_default();
         status.observed_generation = session.meta().generation;
-        Step { session, ctx, status, now: Timestamp::now() }
+        Step { session, ctx, status, now: Timestamp::now(), announcements: Vec::new() }
     }
 
     pub fn time(&self) -> Time {
@@ -98,18 +116,36 @@ impl<'a> Step<'a> {
         self.status.message = Some(message.into());
     }
 
-    /// Publishes an Event on the session; a failure to record it is logged, not fatal.
-    pub async fn event(&self, warning: bool, reason: &str, note: impl Into<String>) {
+    /// Queues an Event on the session, published by `announce` once the status is stored.
+    pub fn event(&mut self, warning: bool, reason: &str, note: impl Into<String>) {
         let note: String = note.into();
-        let event = Event {
+        self.announcements.push(Announcement::Event(Box::new(Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
             reason: reason.to_string(),
             note: Some(note.chars().take(1000).collect()),
             action: "Reconcile".into(),
             secondary: None,
-        };
-        if let Err(error) = self.ctx.recorder.publish(&event, &self.session.object_ref(&())).await {
-            tracing::warn!(session = %self.session.name_any(), %error, "could not publish an event");
+        })));
+    }
+
+    /// Records the time from creation to Ready, once the Ready status is stored.
+    pub fn observe_time_to_ready(&mut self) {
+        if let Some(created) = self.session.metadata.creation_timestamp.as_ref() {
+            self.announcements.push(Announcement::TimeToReady(self.now.duration_since(created.0).as_secs_f64()));
+        }
+    }
+
+    /// Publishes the queued Events and observations; a failure to record an Event is logged, not fatal.
+    async fn announce(&mut self) {
+        for announcement in std::mem::take(&mut self.announcements) {
+            match announcement {
+                Announcement::Event(event) => {
+                    if let Err(error) = self.ctx.recorder.publish(&event, &self.session.object_ref(&())).await {
+                        tracing::warn!(session = %self.session.name_any(), %error, "could not publish an event");
+                    }
+                }
+                Announcement::TimeToReady(seconds) => self.ctx.metrics.time_to_ready.observe(seconds),
+            }
         }
     }
 
@@ -124,8 +160,10 @@ async fn apply(session: &GpuSession, api: &Api<GpuSession>, ctx: &Context) -> Re
     // Whatever happened, keep what was learnt (an attempt, a destroyed instance) before returning.
     let current = session.status.clone().unwrap_or_default();
     if step.status != current {
+        // Refused (409: our copy was stale): nothing is announced; the step is redone from the fresh object.
         status::apply_at(api, &session.name_any(), session.resource_version(), &step.status).await?;
     }
+    step.announce().await;
     track(&step);
     action
 }
@@ -176,8 +214,10 @@ async fn cleanup(session: &GpuSession, api: &Api<GpuSession>, ctx: &Context) -> 
         step.phase(SessionPhase::Terminating, "Deleting", "the session was deleted; destroying its instance");
         let _ = status::apply_at(api, &session.name_any(), None, &step.status).await;
     }
-    teardown::release(&mut step).await?;
-    teardown::destroy_unrecorded(&mut step).await?;
+    let destroyed = destroy_everything(&mut step).await;
+    // Deletion writes no status to wait for: a DestroyFailed is announced at once.
+    step.announce().await;
+    destroyed?;
     let note = match &step.status.instance_id {
         Some(id) => format!(
             "instance {id} on {} is destroyed; nothing bills any more",
@@ -185,8 +225,14 @@ async fn cleanup(session: &GpuSession, api: &Api<GpuSession>, ctx: &Context) -> 
         ),
         None => "no instance was rented for this session; nothing to destroy".to_string(),
     };
-    step.event(false, "CleanupComplete", note).await;
+    step.event(false, "CleanupComplete", note);
+    step.announce().await;
     ctx.track_session(&session.uid().unwrap_or_default(), None);
     tracing::info!(session = %session.name_any(), namespace = ?session.namespace(), "cleanup complete; finalizer released");
     Ok(Action::await_change())
+}
+
+async fn destroy_everything(step: &mut Step<'_>) -> Result<()> {
+    teardown::release(step).await?;
+    teardown::destroy_unrecorded(step).await
 }

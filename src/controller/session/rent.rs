@@ -34,8 +34,7 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
             false,
             "Adopted",
             format!("found instance {} on {provider} carrying this session's label; adopting it", instance.id),
-        )
-        .await;
+        );
         record_rented(step, provider, &instance, None, "adopted an instance created for this session earlier".into());
         return Ok(Action::requeue(PROVISIONING_POLL));
     }
@@ -83,7 +82,7 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
     let why = rank::explain(&best, candidates.len());
     match provider.create_instance(&request).await {
         Ok(instance) => {
-            step.event(false, "Rented", format!("rented {} on {}: {why}", instance.id, best.provider)).await;
+            step.event(false, "Rented", format!("rented {} on {}: {why}", instance.id, best.provider));
             record_rented(step, best.provider, &instance, Some(&best), why);
             Ok(Action::requeue(PROVISIONING_POLL))
         }
@@ -99,7 +98,7 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
                 message: error.to_string(),
                 time: step.time(),
             });
-            step.event(true, "AttemptFailed", format!("offer {} on {}: {error}", best.id, best.provider)).await;
+            step.event(true, "AttemptFailed", format!("offer {} on {}: {error}", best.id, best.provider));
             if error.next_step() == NextStep::GiveUp {
                 teardown::end(
                     step,
@@ -113,7 +112,7 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
             let message = format!("offer {} failed ({}); trying the next one", best.id, error.reason());
             step.phase(SessionPhase::Provisioning, "NextOffer", message);
             // A lost create answer is healed by the label lookup at the start of the next step.
-            Ok(Action::requeue(Duration::from_millis(200)))
+            Ok(Action::requeue(super::NEXT_STAGE))
         }
     }
 }

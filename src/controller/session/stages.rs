@@ -68,9 +68,9 @@ async fn instance_running(step: &mut Step<'_>, limits: &StageTimeouts) -> Result
             instance.provider, target.user, target.host, target.port
         );
         step.condition(types::INSTANCE_RUNNING, true, "Running", message.clone());
-        step.event(false, "InstanceRunning", &message).await;
+        step.event(false, "InstanceRunning", &message);
         step.phase(SessionPhase::Verifying, "InstanceRunning", message);
-        return Ok(Action::requeue(Duration::ZERO));
+        return Ok(Action::requeue(super::NEXT_STAGE));
     }
     let since = step.status.rented_at.as_ref().map(|t| t.0).unwrap_or(step.now);
     if step.seconds_since(since) > limits.instance_running.as_secs_f64() {
@@ -127,8 +127,8 @@ async fn ssh_ready(step: &mut Step<'_>, key: &SessionKey, limits: &StageTimeouts
                 endpoint.user, endpoint.host, endpoint.port, out.host_fingerprint
             );
             step.condition(types::SSH_READY, true, "LoggedIn", message.clone());
-            step.event(false, "SSHReady", message).await;
-            Ok(Action::requeue(Duration::ZERO))
+            step.event(false, "SSHReady", message);
+            Ok(Action::requeue(super::NEXT_STAGE))
         }
         Err(error @ SshError::HostKeyChanged { .. }) => {
             count_ssh_failure(step);
@@ -220,8 +220,8 @@ async fn cuda_verified(step: &mut Step<'_>, key: &SessionKey, limits: &StageTime
             .await;
     }
     step.condition(types::CUDA_VERIFIED, true, "Verified", summary.clone());
-    step.event(false, "CUDAVerified", summary).await;
-    Ok(Action::requeue(Duration::ZERO))
+    step.event(false, "CUDAVerified", summary);
+    Ok(Action::requeue(super::NEXT_STAGE))
 }
 
 fn shell_quote(text: &str) -> String {
@@ -276,7 +276,7 @@ async fn workload_ready(step: &mut Step<'_>, key: &SessionKey, limits: &StageTim
             }
         },
     }
-    Ok(Action::requeue(Duration::ZERO))
+    Ok(Action::requeue(super::NEXT_STAGE))
 }
 
 async fn workload_deadline(step: &mut Step<'_>, limits: &StageTimeouts, last: &str) -> Result<Action> {
@@ -340,12 +340,10 @@ async fn ready(step: &mut Step<'_>) -> Result<Action> {
     step.condition(types::READY, true, "AllStagesPassed", message.clone());
     step.phase(SessionPhase::Running, "Ready", message);
     step.status.started_at = Some(step.time());
-    step.event(false, "Ready", "every stage passed: the machine is handed over").await;
-    if let Some(created) = step.session.metadata.creation_timestamp.as_ref() {
-        step.ctx.metrics.time_to_ready.observe(step.now.duration_since(created.0).as_secs_f64());
-    }
+    step.event(false, "Ready", "every stage passed: the machine is handed over");
+    step.observe_time_to_ready();
     super::running::set_expiry(step);
-    Ok(Action::requeue(Duration::ZERO))
+    Ok(Action::requeue(super::NEXT_STAGE))
 }
 
 /// The host failed a stage: destroy it, avoid it, record the attempt, shop again.
@@ -368,8 +366,7 @@ pub async fn host_failed(step: &mut Step<'_>, reason: &str, message: String) -> 
         true,
         reason,
         format!("offer {offer_id}: {message}; the host is avoided and another offer will be tried"),
-    )
-    .await;
+    );
     let s = &mut step.status;
     s.instance_id = None;
     s.ssh = None;
@@ -383,7 +380,7 @@ pub async fn host_failed(step: &mut Step<'_>, reason: &str, message: String) -> 
     }
     step.condition(types::READY, false, reason, message.clone());
     step.phase(SessionPhase::Provisioning, reason, format!("{message}; trying another offer"));
-    Ok(Action::requeue(Duration::ZERO))
+    Ok(Action::requeue(super::NEXT_STAGE))
 }
 
 #[cfg(test)]

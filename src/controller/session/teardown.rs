@@ -18,17 +18,17 @@ pub async fn release(step: &mut Step<'_>) -> Result<()> {
         let message = format!(
             "instance {id} is on {provider_name}, which has no credentials any more: it cannot be destroyed until they are restored"
         );
-        step.event(true, "DestroyFailed", &message).await;
+        step.event(true, "DestroyFailed", &message);
         return Err(ProviderError::AuthFailed { provider: provider_name, status: 0 }.into());
     };
     if let Err(error) = provider.destroy_instance(&id).await {
         step.ctx.metrics.destroy_failures.get_or_create(&ProviderLabels { provider: provider_name.as_str() }).inc();
-        step.event(true, "DestroyFailed", format!("destroying instance {id} failed, will retry: {error}")).await;
+        step.event(true, "DestroyFailed", format!("destroying instance {id} failed, will retry: {error}"));
         return Err(error.into());
     }
     settle_cost(step);
     step.status.released_at = Some(step.time());
-    step.event(false, "InstanceDestroyed", format!("instance {id} on {provider_name} destroyed")).await;
+    step.event(false, "InstanceDestroyed", format!("instance {id} on {provider_name} destroyed"));
     Ok(())
 }
 
@@ -46,7 +46,7 @@ pub async fn end(step: &mut Step<'_>, phase: SessionPhase, reason: &str, message
     release(step).await?;
     step.condition(types::READY, false, reason, message.clone());
     step.phase(phase, reason, message.clone());
-    step.event(phase == SessionPhase::Failed, reason, message).await;
+    step.event(phase == SessionPhase::Failed, reason, message);
     Ok(())
 }
 
@@ -80,8 +80,7 @@ pub async fn destroy_unrecorded(step: &mut Step<'_>) -> Result<()> {
                 false,
                 "InstanceDestroyed",
                 format!("unrecorded instance {} on {} destroyed", instance.id, provider.name()),
-            )
-            .await;
+            );
         }
     }
     Ok(())
