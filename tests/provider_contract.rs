@@ -277,7 +277,7 @@ async fn vast_create_without_new_contract_falls_back_to_the_label() {
     assert_eq!(report.len(), 1);
     assert_eq!(instance.id, report[0].id);
     // The key was attached to the instance after create.
-    let keys = sim.sim.world().instances[0].authorized_keys.lock().unwrap().clone();
+    let keys = sim.sim.world().instances[0].authorized_keys();
     assert_eq!(keys, vec![KEY.to_string()]);
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Secret};
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
@@ -246,6 +246,117 @@ async fn interactive_session_reaches_ready_and_its_secret_key_logs_in() {
 
     h.delete_and_wait_gone("box").await;
     assert!(h.live_instances().is_empty(), "deleting the session destroyed its instance");
+    h.finish().await;
+}
+
+/// The Secret's key pair, as a user reads it.
+async fn secret_keys(h: &Harness, name: &str) -> (String, String, Vec<String>) {
+    let secret = Api::<Secret>::namespaced(h.client.clone(), &h.ns).get(&format!("{name}-ssh")).await.unwrap();
+    let data = secret.data.unwrap();
+    let text = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
+    (text("ssh-privatekey"), text("ssh-publickey"), data.keys().cloned().collect())
+}
+
+/// Logs in to the session's machine with `private` and runs `true`.
+async fn login_with(ssh: &gpu_shopper::crd::session::SshEndpoint, private: &str) -> Result<(), String> {
+    let key = gpu_shopper::keys::parse_private(&secrecy::SecretString::from(private.to_string())).unwrap();
+    let target = gpu_shopper::probe::ssh::Target {
+        host: &ssh.host,
+        port: ssh.port,
+        user: &ssh.user,
+        pinned_fingerprint: ssh.host_key_fingerprint.as_deref(),
+    };
+    gpu_shopper::probe::ssh::run(&target, Arc::new(key), "true", Duration::from_secs(10))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn the_rekey_annotation_puts_a_fresh_key_on_the_machine_and_the_old_one_stops_working() {
+    let h = Harness::new("rekey", fast_market()).await;
+    h.apply("box", rtx_4090(json!({}))).await;
+    let ready = h.wait_ready("box").await;
+    let ssh = status(&ready).ssh.clone().unwrap();
+    let (first_private, _, _) = secret_keys(&h, "box").await;
+    login_with(&ssh, &first_private).await.expect("the first key logs in");
+
+    let mut seen_private = vec![first_private];
+    for request in ["2026-11-23", "again"] {
+        let annotate =
+            json!({"metadata": {"annotations": {gpu_shopper::controller::session::REKEY_ANNOTATION: request}}});
+        h.sessions.patch("box", &PatchParams::default(), &Patch::Merge(&annotate)).await.unwrap();
+        let rekeyed = h
+            .wait_until("box", &format!("re-key {request}"), |s| {
+                s.status.as_ref().and_then(|st| st.rekey.as_ref()).is_some_and(|r| r.done && r.request == request)
+            })
+            .await;
+        let (private, public, keys) = secret_keys(&h, "box").await;
+        assert!(!seen_private.contains(&private), "the Secret holds a new private key after {request}");
+        assert!(!keys.iter().any(|k| k.ends_with("-next")), "no half-done re-key left in the Secret: {keys:?}");
+        let fingerprint = gpu_shopper::keys::fingerprint(&gpu_shopper::keys::parse_public(&public).unwrap());
+        assert_eq!(status(&rekeyed).rekey.as_ref().unwrap().key_fingerprint.as_deref(), Some(fingerprint.as_str()));
+        login_with(&ssh, &private).await.expect("the new key logs in");
+        let old = seen_private.last().unwrap();
+        let refused = login_with(&ssh, old).await.expect_err("the old key must no longer log in");
+        assert!(refused.contains("refused the session's key"), "{refused}");
+        assert_eq!(status(&rekeyed).phase, Some(SessionPhase::Running), "re-keying does not interrupt the session");
+        seen_private.push(private);
+    }
+    // Events follow the status write that they describe; a repeated reason is one Event with a series count.
+    wait_for("two Rekeyed events", WAIT, || async {
+        let count: i32 =
+            h.events("Rekeyed").await.iter().map(|e| e.series.as_ref().and_then(|s| s.count).unwrap_or(1)).sum();
+        (count == 2).then_some(())
+    })
+    .await;
+    let machine = h.sim.sim.world().instances.iter().find(|i| i.destroyed.is_none()).unwrap().authorized_keys();
+    assert_eq!(machine.len(), 1, "only the newest key is on the machine: {machine:?}");
+    assert_eq!(h.live_instances().len(), 1, "the same machine, not a new one");
+    let log = h.controller.log();
+    for private in &seen_private {
+        let body = private.lines().nth(1).unwrap();
+        assert!(!log.contains(body), "a private key leaked into the controller log");
+    }
+    h.finish().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn a_rekey_cut_short_after_the_old_key_was_removed_finishes_with_the_stored_new_key() {
+    let h = Harness::new("rekey-crash", fast_market()).await;
+    h.apply("box", rtx_4090(json!({}))).await;
+    let ssh = status(&h.wait_ready("box").await).ssh.clone().unwrap();
+    let (old_private, _, _) = secret_keys(&h, "box").await;
+    // The state a controller killed mid re-key leaves: the new pair stored in the
+    // Secret as pending, already the only key on the machine, not yet promoted.
+    let pending = gpu_shopper::keys::generate("pending").unwrap();
+    let pending_private = secrecy::ExposeSecret::expose_secret(&pending.private_openssh).to_string();
+    let stored =
+        json!({"stringData": {"ssh-privatekey-next": pending_private, "ssh-publickey-next": pending.public_openssh}});
+    Api::<Secret>::namespaced(h.client.clone(), &h.ns)
+        .patch("box-ssh", &PatchParams::default(), &Patch::Merge(&stored))
+        .await
+        .unwrap();
+    {
+        let world = h.sim.sim.world();
+        let machine = world.instances.iter().find(|i| i.destroyed.is_none()).unwrap();
+        let keys_file = machine.home.join(".ssh/authorized_keys");
+        std::fs::write(keys_file, format!("{}\n", pending.public_openssh)).unwrap();
+    }
+    assert!(login_with(&ssh, &old_private).await.is_err(), "the Secret's main key is locked out, as after the crash");
+
+    let annotate = json!({"metadata": {"annotations": {gpu_shopper::controller::session::REKEY_ANNOTATION: "1"}}});
+    h.sessions.patch("box", &PatchParams::default(), &Patch::Merge(&annotate)).await.unwrap();
+    h.wait_until("box", "the re-key to finish", |s| {
+        s.status.as_ref().and_then(|st| st.rekey.as_ref()).is_some_and(|r| r.done && r.request == "1")
+    })
+    .await;
+    let (private, _, keys) = secret_keys(&h, "box").await;
+    assert_eq!(private, pending_private, "the stored pending key was promoted, not replaced by another");
+    assert!(!keys.iter().any(|k| k.ends_with("-next")), "{keys:?}");
+    login_with(&ssh, &private).await.expect("the session's key logs in again");
     h.finish().await;
 }
 

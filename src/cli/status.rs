@@ -86,6 +86,10 @@ pub async fn run(args: StatusArgs) -> Result<String, CliError> {
     if let Some(job) = &status.job {
         out.push_str(&format!("  job exit code {}; last lines:\n{}\n", job.exit_code, job.log_tail.trim_end()));
     }
+    if let Some(rekey) = &status.rekey {
+        let state = if rekey.done { "done" } else { "pending" };
+        out.push_str(&format!("  re-key {:?}: {state}: {}\n", rekey.request, rekey.message));
+    }
     out.push_str("\nCONDITIONS\n");
     let rows: Vec<Vec<String>> = status
         .conditions

@@ -327,6 +327,30 @@ pub struct GpuSessionStatus {
     /// How a Job workload ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<JobResult>,
+    /// The last re-key asked for with the `gpushopper.dev/rekey` annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rekey: Option<RekeyStatus>,
+}
+
+/// Re-keying a running machine: set the annotation `gpushopper.dev/rekey` to a new
+/// value (for example the date); the controller puts a fresh key pair on the machine
+/// and in the Secret, then removes the old key from the machine.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RekeyStatus {
+    /// The annotation value this is about.
+    pub request: String,
+    /// True once the new key logs in, is in the Secret, and the old key no longer logs in.
+    pub done: bool,
+    /// What happened, or why it has not happened yet.
+    #[serde(default)]
+    pub message: String,
+    /// When the re-key completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+    /// SHA256 fingerprint of the public key that logs in now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_fingerprint: Option<String>,
 }
 
 /// SSH endpoint of the machine.

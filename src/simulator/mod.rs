@@ -130,7 +130,7 @@ impl Drop for SimulatorHandle {
 /// Starts the three marketplaces and the control endpoint on loopback ports
 /// (`base_port` 0: any free ports; else base_port..base_port+3).
 pub async fn start(market: Market, base_port: u16) -> std::io::Result<SimulatorHandle> {
-    let sim = Arc::new(Sim { world: Mutex::new(World::new(market)) });
+    let sim = Arc::new(Sim { world: Mutex::new(World::new(market)?) });
     let port = |offset: u16| if base_port == 0 { 0 } else { base_port + offset };
     let routers = [
         vastai::router(sim.clone()),

@@ -4,7 +4,8 @@
 //! runs any other command with `sh -c`.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use russh::keys::PublicKey;
 use russh::server::{Auth, Msg, Server as _, Session, VerifiedPublicKey};
@@ -23,12 +24,17 @@ pub struct Machine {
     pub env: BTreeMap<String, String>,
     /// Users that may log in (TensorDock: root and user; others: root).
     pub users: Vec<String>,
-    /// authorized_keys, as OpenSSH lines; shared so a key attached later counts.
-    pub authorized_keys: Arc<Mutex<Vec<String>>>,
+    /// The login user's home: `.ssh/authorized_keys` there is read at every login,
+    /// so a key attached later, or removed, counts at once, as with OpenSSH.
+    pub home: PathBuf,
     /// GPU utilisation in percent, shared with the simulator's control endpoint.
     pub gpu_utilization: Arc<std::sync::atomic::AtomicU32>,
     /// Keys are refused before this moment (propagation delay).
     pub keys_accepted_after: std::time::Instant,
+}
+
+pub fn authorized_keys_path(home: &Path) -> PathBuf {
+    home.join(".ssh").join("authorized_keys")
 }
 
 /// Binds a loopback port and serves SSH on it until the task is aborted.
@@ -74,8 +80,10 @@ impl Connection {
         {
             return false;
         }
-        let keys = self.machine.authorized_keys.lock().unwrap_or_else(|p| p.into_inner());
-        keys.iter().filter_map(|line| PublicKey::from_openssh(line.trim()).ok()).any(|k| k.key_data() == key.key_data())
+        let keys = std::fs::read_to_string(authorized_keys_path(&self.machine.home)).unwrap_or_default();
+        keys.lines()
+            .filter_map(|line| PublicKey::from_openssh(line.trim()).ok())
+            .any(|k| k.key_data() == key.key_data())
     }
 
     /// `nvidia-smi` as the host really is: the banner, or the fields a
@@ -166,7 +174,15 @@ impl russh::server::Handler for Connection {
             let err = if code == 127 { b"sh: 1: nvidia-smi: not found\n".to_vec() } else { Vec::new() };
             (out.into_bytes(), err, code)
         } else {
-            match tokio::process::Command::new("sh").arg("-c").arg(&command).envs(&self.machine.env).output().await {
+            match tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(&command)
+                .envs(&self.machine.env)
+                .env("HOME", &self.machine.home)
+                .current_dir(&self.machine.home)
+                .output()
+                .await
+            {
                 Ok(output) => (output.stdout, output.stderr, output.status.code().unwrap_or(255) as u32),
                 Err(e) => (Vec::new(), format!("sh: {e}\n").into_bytes(), 127),
             }

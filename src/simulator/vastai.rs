@@ -243,10 +243,12 @@ async fn attach_key(
     let world = sim.world();
     let key = body.get("ssh_key").and_then(Value::as_str).unwrap_or_default().to_string();
     match world.instances.iter().find(|i| i.provider == P && i.id == id && i.destroyed.is_none()) {
-        Some(instance) => {
-            instance.authorize(&key);
-            ok(json!({"success": true}))
-        }
+        Some(instance) => match instance.authorize(&key) {
+            Ok(()) => ok(json!({"success": true})),
+            Err(error) => {
+                fail(StatusCode::INTERNAL_SERVER_ERROR, "error", &format!("could not attach the key: {error}"))
+            }
+        },
         None => fail(StatusCode::NOT_FOUND, "no_such_instance", "Instance not found"),
     }
 }

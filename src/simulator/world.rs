@@ -2,8 +2,9 @@
 //! the faults a test has switched on, and every call received.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -68,8 +69,8 @@ pub struct SimInstance {
     pub host: Host,
     pub gpu_count: u32,
     pub price_per_hour: f64,
-    /// authorized_keys of the instance, shared with its SSH server.
-    pub authorized_keys: Arc<Mutex<Vec<String>>>,
+    /// The login user's home on this machine; its `.ssh/authorized_keys` decides who logs in.
+    pub home: PathBuf,
     pub image: String,
     pub env: BTreeMap<String, String>,
     pub created: Instant,
@@ -97,12 +98,33 @@ pub struct NewInstance {
 }
 
 impl SimInstance {
-    pub fn authorize(&self, public_key: &str) {
-        let mut keys = self.authorized_keys.lock().unwrap_or_else(|p| p.into_inner());
-        if !public_key.trim().is_empty() && !keys.iter().any(|k| k == public_key.trim()) {
-            keys.push(public_key.trim().to_string());
-        }
+    /// Adds a key to `~/.ssh/authorized_keys`, as the marketplace's own agent does.
+    pub fn authorize(&self, public_key: &str) -> std::io::Result<()> {
+        authorize_in(&self.home, public_key)
     }
+
+    /// The lines of `~/.ssh/authorized_keys` on the machine now.
+    pub fn authorized_keys(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(ssh::authorized_keys_path(&self.home)).unwrap_or_default();
+        text.lines().map(str::to_string).collect()
+    }
+}
+
+fn authorize_in(home: &Path, public_key: &str) -> std::io::Result<()> {
+    let line = public_key.trim();
+    let path = ssh::authorized_keys_path(home);
+    let existing = std::fs::read_to_string(&path).unwrap_or_default();
+    if line.is_empty() || existing.lines().any(|l| l.trim() == line) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(path.parent().expect("authorized_keys has a parent"))?;
+    let mut text = existing;
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(line);
+    text.push('\n');
+    std::fs::write(&path, text)
 }
 
 /// What tests read back through the control endpoint.
@@ -135,18 +157,21 @@ pub struct World {
     pub calls: Vec<CallRecord>,
     servers: BTreeMap<String, Vec<tokio::task::JoinHandle<()>>>,
     next_id: u64,
+    /// Every instance's home directory lives here; removed with the world.
+    homes: tempfile::TempDir,
 }
 
 impl World {
-    pub fn new(market: Market) -> Self {
-        World {
+    pub fn new(market: Market) -> std::io::Result<Self> {
+        Ok(World {
             market,
             faults: BTreeMap::new(),
             instances: Vec::new(),
             calls: Vec::new(),
             next_id: 1_000_001,
             servers: BTreeMap::new(),
-        }
+            homes: tempfile::Builder::new().prefix("gpu-shopper-sim-").tempdir()?,
+        })
     }
 
     pub fn faults(&mut self, provider: ProviderName) -> &mut Faults {
@@ -181,7 +206,11 @@ impl World {
         let id = self.next_id.to_string();
         self.next_id += 1;
         let faults = self.faults(new.provider).clone();
-        let authorized_keys = Arc::new(Mutex::new(Vec::new()));
+        // Commands on the machine run with this as HOME, so what a workload or the
+        // operator writes under ~ stays inside the simulated machine's own directory.
+        let home = self.homes.path().join(&id);
+        std::fs::create_dir_all(&home)?;
+        authorize_in(&home, &new.ssh_public_key)?;
         let gpu_utilization = Arc::new(AtomicU32::new(0));
         let users = match new.provider {
             ProviderName::Tensordock => vec!["root".to_string(), "user".to_string()],
@@ -196,7 +225,7 @@ impl World {
             driver_missing: faults.driver_missing,
             env: new.env.clone(),
             users,
-            authorized_keys: authorized_keys.clone(),
+            home: home.clone(),
             gpu_utilization: gpu_utilization.clone(),
             keys_accepted_after: std::time::Instant::now() + Duration::from_millis(faults.key_delay_ms),
         };
@@ -225,7 +254,7 @@ impl World {
             host: new.host,
             gpu_count: new.gpu_count,
             price_per_hour: new.price_per_hour,
-            authorized_keys,
+            home,
             image: new.image,
             env: new.env,
             created: Instant::now(),
@@ -234,7 +263,6 @@ impl World {
             port_map,
             gpu_utilization,
         };
-        instance.authorize(&new.ssh_public_key);
         self.instances.push(instance.clone());
         Ok(instance)
     }
@@ -252,6 +280,7 @@ impl World {
         match self.instances.iter_mut().find(|i| i.provider == provider && i.id == id && i.destroyed.is_none()) {
             Some(instance) => {
                 instance.destroyed = Some(Instant::now());
+                let _ = std::fs::remove_dir_all(&instance.home); // the disk goes with the machine
                 for server in self.servers.remove(id).into_iter().flatten() {
                     server.abort();
                 }

@@ -3,12 +3,15 @@
 //! instance label is the safety net (a crash between create and the status
 //! write is healed by adopting the labelled instance).
 
+mod rekey;
 mod rent;
 mod running;
 pub mod secret;
 mod stages;
 mod teardown;
 pub mod timeouts;
+
+pub use rekey::REKEY_ANNOTATION;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -202,6 +205,7 @@ async fn advance(step: &mut Step<'_>) -> Result<Action> {
         return rent::step(step, &key).await;
     }
     if step.condition_is_true(types::READY) {
+        let key = rekey::step(step, key).await?;
         return running::step(step, &key).await;
     }
     stages::step(step, &key).await

@@ -18,6 +18,9 @@ use crate::keys;
 
 pub const PRIVATE_KEY: &str = "ssh-privatekey";
 pub const PUBLIC_KEY: &str = "ssh-publickey";
+/// A re-key's new pair, stored before it goes on the machine and promoted after.
+const NEXT_PRIVATE_KEY: &str = "ssh-privatekey-next";
+const NEXT_PUBLIC_KEY: &str = "ssh-publickey-next";
 
 pub fn secret_name(session: &GpuSession) -> String {
     format!("{}-ssh", session.name_any())
@@ -65,14 +68,46 @@ pub async fn ensure(session: &GpuSession, ctx: &Context) -> Result<SessionKey> {
 }
 
 fn read(secret: &Secret, name: &str) -> Result<SessionKey> {
-    let data = secret.data.as_ref().ok_or_else(|| Error::SecretIncomplete(name.into()))?;
+    read_pair(secret, PUBLIC_KEY, PRIVATE_KEY).ok_or_else(|| Error::SecretIncomplete(name.into()))
+}
+
+fn read_pair(secret: &Secret, public_key: &str, private_key: &str) -> Option<SessionKey> {
+    let data = secret.data.as_ref()?;
     let text = |key: &str| data.get(key).map(|b| String::from_utf8_lossy(&b.0).into_owned());
-    match (text(PUBLIC_KEY), text(PRIVATE_KEY)) {
-        (Some(public), Some(private)) => {
-            Ok(SessionKey { public_openssh: public, private_openssh: SecretString::from(private) })
-        }
-        _ => Err(Error::SecretIncomplete(name.into())),
+    Some(SessionKey { public_openssh: text(public_key)?, private_openssh: SecretString::from(text(private_key)?) })
+}
+
+/// The re-key pair waiting in the Secret, or a new one stored there first: the
+/// Secret always holds every key that may be on the machine, so a crash mid
+/// re-key never locks the session out.
+pub async fn next_key(session: &GpuSession, ctx: &Context) -> Result<SessionKey> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &session.namespace().unwrap_or_default());
+    let name = secret_name(session);
+    if let Some(pending) = read_pair(&secrets.get(&name).await?, NEXT_PUBLIC_KEY, NEXT_PRIVATE_KEY) {
+        return Ok(pending);
     }
+    let pair =
+        keys::generate(&format!("gpu-shopper {}/{}", session.namespace().unwrap_or_default(), session.name_any()))?;
+    let patch = serde_json::json!({"stringData": {
+        NEXT_PRIVATE_KEY: secrecy::ExposeSecret::expose_secret(&pair.private_openssh),
+        NEXT_PUBLIC_KEY: &pair.public_openssh,
+    }});
+    secrets.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(SessionKey { public_openssh: pair.public_openssh, private_openssh: pair.private_openssh })
+}
+
+/// Makes the re-key pair the session's key, in one write.
+pub async fn promote_next_key(session: &GpuSession, ctx: &Context, next: &SessionKey) -> Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &session.namespace().unwrap_or_default());
+    let encode = |text: &str| ByteString(text.as_bytes().to_vec());
+    let patch = serde_json::json!({"data": {
+        PRIVATE_KEY: encode(secrecy::ExposeSecret::expose_secret(&next.private_openssh)),
+        PUBLIC_KEY: encode(&next.public_openssh),
+        NEXT_PRIVATE_KEY: null,
+        NEXT_PUBLIC_KEY: null,
+    }});
+    secrets.patch(&secret_name(session), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
 }
 
 /// Adds where to log in (`host`, `port`, `user`) to the Secret.
