@@ -1,4 +1,4 @@
-//! Proving the machine works, one stage per step: InstanceRunning, SSHReady,
+//! Proving the machine works, stage by stage: InstanceRunning, SSHReady,
 //! CUDAVerified, WorkloadReady, then Ready. A stage that fails for the host's
 //! sake (never running, unreachable, CUDA below the requirement, workload
 //! crash) destroys the instance, marks the host bad and shops again; any
@@ -28,19 +28,26 @@ const SSH_CALL: Duration = Duration::from_secs(20);
 
 pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
     let limits = timeouts::for_spec(&step.session.spec);
-    if !step.condition_is_true(types::INSTANCE_RUNNING) {
-        return instance_running(step, &limits).await;
+    loop {
+        let (stage, action) = if !step.condition_is_true(types::INSTANCE_RUNNING) {
+            (types::INSTANCE_RUNNING, instance_running(step, &limits).await?)
+        } else if !step.condition_is_true(types::SSH_READY) {
+            (types::SSH_READY, ssh_ready(step, key, &limits).await?)
+        } else if !step.condition_is_true(types::CUDA_VERIFIED) {
+            (types::CUDA_VERIFIED, cuda_verified(step, key, &limits).await?)
+        } else if !step.condition_is_true(types::WORKLOAD_READY) {
+            (types::WORKLOAD_READY, workload_ready(step, key, &limits).await?)
+        } else {
+            return ready(step).await;
+        };
+        // A stage that passed leads straight to the next in the same reconcile, so the
+        // stages that pass at once cost one status write, not one each.
+        let still_on_this_machine = step.status.instance_id.is_some()
+            && !matches!(step.status.phase, Some(SessionPhase::Succeeded | SessionPhase::Failed));
+        if !(step.condition_is_true(stage) && still_on_this_machine) {
+            return Ok(action);
+        }
     }
-    if !step.condition_is_true(types::SSH_READY) {
-        return ssh_ready(step, key, &limits).await;
-    }
-    if !step.condition_is_true(types::CUDA_VERIFIED) {
-        return cuda_verified(step, key, &limits).await;
-    }
-    if !step.condition_is_true(types::WORKLOAD_READY) {
-        return workload_ready(step, key, &limits).await;
-    }
-    ready(step).await
 }
 
 async fn current_instance(step: &Step<'_>) -> Result<Option<Instance>> {
