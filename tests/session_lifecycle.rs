@@ -202,17 +202,8 @@ async fn interactive_session_reaches_ready_and_its_secret_key_logs_in() {
     assert_eq!(secret.owner_references()[0].name, "box");
     let data = secret.data.unwrap();
     let private = String::from_utf8(data["ssh-privatekey"].0.clone()).unwrap();
-    let private_text = private.clone();
     assert_eq!(String::from_utf8(data["port"].0.clone()).unwrap(), ssh.port.to_string());
-    let key = gpu_shopper::keys::parse_private(&secrecy::SecretString::from(private)).unwrap();
-    let target = gpu_shopper::probe::ssh::Target {
-        host: &ssh.host,
-        port: ssh.port,
-        user: &ssh.user,
-        pinned_fingerprint: ssh.host_key_fingerprint.as_deref(),
-    };
-    let out =
-        gpu_shopper::probe::ssh::run(&target, Arc::new(key), "nvidia-smi", Duration::from_secs(10)).await.unwrap();
+    let out = run_with(&ssh, &private, "nvidia-smi").await.unwrap();
     assert!(out.stdout.contains("CUDA Version: 12.8"));
     assert!(!h.events("Rented").await.is_empty());
     assert_eq!(h.live_instances().len(), 1);
@@ -232,7 +223,7 @@ async fn interactive_session_reaches_ready_and_its_secret_key_logs_in() {
     ] {
         assert!(metrics.contains(expected), "{expected} in {metrics}");
     }
-    let key_body: String = private_text.lines().nth(1).unwrap().to_string();
+    let key_body: String = private.lines().nth(1).unwrap().to_string();
     let events = serde_json::to_string(
         &Api::<Event>::namespaced(h.client.clone(), &h.ns).list(&ListParams::default()).await.unwrap().items,
     )
@@ -257,8 +248,12 @@ async fn secret_keys(h: &Harness, name: &str) -> (String, String, Vec<String>) {
     (text("ssh-privatekey"), text("ssh-publickey"), data.keys().cloned().collect())
 }
 
-/// Logs in to the session's machine with `private` and runs `true`.
-async fn login_with(ssh: &gpu_shopper::crd::session::SshEndpoint, private: &str) -> Result<(), String> {
+/// Logs in to the session's machine with `private`, checking the pinned host key, and runs `command`.
+async fn run_with(
+    ssh: &gpu_shopper::crd::session::SshEndpoint,
+    private: &str,
+    command: &str,
+) -> Result<gpu_shopper::probe::ssh::CommandOutput, String> {
     let key = gpu_shopper::keys::parse_private(&secrecy::SecretString::from(private.to_string())).unwrap();
     let target = gpu_shopper::probe::ssh::Target {
         host: &ssh.host,
@@ -266,10 +261,13 @@ async fn login_with(ssh: &gpu_shopper::crd::session::SshEndpoint, private: &str)
         user: &ssh.user,
         pinned_fingerprint: ssh.host_key_fingerprint.as_deref(),
     };
-    gpu_shopper::probe::ssh::run(&target, Arc::new(key), "true", Duration::from_secs(10))
+    gpu_shopper::probe::ssh::run(&target, Arc::new(key), command, Duration::from_secs(10))
         .await
-        .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+async fn login_with(ssh: &gpu_shopper::crd::session::SshEndpoint, private: &str) -> Result<(), String> {
+    run_with(ssh, private, "true").await.map(|_| ())
 }
 
 #[tokio::test]

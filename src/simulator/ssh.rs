@@ -37,6 +37,12 @@ pub fn authorized_keys_path(home: &Path) -> PathBuf {
     home.join(".ssh").join("authorized_keys")
 }
 
+/// The lines of `~/.ssh/authorized_keys` in `home` now (none when it does not exist).
+pub fn authorized_keys(home: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(authorized_keys_path(home)).unwrap_or_default();
+    text.lines().map(|line| line.trim().to_string()).filter(|line| !line.is_empty()).collect()
+}
+
 /// Binds a loopback port and serves SSH on it until the task is aborted.
 pub fn serve(machine: Machine) -> std::io::Result<(u16, tokio::task::JoinHandle<()>)> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -80,9 +86,9 @@ impl Connection {
         {
             return false;
         }
-        let keys = std::fs::read_to_string(authorized_keys_path(&self.machine.home)).unwrap_or_default();
-        keys.lines()
-            .filter_map(|line| PublicKey::from_openssh(line.trim()).ok())
+        authorized_keys(&self.machine.home)
+            .iter()
+            .filter_map(|line| PublicKey::from_openssh(line).ok())
             .any(|k| k.key_data() == key.key_data())
     }
 

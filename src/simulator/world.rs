@@ -105,26 +105,20 @@ impl SimInstance {
 
     /// The lines of `~/.ssh/authorized_keys` on the machine now.
     pub fn authorized_keys(&self) -> Vec<String> {
-        let text = std::fs::read_to_string(ssh::authorized_keys_path(&self.home)).unwrap_or_default();
-        text.lines().map(str::to_string).collect()
+        ssh::authorized_keys(&self.home)
     }
 }
 
 fn authorize_in(home: &Path, public_key: &str) -> std::io::Result<()> {
     let line = public_key.trim();
-    let path = ssh::authorized_keys_path(home);
-    let existing = std::fs::read_to_string(&path).unwrap_or_default();
-    if line.is_empty() || existing.lines().any(|l| l.trim() == line) {
+    let mut lines = ssh::authorized_keys(home);
+    if line.is_empty() || lines.iter().any(|l| l == line) {
         return Ok(());
     }
+    lines.push(line.to_string());
+    let path = ssh::authorized_keys_path(home);
     std::fs::create_dir_all(path.parent().expect("authorized_keys has a parent"))?;
-    let mut text = existing;
-    if !text.is_empty() && !text.ends_with('\n') {
-        text.push('\n');
-    }
-    text.push_str(line);
-    text.push('\n');
-    std::fs::write(&path, text)
+    std::fs::write(&path, lines.join("\n") + "\n")
 }
 
 /// What tests read back through the control endpoint.

@@ -26,20 +26,27 @@ pub fn secret_name(session: &GpuSession) -> String {
     format!("{}-ssh", session.name_any())
 }
 
-/// The session's key pair, creating the Secret on first use.
-pub struct SessionKey {
-    pub public_openssh: String,
-    pub private_openssh: SecretString,
+fn secrets(session: &GpuSession, ctx: &Context) -> Api<Secret> {
+    Api::namespaced(ctx.client.clone(), &session.namespace().unwrap_or_default())
 }
 
+/// A new key pair whose comment names the session it belongs to.
+fn new_pair(session: &GpuSession) -> Result<SessionKey> {
+    Ok(keys::generate(&format!("gpu-shopper {}/{}", session.namespace().unwrap_or_default(), session.name_any()))?)
+}
+
+/// The session's key pair, as kept in its Secret.
+pub type SessionKey = keys::KeyPair;
+
+/// The session's key pair, creating the Secret on first use.
 pub async fn ensure(session: &GpuSession, ctx: &Context) -> Result<SessionKey> {
     let namespace = session.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secrets = secrets(session, ctx);
     let name = secret_name(session);
     if let Some(existing) = secrets.get_opt(&name).await? {
         return read(&existing, &name);
     }
-    let pair = keys::generate(&format!("gpu-shopper {namespace}/{}", session.name_any()))?;
+    let pair = new_pair(session)?;
     let owner = session.controller_owner_ref(&()).expect("a stored GpuSession has a name and uid");
     let mut data = BTreeMap::new();
     data.insert(
@@ -81,24 +88,23 @@ fn read_pair(secret: &Secret, public_key: &str, private_key: &str) -> Option<Ses
 /// Secret always holds every key that may be on the machine, so a crash mid
 /// re-key never locks the session out.
 pub async fn next_key(session: &GpuSession, ctx: &Context) -> Result<SessionKey> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &session.namespace().unwrap_or_default());
+    let secrets = secrets(session, ctx);
     let name = secret_name(session);
     if let Some(pending) = read_pair(&secrets.get(&name).await?, NEXT_PUBLIC_KEY, NEXT_PRIVATE_KEY) {
         return Ok(pending);
     }
-    let pair =
-        keys::generate(&format!("gpu-shopper {}/{}", session.namespace().unwrap_or_default(), session.name_any()))?;
+    let pair = new_pair(session)?;
     let patch = serde_json::json!({"stringData": {
         NEXT_PRIVATE_KEY: secrecy::ExposeSecret::expose_secret(&pair.private_openssh),
         NEXT_PUBLIC_KEY: &pair.public_openssh,
     }});
     secrets.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    Ok(SessionKey { public_openssh: pair.public_openssh, private_openssh: pair.private_openssh })
+    Ok(pair)
 }
 
 /// Makes the re-key pair the session's key, in one write.
 pub async fn promote_next_key(session: &GpuSession, ctx: &Context, next: &SessionKey) -> Result<()> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &session.namespace().unwrap_or_default());
+    let secrets = secrets(session, ctx);
     let encode = |text: &str| ByteString(text.as_bytes().to_vec());
     let patch = serde_json::json!({"data": {
         PRIVATE_KEY: encode(secrecy::ExposeSecret::expose_secret(&next.private_openssh)),
@@ -112,7 +118,7 @@ pub async fn promote_next_key(session: &GpuSession, ctx: &Context, next: &Sessio
 
 /// Adds where to log in (`host`, `port`, `user`) to the Secret.
 pub async fn record_endpoint(session: &GpuSession, ctx: &Context, host: &str, port: u16, user: &str) -> Result<()> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &session.namespace().unwrap_or_default());
+    let secrets = secrets(session, ctx);
     let patch = serde_json::json!({"stringData": {"host": host, "port": port.to_string(), "user": user}});
     secrets.patch(&secret_name(session), &PatchParams::default(), &Patch::Merge(&patch)).await?;
     Ok(())
