@@ -23,8 +23,10 @@ pub mod env {
     pub const WATCH_NAMESPACE: &str = "WATCH_NAMESPACE";
     /// Operator-wide hard maximum of a session's lifetime (default 12h).
     pub const MAX_SESSION_DURATION: &str = "MAX_SESSION_DURATION";
-    /// How often the orphan sweeper runs (default 60s).
+    /// How often each marketplace's inventory is listed, orphans and strays swept, and running machines checked (default 30s).
     pub const ORPHAN_SWEEP_INTERVAL: &str = "ORPHAN_SWEEP_INTERVAL";
+    /// How long an instance labelled for a live session, but not its recorded one, is left alone before it is destroyed (default 60s).
+    pub const STRAY_GRACE_PERIOD: &str = "STRAY_GRACE_PERIOD";
     /// How long an unowned instance is left alone before it is destroyed (default 10m).
     pub const ORPHAN_GRACE_PERIOD: &str = "ORPHAN_GRACE_PERIOD";
     /// How long a host that failed verification is avoided (default 1h).
@@ -59,6 +61,7 @@ pub mod env {
         MAX_SESSION_DURATION,
         ORPHAN_SWEEP_INTERVAL,
         ORPHAN_GRACE_PERIOD,
+        STRAY_GRACE_PERIOD,
         BAD_HOST_TTL,
         PROVIDER_CALL_TIMEOUT,
         LEADER_ELECTION,
@@ -141,6 +144,7 @@ pub struct Config {
     pub max_session_duration: Duration,
     pub orphan_sweep_interval: Duration,
     pub orphan_grace_period: Duration,
+    pub stray_grace_period: Duration,
     pub bad_host_ttl: Duration,
     pub provider_call_timeout: Duration,
     /// `None`: leader election is off.
@@ -251,7 +255,9 @@ impl Config {
         Ok(Config {
             leader_election,
             max_session_duration: duration(env::MAX_SESSION_DURATION, Duration::from_secs(12 * 3600))?,
-            orphan_sweep_interval: duration(env::ORPHAN_SWEEP_INTERVAL, Duration::from_secs(60))?,
+            orphan_sweep_interval: duration(env::ORPHAN_SWEEP_INTERVAL, Duration::from_secs(30))?
+                .max(Duration::from_millis(200)),
+            stray_grace_period: duration(env::STRAY_GRACE_PERIOD, Duration::from_secs(60))?,
             orphan_grace_period: duration(env::ORPHAN_GRACE_PERIOD, Duration::from_secs(600))?,
             bad_host_ttl: duration(env::BAD_HOST_TTL, Duration::from_secs(3600))?,
             provider_call_timeout: duration(env::PROVIDER_CALL_TIMEOUT, Duration::from_secs(20))?,

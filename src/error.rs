@@ -17,6 +17,10 @@ pub enum Error {
     Key(#[from] crate::keys::KeyError),
     #[error("the SSH key Secret {0} is missing its keys")]
     SecretIncomplete(String),
+    #[error(
+        "{provider}: a create sent at {sent_at} may have landed; waiting for a listing of {provider} to show what exists"
+    )]
+    WaitingForListing { provider: crate::crd::ProviderName, sent_at: String },
 }
 
 impl Error {
@@ -30,6 +34,7 @@ impl Error {
             Error::Provider(_) => "provider",
             Error::Key(_) => "key",
             Error::SecretIncomplete(_) => "secret",
+            Error::WaitingForListing { .. } => "waiting_for_listing",
         }
     }
 }

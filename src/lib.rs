@@ -7,6 +7,7 @@ pub mod controller;
 pub mod crd;
 pub mod error;
 pub mod http;
+pub mod inventory;
 pub mod keys;
 pub mod market;
 pub mod metrics;

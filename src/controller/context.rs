@@ -13,6 +13,7 @@ use rand::Rng;
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::inventory::Inventory;
 use crate::market::{BadHosts, OfferCache};
 use crate::metrics::{ControllerLabels, ErrorLabels, Metrics};
 use crate::provider::Provider;
@@ -30,6 +31,8 @@ pub struct Context {
     /// Hosts that failed verification, avoided when shopping.
     pub bad_hosts: BadHosts,
     pub offer_cache: OfferCache,
+    /// What exists at each marketplace, listed by one loop per marketplace.
+    pub inventory: Inventory,
     /// Phase and provider of each session seen, for the `gpu_sessions_active` gauge.
     session_phases: Mutex<HashMap<String, (String, String, f64)>>,
     /// Consecutive failures per object, for exponential backoff.
@@ -41,6 +44,7 @@ impl Context {
         let reporter = Reporter { controller: CONTROLLER_NAME.into(), instance: config.instance_name.clone() };
         let recorder = Recorder::new(client.clone(), reporter);
         let bad_hosts = BadHosts::new(config.bad_host_ttl);
+        let inventory = Inventory::new(providers.iter().map(|p| p.name()));
         Context {
             client,
             config,
@@ -49,6 +53,7 @@ impl Context {
             recorder,
             bad_hosts,
             offer_cache: OfferCache::default(),
+            inventory,
             session_phases: Mutex::default(),
             failures: Mutex::default(),
         }

@@ -26,12 +26,13 @@ where
 
 /// Like `apply`, but refused (409) when the object changed since `resource_version`
 /// was read, so a reconcile working from a stale copy cannot overwrite newer status.
+/// Returns the resourceVersion the write produced.
 pub async fn apply_at<K>(
     api: &Api<K>,
     name: &str,
     resource_version: Option<String>,
     status: &impl Serialize,
-) -> Result<()>
+) -> Result<Option<String>>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
@@ -43,6 +44,6 @@ where
     if let Some(version) = resource_version {
         patch["metadata"] = serde_json::json!({"resourceVersion": version});
     }
-    api.patch_status(name, &PatchParams::apply(CONTROLLER_NAME).force(), &Patch::Apply(&patch)).await?;
-    Ok(())
+    let stored = api.patch_status(name, &PatchParams::apply(CONTROLLER_NAME).force(), &Patch::Apply(&patch)).await?;
+    Ok(stored.meta().resource_version.clone())
 }

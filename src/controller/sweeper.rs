@@ -1,91 +1,164 @@
-//! The orphan sweeper: instances labelled with this deployment's id that no
-//! live GpuSession owns are destroyed once they have been orphans for a grace
-//! period. Instances of other deployments are never touched: the marketplace
-//! listing is already filtered by our deployment id. When the sessions cannot
-//! be listed, nothing is destroyed.
+//! One loop per marketplace: list this deployment's instances into the shared
+//! inventory (every interval, or sooner when a session asks), then destroy
+//! what nobody should be paying for:
+//! - orphans: labelled with this deployment, owned by no live GpuSession,
+//!   after `ORPHAN_GRACE_PERIOD`;
+//! - strays: labelled with a live session that records another instance (or
+//!   has ended), after `STRAY_GRACE_PERIOD` (a create that landed late, a
+//!   lookup that failed).
+//!
+//! Instances of other deployments are never touched: the listing is already
+//! filtered by our deployment id. When the sessions cannot be listed, nothing
+//! is destroyed. A marketplace that hangs delays only its own loop.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kube::api::{ListParams, ObjectMeta, PostParams};
-use kube::{Api, ResourceExt};
+use kube::runtime::events::{Event as RecordedEvent, EventType};
+use kube::{Api, Resource, ResourceExt};
 
 use super::context::{CONTROLLER_NAME, Context};
-use crate::crd::{GpuSession, ProviderName};
+use crate::crd::{GpuSession, ProviderName, SessionPhase};
 use crate::metrics::ProviderLabels;
-use crate::provider::InstanceLabel;
+use crate::provider::{Instance, InstanceLabel, InstanceState, Provider, destroy_confirmed};
 
-type Seen = HashMap<(ProviderName, String), Instant>;
+/// Since when each unowned instance (by id) has been seen as one.
+type Seen = HashMap<String, Instant>;
 
-/// Sweeps every `ORPHAN_SWEEP_INTERVAL` until the task is aborted.
+/// The shortest time between two listings of one marketplace, however often a refresh is asked for.
+const MIN_GAP: Duration = Duration::from_millis(500);
+
+/// Runs one refresh-and-sweep loop per marketplace until the task is aborted.
 pub async fn run(ctx: Arc<Context>) {
+    let loops = ctx.providers.clone().into_iter().map(|provider| run_marketplace(ctx.clone(), provider));
+    futures::future::join_all(loops).await;
+}
+
+async fn run_marketplace(ctx: Arc<Context>, provider: Arc<dyn Provider>) {
     let mut seen = Seen::new();
     loop {
-        tokio::time::sleep(ctx.config.orphan_sweep_interval).await;
-        sweep(&ctx, &mut seen).await;
+        let name = provider.name();
+        match ctx.inventory.refresh(provider.as_ref(), &ctx.config.deployment_id).await {
+            Ok(()) => sweep(&ctx, provider.as_ref(), &mut seen).await,
+            // Kept as an error: a listing that failed is never "nothing there".
+            Err(error) => {
+                tracing::warn!(provider = %name, %error, "could not list instances; nothing is swept on it until it answers")
+            }
+        }
+        tokio::time::sleep(MIN_GAP).await;
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.config.orphan_sweep_interval.saturating_sub(MIN_GAP)) => {}
+            _ = ctx.inventory.refresh_requested(name) => {}
+        }
     }
 }
 
-/// One pass. `seen` remembers since when each orphan has been one.
-pub async fn sweep(ctx: &Context, seen: &mut Seen) {
-    let sessions: Api<GpuSession> = match &ctx.config.watch_namespace {
+/// Why an instance should not exist.
+#[derive(Debug, PartialEq)]
+enum Unowned {
+    Orphan,
+    /// Labelled for a live session that does not hold it.
+    Stray,
+}
+
+/// Judges one listed instance against the live sessions (by uid).
+fn judge(instance: &Instance, provider: ProviderName, sessions: &HashMap<String, &GpuSession>) -> Option<Unowned> {
+    if instance.state == InstanceState::Destroyed {
+        return None;
+    }
+    let label = instance.label.as_ref()?;
+    let Some(session) = sessions.get(&label.session_uid) else { return Some(Unowned::Orphan) };
+    let status = session.status.clone().unwrap_or_default();
+    let recorded = status.provider == Some(provider) && status.instance_id.as_deref() == Some(instance.id.as_str());
+    let ended = matches!(status.phase, Some(SessionPhase::Succeeded | SessionPhase::Failed));
+    match (recorded, status.instance_id.is_some()) {
+        // Its own machine: the session's teardown owns it, unless it says it is released.
+        (true, _) => status.released_at.is_some().then_some(Unowned::Stray),
+        // The session holds another machine, or has ended: this one is extra.
+        (false, true) => Some(Unowned::Stray),
+        (false, false) if ended => Some(Unowned::Stray),
+        // A session still shopping adopts what carries its label.
+        (false, false) => None,
+    }
+}
+
+/// One pass over `provider`'s last listing.
+pub async fn sweep(ctx: &Context, provider: &dyn Provider, seen: &mut Seen) {
+    let name = provider.name();
+    let Some(snapshot) = ctx.inventory.snapshot(name) else { return };
+    let api: Api<GpuSession> = match &ctx.config.watch_namespace {
         Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
         None => Api::all(ctx.client.clone()),
     };
-    let live: HashSet<String> = match sessions.list_metadata(&ListParams::default()).await {
-        Ok(list) => list.items.iter().filter_map(|s| s.uid()).collect(),
+    let sessions = match api.list(&ListParams::default()).await {
+        Ok(list) => list.items,
         Err(error) => {
-            tracing::warn!(%error, "orphan sweep skipped: cannot list GpuSessions, so nothing may be destroyed");
+            tracing::warn!(%error, "sweep skipped: cannot list GpuSessions, so nothing may be destroyed");
             return;
         }
     };
-    let mut still_orphans = HashSet::new();
-    for provider in &ctx.providers {
-        let instances = match provider.list_instances(&ctx.config.deployment_id).await {
-            Ok(instances) => instances,
-            Err(error) => {
-                tracing::warn!(provider = %provider.name(), %error, "orphan sweep could not list instances");
-                continue;
+    let by_uid: HashMap<String, &GpuSession> = sessions.iter().filter_map(|s| Some((s.uid()?, s))).collect();
+    let mut still_unowned = HashSet::new();
+    for instance in &snapshot.instances {
+        let Some(label) = instance.label.clone() else { continue };
+        if label.deployment_id != ctx.config.deployment_id {
+            continue;
+        }
+        let Some(kind) = judge(instance, name, &by_uid) else { continue };
+        still_unowned.insert(instance.id.clone());
+        let first = *seen.entry(instance.id.clone()).or_insert_with(|| {
+            if kind == Unowned::Orphan {
+                ctx.metrics.orphans_detected.get_or_create(&ProviderLabels { provider: name.as_str() }).inc();
             }
+            tracing::warn!(provider = %name, instance = %instance.id, %label, ?kind, "unowned instance detected");
+            Instant::now()
+        });
+        let grace = match kind {
+            Unowned::Orphan => ctx.config.orphan_grace_period,
+            Unowned::Stray => ctx.config.stray_grace_period,
         };
-        for instance in instances {
-            let Some(label) = instance.label.clone() else { continue };
-            if label.deployment_id != ctx.config.deployment_id || live.contains(&label.session_uid) {
-                continue;
-            }
-            let key = (provider.name(), instance.id.clone());
-            still_orphans.insert(key.clone());
-            let first = *seen.entry(key.clone()).or_insert_with(|| {
-                ctx.metrics.orphans_detected.get_or_create(&ProviderLabels { provider: provider.name().as_str() }).inc();
-                tracing::warn!(provider = %provider.name(), instance = %instance.id, %label, "orphan instance detected");
-                Instant::now()
-            });
-            if first.elapsed() < ctx.config.orphan_grace_period {
-                continue;
-            }
-            match provider.destroy_instance(&instance.id).await {
-                Ok(()) => {
-                    seen.remove(&key);
-                    still_orphans.remove(&key);
-                    tracing::warn!(provider = %provider.name(), instance = %instance.id, "orphan instance destroyed");
-                    record_event(ctx, provider.name(), &instance.id, &label).await;
+        if first.elapsed() < grace {
+            continue;
+        }
+        match destroy_confirmed(provider, &instance.id).await {
+            Ok(()) => {
+                ctx.inventory.mark_destroyed(name, &instance.id);
+                seen.remove(&instance.id);
+                still_unowned.remove(&instance.id);
+                tracing::warn!(provider = %name, instance = %instance.id, ?kind, "unowned instance destroyed");
+                match (kind, by_uid.get(&label.session_uid)) {
+                    (Unowned::Stray, Some(session)) => stray_event(ctx, session, name, &instance.id).await,
+                    _ => orphan_event(ctx, name, &instance.id, &label).await,
                 }
-                Err(error) => {
-                    ctx.metrics
-                        .destroy_failures
-                        .get_or_create(&ProviderLabels { provider: provider.name().as_str() })
-                        .inc();
-                    tracing::warn!(provider = %provider.name(), instance = %instance.id, %error, "could not destroy an orphan; will retry");
-                }
+            }
+            Err(error) => {
+                ctx.metrics.destroy_failures.get_or_create(&ProviderLabels { provider: name.as_str() }).inc();
+                tracing::warn!(provider = %name, instance = %instance.id, %error, "could not destroy an unowned instance; will retry");
             }
         }
     }
-    seen.retain(|key, _| still_orphans.contains(key));
+    seen.retain(|id, _| still_unowned.contains(id));
+}
+
+async fn stray_event(ctx: &Context, session: &GpuSession, provider: ProviderName, instance_id: &str) {
+    let event = RecordedEvent {
+        type_: EventType::Warning,
+        reason: "StrayDestroyed".into(),
+        note: Some(format!(
+            "instance {instance_id} on {provider} carried this session's label but is not its machine (a create that landed late, or one left after the session ended); destroyed"
+        )),
+        action: "Sweep".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &session.object_ref(&())).await {
+        tracing::warn!(%error, "could not record the stray event");
+    }
 }
 
 /// An Event about the destroyed orphan, on the (gone) GpuSession it belonged to.
-async fn record_event(ctx: &Context, provider: ProviderName, instance_id: &str, label: &InstanceLabel) {
+async fn orphan_event(ctx: &Context, provider: ProviderName, instance_id: &str, label: &InstanceLabel) {
     use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
     let namespace = ctx.config.watch_namespace.clone().unwrap_or_else(|| "default".into());
     let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
@@ -117,5 +190,59 @@ async fn record_event(ctx: &Context, provider: ProviderName, instance_id: &str, 
     let events: Api<Event> = Api::namespaced(ctx.client.clone(), &namespace);
     if let Err(error) = events.create(&PostParams::default(), &event).await {
         tracing::warn!(%error, "could not record the orphan event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::GpuSessionStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn instance(id: &str, uid: &str) -> Instance {
+        Instance {
+            provider: ProviderName::Vastai,
+            id: id.into(),
+            label: Some(InstanceLabel::new("d", uid)),
+            state: InstanceState::Running,
+            ssh: None,
+            public_ip: None,
+            price_per_hour: None,
+            gpu_model: None,
+            endpoints: Vec::new(),
+        }
+    }
+
+    fn session(status: GpuSessionStatus) -> GpuSession {
+        let mut session = GpuSession::new("s", Default::default());
+        session.status = Some(status);
+        session
+    }
+
+    #[test]
+    fn instances_are_judged_by_who_holds_them() {
+        let holding_1 = session(GpuSessionStatus {
+            provider: Some(ProviderName::Vastai),
+            instance_id: Some("1".into()),
+            ..Default::default()
+        });
+        let shopping = session(GpuSessionStatus::default());
+        let ended = session(GpuSessionStatus { phase: Some(SessionPhase::Succeeded), ..Default::default() });
+        let released = session(GpuSessionStatus {
+            provider: Some(ProviderName::Vastai),
+            instance_id: Some("1".into()),
+            released_at: Some(Time(jiff::Timestamp::now())),
+            ..Default::default()
+        });
+        let judge_with = |s: &GpuSession, id: &str| {
+            let sessions = HashMap::from([("u".to_string(), s)]);
+            judge(&instance(id, "u"), ProviderName::Vastai, &sessions)
+        };
+        assert_eq!(judge_with(&holding_1, "1"), None);
+        assert_eq!(judge_with(&holding_1, "2"), Some(Unowned::Stray), "a second machine for one session");
+        assert_eq!(judge_with(&shopping, "2"), None, "a session still shopping adopts it");
+        assert_eq!(judge_with(&ended, "2"), Some(Unowned::Stray), "an ended session keeps nothing");
+        assert_eq!(judge_with(&released, "1"), Some(Unowned::Stray), "released means gone");
+        assert_eq!(judge(&instance("3", "gone"), ProviderName::Vastai, &HashMap::new()), Some(Unowned::Orphan));
     }
 }

@@ -7,7 +7,12 @@ use std::time::Duration;
 /// The pattern the CRD schema enforces on every duration field.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
 
-/// Parses a duration string such as "1h30m". Returns `None` when malformed.
+/// The longest duration the controller works with (10 years); longer values are
+/// clamped to it, so no arithmetic on a user's duration can overflow.
+pub const MAX: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Parses a duration string such as "1h30m". Returns `None` when malformed;
+/// values above `MAX` (the schema accepts up to 24 characters) become `MAX`.
 pub fn parse(text: &str) -> Option<Duration> {
     if text.is_empty() {
         return None;
@@ -36,7 +41,10 @@ pub fn parse(text: &str) -> Option<Duration> {
         total += number * seconds_per_unit;
         rest = &rest[unit_len..];
     }
-    Duration::try_from_secs_f64(total).ok()
+    if !total.is_finite() {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(total).map_or(MAX, |d| d.min(MAX)))
 }
 
 #[cfg(test)]
@@ -49,6 +57,14 @@ mod tests {
         assert_eq!(parse("1h30m"), Some(Duration::from_secs(5400)));
         assert_eq!(parse("0.5h"), Some(Duration::from_secs(1800)));
         assert_eq!(parse("250ms"), Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn huge_values_the_schema_accepts_are_clamped_not_overflowed() {
+        assert_eq!(parse("999999999999999999999h"), Some(MAX));
+        assert_eq!(parse(&format!("{}s", "9".repeat(22))), Some(MAX));
+        assert_eq!(parse("87600h"), Some(MAX));
+        assert_eq!(parse("0s"), Some(Duration::ZERO));
     }
 
     #[test]

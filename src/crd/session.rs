@@ -116,6 +116,29 @@ pub struct GpuSessionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 20))]
     pub max_attempts: Option<u32>,
+
+    /// What to do when the machine is lost after it was rented (destroyed behind the operator's back, stopped, preempted): `Replace` rents another machine with the same key Secret, `Fail` ends the session. Default: Replace for Inference, Fail for Interactive and Job (their state on the machine is gone; renting again would spend money on a blank box).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_instance_loss: Option<InstanceLossPolicy>,
+}
+
+/// What to do when a rented machine is lost.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum InstanceLossPolicy {
+    /// Rent another machine (recorded as an attempt; the new host key is pinned).
+    Replace,
+    /// End the session as Failed.
+    Fail,
+}
+
+impl GpuSessionSpec {
+    /// The loss policy in force: the spec's, else the workload kind's default.
+    pub fn instance_loss_policy(&self) -> InstanceLossPolicy {
+        self.on_instance_loss.unwrap_or(match self.workload.kind {
+            WorkloadKind::Inference => InstanceLossPolicy::Replace,
+            WorkloadKind::Interactive | WorkloadKind::Job => InstanceLossPolicy::Fail,
+        })
+    }
 }
 
 /// A reference to a GpuOfferFilter in the session's namespace.
@@ -197,19 +220,19 @@ pub struct InferenceProbe {
 pub struct StageTimeouts {
     /// From create until the marketplace reports the machine running with an SSH endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 24))]
     pub instance_running: Option<String>,
     /// From running until an SSH login with the session's key succeeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 24))]
     pub ssh_ready: Option<String>,
     /// For `nvidia-smi` over SSH to report the real GPU, driver and CUDA version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 24))]
     pub cuda_verified: Option<String>,
     /// From CUDA verified until the workload answers (an Inference server can take long to pull and load a model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 24))]
     pub workload_ready: Option<String>,
 }
 
@@ -219,11 +242,11 @@ pub struct StageTimeouts {
 pub struct Lifetime {
     /// Longest time the machine is kept once running, for example "8h". Capped by the operator-wide maximum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 24))]
     pub max_duration: Option<String>,
     /// End the session when the GPUs have been idle this long, for example "30m".
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 24))]
     pub idle_timeout: Option<String>,
 }
 
@@ -232,7 +255,7 @@ pub struct Lifetime {
 #[serde(rename_all = "camelCase")]
 pub struct Budget {
     /// End the session when its accrued cost reaches this many US dollars. Must be greater than 0.
-    #[x_kube(validation = Rule::new("self > 0.0").message("budget.maxCostUsd must be greater than 0"))]
+    #[x_kube(validation = Rule::new("self > 0.0 && self <= 1000000.0").message("budget.maxCostUsd must be greater than 0 and at most 1000000"))]
     pub max_cost_usd: f64,
 }
 
@@ -299,13 +322,19 @@ pub struct GpuSessionStatus {
     /// When the machine was rented and started billing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rented_at: Option<Time>,
+    /// When the first create was sent for this session; MAX_SESSION_DURATION counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing_started_at: Option<Time>,
+    /// Creates sent whose outcome is not known yet (the answer was lost or never came): each stays until that marketplace's listing shows what landed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_creates: Vec<CreateIntent>,
     /// When the machine was proven and handed over; the lifetime counts from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
     /// Since when the GPUs have been idle, while they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_since: Option<Time>,
-    /// When the marketplace confirmed the instance destroyed (or gone).
+    /// When billing ended: the marketplace confirmed the instance destroyed, or, for a lost instance, the last time it was seen alive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_at: Option<Time>,
     /// When the session ends at the latest.
@@ -397,10 +426,33 @@ pub struct Attempt {
     pub price_per_hour: Option<f64>,
     /// Machine-readable outcome, for example OfferGone, CreateFailed, CUDAMismatch, Unreachable.
     pub reason: String,
+    /// What this attempt's machine cost, in US dollars, when one was rented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
     /// What happened.
     pub message: String,
     /// When the attempt ended.
     pub time: Time,
+}
+
+/// A create sent to a marketplace, recorded before the call.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateIntent {
+    /// Marketplace the create went to.
+    pub provider: ProviderName,
+    /// The offer rented.
+    pub offer_id: String,
+    /// When the create was sent; once its call ended without an answer, when it ended (a listing sent after this shows whether it landed).
+    pub sent_at: Time,
+}
+
+impl CreateIntent {
+    /// A listing sent after this moment shows whether the create landed. Stored
+    /// times keep whole seconds only, so the next whole second is the safe bound.
+    pub fn settled_by_listings_after(&self) -> jiff::Timestamp {
+        self.sent_at.0.checked_add(jiff::SignedDuration::from_secs(1)).unwrap_or(self.sent_at.0)
+    }
 }
 
 /// How a Job workload ended.

@@ -59,6 +59,16 @@ impl client::Handler for Verifier {
     }
 }
 
+/// The most of a command's stdout (and of its stderr) that is kept; the rest is
+/// read and dropped, so a machine printing without end cannot exhaust memory
+/// (the call's timeout ends it).
+pub const OUTPUT_MAX: usize = 64 * 1024;
+
+fn keep_capped(buffer: &mut Vec<u8>, data: &[u8]) {
+    let room = OUTPUT_MAX.saturating_sub(buffer.len());
+    buffer.extend_from_slice(&data[..data.len().min(room)]);
+}
+
 /// Logs in and runs `command`, all within `timeout`.
 pub async fn run(
     target: &Target<'_>,
@@ -114,8 +124,8 @@ async fn run_inner(
     let (mut stdout, mut stderr, mut exit_code) = (Vec::new(), Vec::new(), None);
     while let Some(message) = channel.wait().await {
         match message {
-            ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
-            ChannelMsg::ExtendedData { data, .. } => stderr.extend_from_slice(&data),
+            ChannelMsg::Data { data } => keep_capped(&mut stdout, &data),
+            ChannelMsg::ExtendedData { data, .. } => keep_capped(&mut stderr, &data),
             ChannelMsg::ExitStatus { exit_status } => exit_code = Some(exit_status),
             _ => {}
         }

@@ -37,6 +37,8 @@ pub enum ProviderError {
     BadResponse { provider: ProviderName, status: u16, body: String },
     #[error("{provider}: request refused (HTTP {status}): {body}")]
     Rejected { provider: ProviderName, status: u16, body: String },
+    #[error("{provider}: instance {id} still exists after destroy (state {state}); the destroy is retried")]
+    StillExists { provider: ProviderName, id: String, state: String },
 }
 
 impl ProviderError {
@@ -44,9 +46,11 @@ impl ProviderError {
         match self {
             Self::OfferGone { .. } | Self::NoCapacity { .. } => NextStep::NextOffer,
             Self::AuthFailed { .. } | Self::InsufficientFunds { .. } => NextStep::SkipProvider,
-            Self::RateLimited { .. } | Self::Unavailable { .. } | Self::Timeout { .. } | Self::BadResponse { .. } => {
-                NextStep::Retry
-            }
+            Self::RateLimited { .. }
+            | Self::Unavailable { .. }
+            | Self::Timeout { .. }
+            | Self::BadResponse { .. }
+            | Self::StillExists { .. } => NextStep::Retry,
             Self::Rejected { .. } => NextStep::GiveUp,
         }
     }
@@ -63,7 +67,15 @@ impl ProviderError {
             Self::Timeout { .. } => "ProviderTimeout",
             Self::BadResponse { .. } => "BadResponse",
             Self::Rejected { .. } => "Rejected",
+            Self::StillExists { .. } => "DestroyUnconfirmed",
         }
+    }
+
+    /// For a create: the marketplace may have acted on it although no answer
+    /// said so (a timeout, a 5xx, a dropped connection, an unreadable answer).
+    /// Such a create stays pending until a listing shows what landed.
+    pub fn create_may_have_landed(&self) -> bool {
+        matches!(self, Self::Timeout { .. } | Self::Unavailable { .. } | Self::BadResponse { .. })
     }
 }
 

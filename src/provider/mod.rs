@@ -56,6 +56,22 @@ pub trait Provider: Send + Sync {
     }
 }
 
+/// Destroys `id` and counts it done only when the marketplace shows it gone or
+/// destroyed: a destroy refused inside a successful answer, or one the
+/// marketplace has not acted on yet, is an error to retry, never a success.
+pub async fn destroy_confirmed(provider: &dyn Provider, id: &str) -> Result<(), ProviderError> {
+    provider.destroy_instance(id).await?;
+    match provider.get_instance(id).await? {
+        None => Ok(()),
+        Some(instance) if instance.state == InstanceState::Destroyed => Ok(()),
+        Some(instance) => Err(ProviderError::StillExists {
+            provider: provider.name(),
+            id: id.to_string(),
+            state: format!("{:?}", instance.state),
+        }),
+    }
+}
+
 /// A client for every marketplace that has credentials.
 pub fn from_config(config: &Config, policy: &http::CallPolicy) -> Vec<Arc<dyn Provider>> {
     let mut providers: Vec<Arc<dyn Provider>> = Vec::new();

@@ -264,8 +264,11 @@ impl Provider for RunPod {
     async fn list_instances(&self, deployment_id: &str) -> Result<Vec<Instance>, ProviderError> {
         let query = format!("query Pods {{ myself {{ pods {{ {POD_FIELDS} }} }} }}");
         let data = self.graphql(&query, json!({}), Idempotency::Safe).await?;
+        // A listing we cannot read is an error, never "no pods".
         let pods =
-            data.get("myself").and_then(|m| m.get("pods")).and_then(Value::as_array).cloned().unwrap_or_default();
+            data.get("myself").and_then(|m| m.get("pods")).and_then(Value::as_array).cloned().ok_or_else(|| {
+                ProviderError::BadResponse { provider: PROVIDER, status: 200, body: "myself.pods is missing".into() }
+            })?;
         Ok(pods
             .iter()
             .filter_map(parse_pod)

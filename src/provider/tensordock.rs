@@ -290,10 +290,27 @@ impl Provider for TensorDock {
     async fn destroy_instance(&self, id: &str) -> Result<(), ProviderError> {
         let reply = self.call(Method::DELETE, &format!("/instances/{id}"), None, Idempotency::Safe).await?;
         match reply.status.as_u16() {
-            200..=299 | 404 => Ok(()),
+            // TensorDock answers many errors with 200 and the error in the body.
+            200..=299 => match refusal_in_body(&reply.body) {
+                Some(message) => {
+                    Err(ProviderError::Rejected { provider: PROVIDER, status: reply.status.as_u16(), body: message })
+                }
+                None => Ok(()),
+            },
+            404 => Ok(()),
             _ => Err(self.unexpected(&reply)),
         }
     }
+}
+
+/// The error a 2xx body carries, if any: `{"status": "error"}`, `{"success": false}` or an `error` text.
+fn refusal_in_body(body: &[u8]) -> Option<String> {
+    let answer: Value = serde_json::from_slice(body).ok()?;
+    let status_error = answer.get("status").and_then(Value::as_str).is_some_and(|s| s.eq_ignore_ascii_case("error"));
+    let unsuccessful = answer.get("success") == Some(&Value::Bool(false));
+    let error_text = text(&answer, &["error", "message"]);
+    (status_error || unsuccessful || answer.get("error").is_some_and(|e| !e.is_null()))
+        .then(|| error_text.unwrap_or_else(|| "refused".into()))
 }
 
 #[cfg(test)]
@@ -309,6 +326,14 @@ mod tests {
         assert!(commands.iter().any(|c| c.contains("/home/user/.ssh/authorized_keys")));
         assert!(commands.contains(&"echo 'MODEL=llama' >> /etc/environment"));
         assert!(commands.last().unwrap().contains(r"'echo '\''hi'\'''"));
+    }
+
+    #[test]
+    fn a_refusal_inside_a_200_is_read_as_one() {
+        assert_eq!(refusal_in_body(br#"{"status":"error","error":"busy"}"#).as_deref(), Some("busy"));
+        assert!(refusal_in_body(br#"{"success":false}"#).is_some());
+        assert_eq!(refusal_in_body(br#"{"status":"success"}"#), None);
+        assert_eq!(refusal_in_body(b""), None);
     }
 
     #[test]

@@ -61,7 +61,8 @@ impl VastAi {
             return Err(self.unexpected(&reply));
         }
         let body: Value = parse_json(&self.transport, &reply)?;
-        let items = body.get("instances").and_then(Value::as_array).cloned().unwrap_or_default();
+        // A listing we cannot read is an error, never "no instances".
+        let items = body.get("instances").and_then(Value::as_array).ok_or_else(|| self.unexpected(&reply))?;
         Ok(items.iter().filter_map(parse_instance).collect())
     }
 }
@@ -303,7 +304,21 @@ impl Provider for VastAi {
     async fn destroy_instance(&self, id: &str) -> Result<(), ProviderError> {
         let reply = self.call(Method::DELETE, &format!("/instances/{id}/"), None, Idempotency::Safe).await?;
         match reply.status.as_u16() {
-            200..=299 | 404 => Ok(()), // 404: already gone
+            // vast-ai/vast-python `destroy__instance`: a 200 may still say `success: false` with a `msg`.
+            200..=299 => {
+                let answer: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+                if answer.get("success") == Some(&Value::Bool(false)) {
+                    let message =
+                        text(&answer, &["msg", "error"]).unwrap_or_else(|| self.transport.excerpt(&reply.body));
+                    return Err(ProviderError::Rejected {
+                        provider: PROVIDER,
+                        status: reply.status.as_u16(),
+                        body: message,
+                    });
+                }
+                Ok(())
+            }
+            404 => Ok(()), // already gone
             _ => Err(self.unexpected(&reply)),
         }
     }

@@ -24,7 +24,7 @@ use axum::routing::{get, put};
 use serde_json::json;
 
 use self::market::Market;
-use self::world::{CallRecord, Faults, InstanceReport, World};
+use self::world::{CallRecord, Fate, Faults, InstanceReport, World};
 use crate::crd::ProviderName;
 
 pub struct Sim {
@@ -117,6 +117,11 @@ impl SimulatorHandle {
     pub fn instances(&self) -> Vec<InstanceReport> {
         self.sim.world().report()
     }
+
+    /// Makes `fate` happen to instance `id` behind the operator's back.
+    pub fn befall(&self, id: &str, fate: Fate) -> bool {
+        self.sim.world().befall(id, fate)
+    }
 }
 
 impl Drop for SimulatorHandle {
@@ -162,6 +167,7 @@ fn control_router(sim: Arc<Sim>) -> Router {
         .route("/state", get(control_state))
         .route("/faults/{provider}", put(control_set_faults))
         .route("/instances/{id}/utilization", put(control_set_utilization))
+        .route("/instances/{id}/fate", put(control_befall))
         .with_state(sim)
 }
 
@@ -182,6 +188,24 @@ async fn control_set_utilization(
     axum::Json(body): axum::Json<Utilization>,
 ) -> Response {
     if sim.world().set_utilization(&id, body.percent) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        (StatusCode::NOT_FOUND, "no live instance with that id").into_response()
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct FateRequest {
+    fate: Fate,
+}
+
+/// Makes something happen to an instance behind the operator's back.
+async fn control_befall(
+    State(sim): State<Arc<Sim>>,
+    Path(id): Path<String>,
+    axum::Json(body): axum::Json<FateRequest>,
+) -> Response {
+    if sim.world().befall(&id, body.fate) {
         StatusCode::NO_CONTENT.into_response()
     } else {
         (StatusCode::NOT_FOUND, "no live instance with that id").into_response()

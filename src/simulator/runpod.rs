@@ -13,7 +13,7 @@ use axum::routing::post;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::world::{NewInstance, SimInstance, SimState, World};
+use super::world::{ListingFault, NewInstance, SimInstance, SimState, World};
 use super::{Sim, bearer};
 use crate::crd::ProviderName;
 
@@ -55,15 +55,20 @@ async fn graphql(
         "podRentInterruptable" => deploy(&sim, &variables["input"], true, "podRentInterruptable"),
         "podTerminate" => terminate(&sim, &variables["input"]),
         "myself" => {
-            let world = sim.world();
+            let mut world = sim.world();
+            match world.listing_fault(P) {
+                Some(ListingFault::Unauthorized) => return axum::http::StatusCode::UNAUTHORIZED.into_response(),
+                Some(ListingFault::Unreadable) => return data(json!({"myself": null})),
+                None => {}
+            }
             let now = Instant::now();
-            let pods: Vec<Value> = world.live(P).map(|i| pod_json(&world, i, now)).collect();
+            let pods: Vec<Value> = world.visible(P).map(|i| pod_json(&world, i, now)).collect();
             data(json!({"myself": {"pods": pods}}))
         }
         "pod(" => {
             let world = sim.world();
             let id = variables["input"]["podId"].as_str().unwrap_or_default();
-            let pod = world.find(P, id).filter(|i| i.destroyed.is_none()).map(|i| pod_json(&world, i, Instant::now()));
+            let pod = world.find_visible(P, id).map(|i| pod_json(&world, i, Instant::now()));
             data(json!({"pod": pod}))
         }
         _ => graphql_error("Cannot query this field"),
@@ -158,6 +163,9 @@ fn terminate(sim: &Sim, input: &Value) -> Response {
         faults.destroy_failures -= 1;
         return graphql_error("Something went wrong. Please try again later or contact support (internal error).");
     }
+    if world.refuse_destroy(P) {
+        return data(json!({"podTerminate": null})); // answered like a success, nothing done
+    }
     if world.destroy(P, id) { data(json!({"podTerminate": null})) } else { graphql_error("Pod not found") }
 }
 
@@ -181,7 +189,11 @@ fn pod_json(world: &World, i: &SimInstance, now: Instant) -> Value {
     json!({
         "id": i.id,
         "name": i.label,
-        "desiredStatus": if state == SimState::Destroyed { "TERMINATED" } else { "RUNNING" },
+        "desiredStatus": match state {
+            SimState::Destroyed => "TERMINATED",
+            SimState::Stopped => "EXITED",
+            _ => "RUNNING",
+        },
         "imageName": i.image,
         "machineId": format!("m-{}", i.host.id.len()),
         "costPerHr": i.price_per_hour,

@@ -31,6 +31,8 @@ pub struct Machine {
     pub gpu_utilization: Arc<std::sync::atomic::AtomicU32>,
     /// Keys are refused before this moment (propagation delay).
     pub keys_accepted_after: std::time::Instant,
+    /// Every command prints this many bytes more after its output (a machine that will not stop talking).
+    pub extra_output_bytes: u64,
 }
 
 pub fn authorized_keys_path(home: &Path) -> PathBuf {
@@ -193,6 +195,26 @@ impl russh::server::Handler for Connection {
                 Err(e) => (Vec::new(), format!("sh: {e}\n").into_bytes(), 127),
             }
         };
+        if self.machine.extra_output_bytes > 0 {
+            // Streamed with flow control from a task, so neither side needs it all in memory.
+            let handle = session.handle();
+            let extra = self.machine.extra_output_bytes;
+            tokio::spawn(async move {
+                let _ = handle.data(channel, bytes::Bytes::from(stdout)).await;
+                let chunk = vec![b'y'; 32 * 1024];
+                let mut sent = 0u64;
+                while sent < extra {
+                    if handle.data(channel, bytes::Bytes::from(chunk.clone())).await.is_err() {
+                        return; // the client went away
+                    }
+                    sent += chunk.len() as u64;
+                }
+                let _ = handle.exit_status_request(channel, code).await;
+                let _ = handle.eof(channel).await;
+                let _ = handle.close(channel).await;
+            });
+            return Ok(());
+        }
         if !stdout.is_empty() {
             session.data(channel, stdout)?;
         }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::market::Host;
-use super::world::{NewInstance, SimInstance, SimState, World};
+use super::world::{ListingFault, NewInstance, SimInstance, SimState, World};
 use super::{Sim, bearer};
 use crate::crd::ProviderName;
 
@@ -156,6 +156,7 @@ fn instance_json(world: &World, i: &SimInstance, now: Instant) -> Value {
     let status = match state {
         SimState::Created | SimState::Loading => "starting",
         SimState::Running => "running",
+        SimState::Stopped => "stopped",
         SimState::Destroyed => "deleted",
     };
     let reachable = state == SimState::Running && !world.faults.get(&P).is_some_and(|f| f.unreachable_instances);
@@ -182,9 +183,14 @@ async fn list(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
     if let Err(response) = sim.gate(P, "GET", "/instances", bearer(&headers)).await {
         return response;
     }
-    let world = sim.world();
+    let mut world = sim.world();
+    match world.listing_fault(P) {
+        Some(ListingFault::Unauthorized) => return error(StatusCode::UNAUTHORIZED, "Unauthorized"),
+        Some(ListingFault::Unreadable) => return (StatusCode::OK, "<html>maintenance</html>").into_response(),
+        None => {}
+    }
     let now = Instant::now();
-    let items: Vec<Value> = world.live(P).map(|i| instance_json(&world, i, now)).collect();
+    let items: Vec<Value> = world.visible(P).map(|i| instance_json(&world, i, now)).collect();
     axum::Json(json!({"data": items})).into_response()
 }
 
@@ -193,7 +199,7 @@ async fn show(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(id): Path<St
         return response;
     }
     let world = sim.world();
-    match world.find(P, &id).filter(|i| i.destroyed.is_none()) {
+    match world.find_visible(P, &id) {
         Some(i) => axum::Json(instance_json(&world, i, Instant::now())).into_response(),
         None => error(StatusCode::NOT_FOUND, "Instance not found"),
     }
@@ -208,6 +214,10 @@ async fn destroy(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(id): Path
     if faults.destroy_failures > 0 {
         faults.destroy_failures -= 1;
         return error(StatusCode::INTERNAL_SERVER_ERROR, "Failed to delete instance");
+    }
+    if world.refuse_destroy(P) {
+        // No published source shows TensorDock's refusal form; a 200 carrying an error is assumed (docs/providers.md).
+        return axum::Json(json!({"status": "error", "error": "Instance is busy; try again later"})).into_response();
     }
     if world.destroy(P, &id) {
         axum::Json(json!({"status": "success"})).into_response()

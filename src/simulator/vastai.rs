@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::market::Host;
-use super::world::{NewInstance, SimInstance, SimState, World};
+use super::world::{ListingFault, NewInstance, SimInstance, SimState, World};
 use super::{Sim, bearer};
 use crate::crd::ProviderName;
 
@@ -177,15 +177,15 @@ fn instance_json(world: &World, i: &SimInstance, now: Instant) -> Value {
         SimState::Created => Value::Null,
         SimState::Loading => json!("loading"),
         SimState::Running => json!("running"),
-        SimState::Destroyed => json!("exited"),
+        SimState::Stopped | SimState::Destroyed => json!("exited"),
     };
     let reachable = state == SimState::Running && !world.faults.get(&P).is_some_and(|f| f.unreachable_instances);
     json!({
         "id": i.id.parse::<u64>().unwrap_or_default(),
         "label": i.label,
         "actual_status": actual,
-        "cur_state": if state == SimState::Created { "stopped" } else { "running" },
-        "intended_status": "running",
+        "cur_state": if matches!(state, SimState::Created | SimState::Stopped) { "stopped" } else { "running" },
+        "intended_status": if state == SimState::Stopped { "stopped" } else { "running" },
         "status_msg": format!("{state:?}"),
         "public_ipaddr": "127.0.0.1",
         "ports": if reachable { port_json(i) } else { json!({}) },
@@ -213,9 +213,16 @@ async fn list(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
     if let Err(response) = sim.gate(P, "GET", "/instances/", bearer(&headers)).await {
         return response;
     }
-    let world = sim.world();
+    let mut world = sim.world();
+    match world.listing_fault(P) {
+        Some(ListingFault::Unauthorized) => return fail(StatusCode::UNAUTHORIZED, "auth_error", "Invalid API key"),
+        Some(ListingFault::Unreadable) => {
+            return (StatusCode::OK, "<html><body>Bad gateway</body></html>").into_response();
+        }
+        None => {}
+    }
     let now = Instant::now();
-    let items: Vec<Value> = world.live(P).map(|i| instance_json(&world, i, now)).collect();
+    let items: Vec<Value> = world.visible(P).map(|i| instance_json(&world, i, now)).collect();
     ok(json!({"instances": items}))
 }
 
@@ -224,10 +231,10 @@ async fn show(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(id): Path<St
         return response;
     }
     let world = sim.world();
-    match world.find(P, &id) {
-        Some(i) if i.destroyed.is_none() => ok(json!({"instances": instance_json(&world, i, Instant::now())})),
-        Some(_) => ok(json!({"instances": null})),
-        None => fail(StatusCode::NOT_FOUND, "no_such_instance", "Instance not found"),
+    match (world.find_visible(P, &id), world.find(P, &id)) {
+        (Some(i), _) => ok(json!({"instances": instance_json(&world, i, Instant::now())})),
+        (None, Some(i)) if i.destroyed.is_some() => ok(json!({"instances": null})),
+        _ => fail(StatusCode::NOT_FOUND, "no_such_instance", "Instance not found"),
     }
 }
 
@@ -262,6 +269,12 @@ async fn destroy(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(id): Path
     if faults.destroy_failures > 0 {
         faults.destroy_failures -= 1;
         return (StatusCode::INTERNAL_SERVER_ERROR, "destroy failed").into_response();
+    }
+    if world.refuse_destroy(P) {
+        // The refusal form vast-ai/vast-python's `destroy__instance` reads: 200 with success false and msg.
+        return ok(
+            json!({"success": false, "error": "destroy_failed", "msg": "Instance could not be destroyed right now."}),
+        );
     }
     if world.destroy(P, &id) {
         ok(json!({"success": true}))

@@ -50,6 +50,26 @@ pub struct Faults {
     pub driver_missing: bool,
     /// Creates fail: the account has no credit.
     pub insufficient_funds: bool,
+    /// A new instance is missing from listings and lookups for this long (a create that lands late).
+    pub visible_after_ms: u64,
+    /// The next N destroys answer success-shaped but do nothing (the refusal, if any, is inside a 2xx body).
+    pub destroy_refusals: u32,
+    /// The next N instance listings answer 401.
+    pub list_auth_failures: u32,
+    /// The next N instance listings answer 200 with a body that is not the listing.
+    pub unreadable_listings: u32,
+    /// Commands run over SSH print this many bytes of extra output (a machine whose output never ends).
+    pub endless_output_bytes: u64,
+}
+
+/// What a test makes happen to a running instance behind the operator's back.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Fate {
+    /// Destroyed outside the operator (deleted in the console, host died).
+    Vanish,
+    /// Stopped: still listed, no longer running (an interruptible one: preempted).
+    Stop,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -58,6 +78,7 @@ pub enum SimState {
     Created,
     Loading,
     Running,
+    Stopped,
     Destroyed,
 }
 
@@ -75,6 +96,10 @@ pub struct SimInstance {
     pub env: BTreeMap<String, String>,
     pub created: Instant,
     pub destroyed: Option<Instant>,
+    /// Stopped behind the operator's back (still exists).
+    pub stopped: Option<Instant>,
+    /// Listings and lookups show the instance only from this moment.
+    pub visible_from: Instant,
     /// Loopback port of the instance's SSH server.
     pub ssh_port: u16,
     /// Requested private port -> loopback port of its model server.
@@ -144,6 +169,13 @@ pub struct CallRecord {
     pub path: String,
 }
 
+/// How a listing fails, when a fault says it must.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListingFault {
+    Unauthorized,
+    Unreadable,
+}
+
 pub struct World {
     pub market: Market,
     pub faults: BTreeMap<ProviderName, Faults>,
@@ -184,6 +216,9 @@ impl World {
         if instance.destroyed.is_some() {
             return SimState::Destroyed;
         }
+        if instance.stopped.is_some() {
+            return SimState::Stopped;
+        }
         let age = now.duration_since(instance.created);
         let timings = &self.market.timings;
         if age < Duration::from_millis(timings.created_ms) {
@@ -222,6 +257,7 @@ impl World {
             home: home.clone(),
             gpu_utilization: gpu_utilization.clone(),
             keys_accepted_after: std::time::Instant::now() + Duration::from_millis(faults.key_delay_ms),
+            extra_output_bytes: faults.endless_output_bytes,
         };
         let (ssh_port, ssh_server) = ssh::serve(machine)?;
         let mut tasks = vec![ssh_server];
@@ -253,6 +289,8 @@ impl World {
             env: new.env,
             created: Instant::now(),
             destroyed: None,
+            stopped: None,
+            visible_from: Instant::now() + Duration::from_millis(faults.visible_after_ms),
             ssh_port,
             port_map,
             gpu_utilization,
@@ -267,6 +305,59 @@ impl World {
 
     pub fn live(&self, provider: ProviderName) -> impl Iterator<Item = &SimInstance> {
         self.instances.iter().filter(move |i| i.provider == provider && i.destroyed.is_none())
+    }
+
+    /// Live instances the marketplace's API shows now (a late create is not shown yet).
+    pub fn visible(&self, provider: ProviderName) -> impl Iterator<Item = &SimInstance> {
+        let now = Instant::now();
+        self.live(provider).filter(move |i| i.visible_from <= now)
+    }
+
+    /// A live instance the API shows now, by id.
+    pub fn find_visible(&self, provider: ProviderName, id: &str) -> Option<&SimInstance> {
+        self.visible(provider).find(|i| i.id == id)
+    }
+
+    /// Counts down a listing fault: `Some(refusal)` when this listing must fail.
+    pub fn listing_fault(&mut self, provider: ProviderName) -> Option<ListingFault> {
+        let faults = self.faults(provider);
+        if faults.list_auth_failures > 0 {
+            faults.list_auth_failures -= 1;
+            return Some(ListingFault::Unauthorized);
+        }
+        if faults.unreadable_listings > 0 {
+            faults.unreadable_listings -= 1;
+            return Some(ListingFault::Unreadable);
+        }
+        None
+    }
+
+    /// Counts down the destroy refusals: `true` when this destroy must do nothing.
+    pub fn refuse_destroy(&mut self, provider: ProviderName) -> bool {
+        let faults = self.faults(provider);
+        if faults.destroy_refusals > 0 {
+            faults.destroy_refusals -= 1;
+            return true;
+        }
+        false
+    }
+
+    /// Makes `fate` happen to a live instance; `false` when there is none with that id.
+    pub fn befall(&mut self, id: &str, fate: Fate) -> bool {
+        let Some(instance) = self.instances.iter().find(|i| i.id == id && i.destroyed.is_none()).cloned() else {
+            return false;
+        };
+        match fate {
+            Fate::Vanish => self.destroy(instance.provider, id),
+            Fate::Stop => {
+                for server in self.servers.remove(id).into_iter().flatten() {
+                    server.abort();
+                }
+                let instance = self.instances.iter_mut().find(|i| i.id == id).expect("found above");
+                instance.stopped.get_or_insert_with(Instant::now);
+                true
+            }
+        }
     }
 
     /// Marks destroyed; `false` when the id is unknown or already destroyed.

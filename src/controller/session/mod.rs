@@ -3,11 +3,13 @@
 //! instance label is the safety net (a crash between create and the status
 //! write is healed by adopting the labelled instance).
 
+mod limits;
 mod rekey;
 mod rent;
 mod running;
 pub mod secret;
 mod stages;
+mod supervise;
 mod teardown;
 pub mod timeouts;
 
@@ -47,7 +49,7 @@ pub async fn reconcile(session: Arc<GpuSession>, ctx: Arc<Context>) -> Result<Ac
     let api: Api<GpuSession> = Api::namespaced(ctx.client.clone(), &namespace);
     let result = finalizer(&api, FINALIZER, session.clone(), |event| async {
         match event {
-            FinalizerEvent::Apply(session) => apply(&session, &api, &ctx).await,
+            FinalizerEvent::Apply(session) => apply(&session, &ctx).await,
             FinalizerEvent::Cleanup(session) => cleanup(&session, &api, &ctx).await,
         }
     })
@@ -74,6 +76,11 @@ pub(crate) struct Step<'a> {
     pub ctx: &'a Context,
     pub status: GpuSessionStatus,
     pub now: Timestamp,
+    /// The status as last stored, and the resourceVersion that store produced.
+    stored: GpuSessionStatus,
+    resource_version: Option<String>,
+    /// A machine was destroyed in this step: the status that says so must be stored.
+    pub destroyed_a_machine: bool,
     /// Events and observations held until the status they describe is stored, so a
     /// step that is redone after a refused write does not announce itself twice.
     announcements: Vec<Announcement>,
@@ -86,9 +93,63 @@ enum Announcement {
 
 impl<'a> Step<'a> {
     fn new(session: &'a GpuSession, ctx: &'a Context) -> Self {
-        let mut status = session.status.clone().unwrap_or_default();
+        let stored = session.status.clone().unwrap_or_default();
+        let mut status = stored.clone();
         status.observed_generation = session.meta().generation;
-        Step { session, ctx, status, now: Timestamp::now(), announcements: Vec::new() }
+        Step {
+            session,
+            ctx,
+            status,
+            now: Timestamp::now(),
+            stored,
+            resource_version: session.resource_version(),
+            destroyed_a_machine: false,
+            announcements: Vec::new(),
+        }
+    }
+
+    fn api(&self) -> Api<GpuSession> {
+        Api::namespaced(self.ctx.client.clone(), &self.session.namespace().unwrap_or_default())
+    }
+
+    /// Stores the status now, before a step goes on (a create intent must be
+    /// stored before the create is sent). Refused when the object changed since
+    /// it was read, so nothing is sent on a stale copy.
+    pub async fn persist(&mut self) -> Result<()> {
+        let name = self.session.name_any();
+        self.resource_version =
+            status::apply_at(&self.api(), &name, self.resource_version.clone(), &self.status).await?;
+        self.stored = self.status.clone();
+        Ok(())
+    }
+
+    /// Stores the status if it changed. After a machine was destroyed the write
+    /// is retried, without the stale-copy guard if need be, until it is stored:
+    /// a session must never show a machine that no longer exists as running.
+    async fn store(&mut self) -> Result<()> {
+        if self.status == self.stored {
+            return Ok(());
+        }
+        match self.persist().await {
+            Err(error) if self.destroyed_a_machine => {
+                tracing::warn!(session = %self.session.name_any(), %error, "status after a destroy was refused; writing it again");
+                let name = self.session.name_any();
+                let mut last = error;
+                for delay_ms in [0u64, 200, 1000, 3000] {
+                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                    match status::apply_at(&self.api(), &name, None, &self.status).await {
+                        Ok(version) => {
+                            self.resource_version = version;
+                            self.stored = self.status.clone();
+                            return Ok(());
+                        }
+                        Err(error) => last = error,
+                    }
+                }
+                Err(last)
+            }
+            other => other,
+        }
     }
 
     pub fn time(&self) -> Time {
@@ -97,7 +158,7 @@ impl<'a> Step<'a> {
 
     pub fn condition(&mut self, type_: &str, status: bool, reason: &str, message: impl Into<String>) {
         let generation = self.session.meta().generation;
-        let update = ConditionUpdate { type_, status, reason, message: message.into() };
+        let update = ConditionUpdate { type_, status, reason, message: limits::for_status(message.into()) };
         let now = self.time();
         conditions::set(&mut self.status.conditions, update, generation, now);
     }
@@ -116,7 +177,7 @@ impl<'a> Step<'a> {
     pub fn phase(&mut self, phase: SessionPhase, reason: &str, message: impl Into<String>) {
         self.status.phase = Some(phase);
         self.status.reason = Some(reason.to_string());
-        self.status.message = Some(message.into());
+        self.status.message = Some(limits::for_status(message.into()));
     }
 
     /// Queues an Event on the session, published by `announce` once the status is stored.
@@ -157,15 +218,12 @@ impl<'a> Step<'a> {
     }
 }
 
-async fn apply(session: &GpuSession, api: &Api<GpuSession>, ctx: &Context) -> Result<Action> {
+async fn apply(session: &GpuSession, ctx: &Context) -> Result<Action> {
     let mut step = Step::new(session, ctx);
     let action = advance(&mut step).await;
     // Whatever happened, keep what was learnt (an attempt, a destroyed instance) before returning.
-    let current = session.status.clone().unwrap_or_default();
-    if step.status != current {
-        // Refused (409: our copy was stale): nothing is announced; the step is redone from the fresh object.
-        status::apply_at(api, &session.name_any(), session.resource_version(), &step.status).await?;
-    }
+    // Refused (409: our copy was stale): nothing is announced; the step is redone from the fresh object.
+    step.store().await?;
     step.announce().await;
     track(&step);
     action
@@ -186,22 +244,39 @@ async fn advance(step: &mut Step<'_>) -> Result<Action> {
         teardown::release(step).await?;
         return Ok(Action::await_change());
     }
-    if step.status.instance_id.is_none()
-        && let Err((reason, message)) = rent::effective_requirements(step).await?
-    {
-        step.phase(SessionPhase::Pending, reason, message.clone());
-        step.condition(types::READY, false, reason, message);
-        return Ok(Action::requeue(Duration::from_secs(30)));
-    }
     if step.ctx.providers.is_empty() {
         let message = "no marketplace credentials are configured in the operator (VASTAI_API_KEY, TENSORDOCK_AUTH_ID + TENSORDOCK_API_TOKEN, RUNPOD_API_KEY): nothing can be rented until one is set";
         step.phase(SessionPhase::Pending, "NoProvidersConfigured", message);
         step.condition(types::READY, false, "NoProvidersConfigured", message);
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
-    let key = secret::ensure(step.session, step.ctx).await?;
+    let key = match secret::ensure(step.session, step.ctx).await? {
+        Ok(key) => key,
+        Err(conflict) => {
+            step.phase(SessionPhase::Pending, "SecretConflict", conflict.clone());
+            step.condition(types::READY, false, "SecretConflict", conflict);
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
+    };
     step.status.secret_name = Some(secret::secret_name(step.session));
+    // A machine carrying this session's label that status does not hold yet is adopted first.
+    if step.status.instance_id.is_none() && rent::adopt_labelled(step, &key).await? {
+        return Ok(Action::requeue(PROVISIONING_POLL));
+    }
+    if let Some(action) = limits::enforce(step).await? {
+        return Ok(action);
+    }
+    if step.status.instance_id.is_some()
+        && let Some(action) = supervise::step(step).await?
+    {
+        return Ok(action);
+    }
     if step.status.instance_id.is_none() {
+        if let Err((reason, message)) = rent::effective_requirements(step).await? {
+            step.phase(SessionPhase::Pending, reason, message.clone());
+            step.condition(types::READY, false, reason, message);
+            return Ok(Action::requeue(Duration::from_secs(30)));
+        }
         return rent::step(step, &key).await;
     }
     if step.condition_is_true(types::READY) {

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
@@ -12,7 +13,7 @@ use super::secret::SessionKey;
 use super::teardown;
 use super::{PROVISIONING_POLL, Step};
 use crate::crd::conditions::types;
-use crate::crd::session::Attempt;
+use crate::crd::session::{Attempt, CreateIntent};
 use crate::crd::{GpuOfferFilter, OfferRequirements, ProviderName, SessionPhase, WorkloadKind};
 use crate::error::Result;
 use crate::market::{self, rank};
@@ -22,23 +23,59 @@ pub const DEFAULT_IMAGE: &str = "nvidia/cuda:12.4.1-runtime-ubuntu22.04";
 pub const DEFAULT_DISK_GB: u32 = 40;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 pub const DEFAULT_INFERENCE_PORT: u16 = 8000;
-const SEARCH_TIMEOUT: Duration = Duration::from_secs(20);
 const WAIT_FOR_MARKET: Duration = Duration::from_secs(30);
 
-pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
-    if let Some((provider, instance)) = find_labelled(step).await? {
-        if let Some(client) = step.ctx.provider(provider) {
-            client.ensure_ssh_key(&instance.id, &key.public_openssh).await?;
+/// Adopts a machine carrying this session's label that status does not hold (a
+/// create whose answer was lost, or that landed late), from the shared
+/// inventory: no marketplace is listed for it here. `true` when one was adopted.
+pub async fn adopt_labelled(step: &mut Step<'_>, key: &SessionKey) -> Result<bool> {
+    let uid = step.session.uid().unwrap_or_default();
+    let mut found = step.ctx.inventory.labelled_for(&uid);
+    found.retain(|i| matches!(i.state, InstanceState::Running | InstanceState::Provisioning));
+    // Prefer a running machine; the others are strays for the sweeper.
+    found.sort_by_key(|i| i.state != InstanceState::Running);
+    let Some(instance) = found.into_iter().next() else { return Ok(false) };
+    let provider = instance.provider;
+    tracing::info!(session = %step.session.name_any(), %provider, instance = %instance.id, "adopting a labelled instance");
+    if let Some(client) = step.ctx.provider(provider) {
+        client.ensure_ssh_key(&instance.id, &key.public_openssh).await?;
+    }
+    step.event(
+        false,
+        "Adopted",
+        format!("found instance {} on {provider} carrying this session's label; adopting it", instance.id),
+    );
+    step.status.pending_creates.retain(|intent| intent.provider != provider);
+    let offer_id = step.status.pending_creates.first().map(|i| i.offer_id.clone());
+    step.status.offer_id = offer_id.or_else(|| step.status.offer_id.clone());
+    record_rented(step, provider, &instance, None, "adopted an instance created for this session earlier".into());
+    Ok(true)
+}
+
+/// Creates whose outcome is still unknown: each is settled by a listing of its
+/// marketplace sent after it (what landed is then adopted or reaped), and a
+/// refresh is asked for meanwhile. Returns the marketplaces still unsettled.
+fn settle_pending_creates(step: &mut Step<'_>) -> Vec<ProviderName> {
+    let inventory = &step.ctx.inventory;
+    step.status.pending_creates.retain(|intent| {
+        let settled = !step.ctx.providers.iter().any(|p| p.name() == intent.provider)
+            || inventory.listed_since(intent.provider, intent.settled_by_listings_after());
+        if settled {
+            tracing::info!(provider = %intent.provider, sent_at = %intent.sent_at.0, "pending create settled by a later listing");
+        } else {
+            inventory.request_refresh(intent.provider);
         }
-        step.event(
-            false,
-            "Adopted",
-            format!("found instance {} on {provider} carrying this session's label; adopting it", instance.id),
-        );
-        record_rented(step, provider, &instance, None, "adopted an instance created for this session earlier".into());
+        !settled
+    });
+    step.status.pending_creates.iter().map(|i| i.provider).collect()
+}
+
+pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
+    let unsettled = settle_pending_creates(step);
+    // The listing that settled a create may be newer than the one adoption looked at.
+    if adopt_labelled(step, key).await? {
         return Ok(Action::requeue(PROVISIONING_POLL));
     }
-
     let max_attempts = step.session.spec.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS) as usize;
     if step.status.attempts.len() >= max_attempts {
         let tried: Vec<String> = step.status.attempts.iter().map(|a| format!("{}: {}", a.offer_id, a.reason)).collect();
@@ -60,10 +97,27 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
     };
 
     let ctx = step.ctx;
-    let view = market::search_cached(&ctx.providers, &requirements, SEARCH_TIMEOUT, Some(&ctx.offer_cache)).await;
-    let candidates: Vec<Offer> =
-        view.offers.iter().filter(|o| !tried_before(step, o) && ctx.bad_hosts.avoided(o).is_none()).cloned().collect();
+    // Each marketplace's search is bounded by one call timeout: a hung one delays no rent by more.
+    let timeout = ctx.config.provider_call_timeout;
+    let view = market::search_cached(&ctx.providers, &requirements, timeout, Some(&ctx.offer_cache)).await;
+    // A marketplace whose last create may still land gets no second one until it is settled.
+    let candidates: Vec<Offer> = view
+        .offers
+        .iter()
+        .filter(|o| !tried_before(step, o) && ctx.bad_hosts.avoided(o).is_none() && !unsettled.contains(&o.provider))
+        .cloned()
+        .collect();
     let Some(best) = candidates.first().cloned() else {
+        if !unsettled.is_empty() {
+            let names: Vec<&str> = unsettled.iter().map(|p| p.as_str()).collect();
+            let message = format!(
+                "a create on {} may have landed; waiting for its listing to show what exists before renting there again",
+                names.join(", ")
+            );
+            step.phase(SessionPhase::Provisioning, "CreateOutcomeUnknown", message.clone());
+            step.condition(types::READY, false, "CreateOutcomeUnknown", message);
+            return Ok(Action::requeue(PROVISIONING_POLL));
+        }
         let failures: Vec<String> = view.failures.iter().map(|f| f.error.to_string()).collect();
         let message = format!(
             "no offer matches now ({} found, {} tried or avoided){}; looking again in {}s",
@@ -80,7 +134,32 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
     let Some(provider) = ctx.provider(best.provider).cloned() else { return Ok(Action::requeue(PROVISIONING_POLL)) };
     let request = create_request(step, &best, key);
     let why = rank::explain(&best, candidates.len());
-    match provider.create_instance(&request).await {
+    // The intent is stored before the create is sent (crossplane's create-pending):
+    // a crash or a lost answer after this point is settled by a listing, never doubled.
+    let sent_at = Time(jiff::Timestamp::now());
+    step.status.billing_started_at.get_or_insert_with(|| sent_at.clone());
+    step.status.pending_creates.push(CreateIntent {
+        provider: best.provider,
+        offer_id: best.id.clone(),
+        sent_at: sent_at.clone(),
+    });
+    step.persist().await?;
+    tracing::info!(session = %step.session.name_any(), provider = %best.provider, offer = %best.id, "create intent stored; sending the create");
+    let outcome = provider.create_instance(&request).await;
+    let landed_or_refused = !matches!(&outcome, Err(error) if error.create_may_have_landed());
+    if landed_or_refused {
+        step.status.pending_creates.retain(|i| !(i.provider == best.provider && i.sent_at == sent_at));
+    } else {
+        // Only a listing sent after the call ended can tell whether it landed.
+        let ended = Time(jiff::Timestamp::now());
+        if let Some(intent) =
+            step.status.pending_creates.iter_mut().find(|i| i.provider == best.provider && i.sent_at == sent_at)
+        {
+            intent.sent_at = ended;
+        }
+        ctx.inventory.request_refresh(best.provider);
+    }
+    match outcome {
         Ok(instance) => {
             step.event(false, "Rented", format!("rented {} on {}: {why}", instance.id, best.provider));
             record_rented(step, best.provider, &instance, Some(&best), why);
@@ -94,6 +173,7 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
                 provider: Some(best.provider),
                 offer_id: best.id.clone(),
                 price_per_hour: Some(best.price_per_hour),
+                cost_usd: None,
                 reason: error.reason().to_string(),
                 message: error.to_string(),
                 time: step.time(),
@@ -109,9 +189,16 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
                 .await?;
                 return Ok(Action::await_change());
             }
-            let message = format!("offer {} failed ({}); trying the next one", best.id, error.reason());
+            let message = if landed_or_refused {
+                format!("offer {} failed ({}); trying the next one", best.id, error.reason())
+            } else {
+                format!(
+                    "the create on {} may have landed ({}); its listing will show it (adopted) or not, meanwhile other marketplaces are tried",
+                    best.provider,
+                    error.reason()
+                )
+            };
             step.phase(SessionPhase::Provisioning, "NextOffer", message);
-            // A lost create answer is healed by the label lookup at the start of the next step.
             Ok(Action::requeue(super::NEXT_STAGE))
         }
     }
@@ -119,27 +206,6 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
 
 fn tried_before(step: &Step<'_>, offer: &Offer) -> bool {
     step.status.attempts.iter().any(|a| a.provider == Some(offer.provider) && a.offer_id == offer.id)
-}
-
-/// An instance on any marketplace labelled with this session, not destroyed.
-async fn find_labelled(step: &Step<'_>) -> Result<Option<(ProviderName, Instance)>> {
-    let uid = step.session.uid().unwrap_or_default();
-    for provider in &step.ctx.providers {
-        let instances = match provider.list_instances(&step.ctx.config.deployment_id).await {
-            Ok(instances) => instances,
-            // Without working credentials nothing was created there for us just now.
-            Err(error) if error.next_step() == NextStep::SkipProvider => continue,
-            // Unsure what exists: creating now could double an instance. Retry later.
-            Err(error) => return Err(error.into()),
-        };
-        let ours = instances
-            .into_iter()
-            .find(|i| i.label.as_ref().is_some_and(|l| l.session_uid == uid) && i.state != InstanceState::Destroyed);
-        if let Some(instance) = ours {
-            return Ok(Some((provider.name(), instance)));
-        }
-    }
-    Ok(None)
 }
 
 /// The referenced filter merged with the inline requirements, or why the session cannot shop.

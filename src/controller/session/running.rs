@@ -8,6 +8,7 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 
+use super::limits::{seconds, tail_chars};
 use super::secret::SessionKey;
 use super::stages::{run_on_machine, work_dir};
 use super::{Step, teardown};
@@ -21,15 +22,21 @@ const RUNNING_POLL: Duration = Duration::from_secs(15);
 /// Below this GPU utilisation (percent) a machine counts as idle.
 const IDLE_BELOW_PERCENT: u32 = 5;
 const LOG_TAIL_LINES: usize = 40;
+/// The most of the log tail read from the machine (one line can be endless).
+const LOG_TAIL_BYTES: usize = 2048;
 
-/// `expiresAt` = start + the spec's max duration, capped by the operator's hard maximum.
+/// `expiresAt` = start + the spec's max duration, and never later than the first
+/// create + the operator's hard maximum.
 pub fn set_expiry(step: &mut Step<'_>) {
     let Some(started) = step.status.started_at.as_ref().map(|t| t.0) else { return };
     let hard_max = step.ctx.config.max_session_duration;
     let wanted =
         step.session.spec.lifetime.as_ref().and_then(|l| l.max_duration.as_deref()).and_then(parse).unwrap_or(hard_max);
-    let lifetime = SignedDuration::try_from(wanted.min(hard_max)).unwrap_or(SignedDuration::MAX);
-    step.status.expires_at = started.checked_add(lifetime).ok().map(Time);
+    let after = |from: Timestamp, duration: Duration| {
+        SignedDuration::try_from(duration).ok().and_then(|d| from.checked_add(d).ok()).unwrap_or(Timestamp::MAX)
+    };
+    let first_create = step.status.billing_started_at.as_ref().map(|t| t.0).unwrap_or(started);
+    step.status.expires_at = Some(Time(after(started, wanted.min(hard_max)).min(after(first_create, hard_max))));
 }
 
 pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
@@ -41,14 +48,6 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
     {
         let message = "the session reached its maximum lifetime; the instance was destroyed".to_string();
         teardown::end(step, SessionPhase::Succeeded, "Expired", message).await?;
-        return Ok(Action::await_change());
-    }
-    if let (Some(budget), Some(cost)) = (step.session.spec.budget.as_ref(), step.status.accrued_cost_usd)
-        && cost >= budget.max_cost_usd
-    {
-        let message =
-            format!("accrued ${cost:.4} reached the budget of ${:.2}; the instance was destroyed", budget.max_cost_usd);
-        teardown::end(step, SessionPhase::Succeeded, "BudgetReached", message).await?;
         return Ok(Action::await_change());
     }
     if step.session.spec.workload.kind == WorkloadKind::Job
@@ -78,8 +77,8 @@ fn next_look(step: &Step<'_>, idle_timeout: Option<Duration>) -> Duration {
         (step.session.spec.budget.as_ref(), step.status.price_per_hour, step.status.accrued_cost_usd)
         && price > 0.0
     {
-        let hours_left = ((budget.max_cost_usd - cost) / price).max(0.0);
-        wait = wait.min(Duration::from_secs_f64(hours_left * 3600.0));
+        // Any numbers the schema accepts: never a panic, never an overflow.
+        wait = wait.min(seconds((budget.max_cost_usd - cost) / price * 3600.0));
     }
     wait.max(Duration::from_millis(200))
 }
@@ -92,7 +91,7 @@ fn until(now: Timestamp, then: Timestamp) -> Duration {
 async fn check_job(step: &mut Step<'_>, key: &SessionKey) -> Result<Option<Action>> {
     let dir = work_dir(step);
     let command = format!(
-        "cd \"{dir}\" && if [ -e exit_code ]; then cat exit_code; echo ---; tail -n {LOG_TAIL_LINES} job.log; fi"
+        "cd \"{dir}\" && if [ -e exit_code ]; then head -c 16 exit_code; echo; echo ---; tail -n {LOG_TAIL_LINES} job.log | tail -c {LOG_TAIL_BYTES}; fi"
     );
     let out = match run_on_machine(step, key, &command).await {
         Ok(out) => out,
@@ -103,7 +102,7 @@ async fn check_job(step: &mut Step<'_>, key: &SessionKey) -> Result<Option<Actio
     };
     let Some((code, tail)) = out.stdout.split_once("---\n") else { return Ok(None) };
     let Ok(exit_code) = code.trim().parse::<i32>() else { return Ok(None) };
-    step.status.job = Some(JobResult { exit_code, log_tail: tail.to_string() });
+    step.status.job = Some(JobResult { exit_code, log_tail: tail_chars(tail.to_string(), LOG_TAIL_BYTES) });
     let (phase, reason) =
         if exit_code == 0 { (SessionPhase::Succeeded, "JobSucceeded") } else { (SessionPhase::Failed, "JobFailed") };
     let last_line = tail.lines().last().unwrap_or("");

@@ -38,13 +38,28 @@ fn new_pair(session: &GpuSession) -> Result<SessionKey> {
 /// The session's key pair, as kept in its Secret.
 pub type SessionKey = keys::KeyPair;
 
-/// The session's key pair, creating the Secret on first use.
-pub async fn ensure(session: &GpuSession, ctx: &Context) -> Result<SessionKey> {
+/// Whether `secret` belongs to `session` (an owner reference with its uid).
+fn owned_by(secret: &Secret, session: &GpuSession) -> bool {
+    let uid = session.uid().unwrap_or_default();
+    secret.owner_references().iter().any(|owner| owner.uid == uid)
+}
+
+/// The session's key pair, creating the Secret on first use. `Ok(Err(why))`: a
+/// Secret of that name exists but belongs to something else; it is left as it is.
+pub async fn ensure(session: &GpuSession, ctx: &Context) -> Result<std::result::Result<SessionKey, String>> {
     let namespace = session.namespace().unwrap_or_default();
     let secrets = secrets(session, ctx);
     let name = secret_name(session);
     if let Some(existing) = secrets.get_opt(&name).await? {
-        return read(&existing, &name);
+        if !owned_by(&existing, session) {
+            return Ok(Err(format!(
+                "Secret {name:?} already exists and is not owned by this GpuSession: the operator will not use or overwrite it; delete or rename it, or rename the session"
+            )));
+        }
+        return read(&existing, &name).map(Ok);
+    }
+    if session.status.as_ref().is_some_and(|s| s.instance_id.is_some() && s.released_at.is_none()) {
+        tracing::warn!(session = %session.name_any(), "the key Secret was deleted while the machine runs; a new key is stored, which the machine does not know");
     }
     let pair = new_pair(session)?;
     let owner = session.controller_owner_ref(&()).expect("a stored GpuSession has a name and uid");
@@ -67,9 +82,16 @@ pub async fn ensure(session: &GpuSession, ctx: &Context) -> Result<SessionKey> {
         ..Default::default()
     };
     match secrets.create(&PostParams::default(), &secret).await {
-        Ok(created) => read(&created, &name),
-        // Another reconcile won the race: use its key.
-        Err(kube::Error::Api(status)) if status.code == 409 => read(&secrets.get(&name).await?, &name),
+        Ok(created) => read(&created, &name).map(Ok),
+        // Someone created it first: use it only if it is ours.
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            let existing = secrets.get(&name).await?;
+            if owned_by(&existing, session) {
+                read(&existing, &name).map(Ok)
+            } else {
+                Ok(Err(format!("Secret {name:?} exists and is not owned by this GpuSession; it is left as it is")))
+            }
+        }
         Err(error) => Err(error.into()),
     }
 }

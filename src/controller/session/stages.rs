@@ -319,7 +319,7 @@ async fn probe_inference(step: &Step<'_>) -> InferenceProbe {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client");
     let path = probe.health_path.clone().unwrap_or_else(|| "/v1/models".into());
     let listed = match http.get(format!("{base}{path}")).send().await {
-        Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
+        Ok(r) if r.status().is_success() => read_capped(r).await,
         Ok(r) => return InferenceProbe::NotYet(format!("{path} answered {}", r.status())),
         Err(e) => return InferenceProbe::NotYet(format!("{path}: {}", e.without_url())),
     };
@@ -334,12 +334,28 @@ async fn probe_inference(step: &Step<'_>) -> InferenceProbe {
         }
         Ok(r) if r.status().is_server_error() => {
             let status = r.status();
-            let text: String = r.text().await.unwrap_or_default().chars().take(300).collect();
+            let text: String = read_capped(r).await.chars().take(300).collect();
             InferenceProbe::Crashed(format!("the first prompt failed with {status}: {text}"))
         }
         Ok(r) => InferenceProbe::NotYet(format!("/v1/completions answered {}", r.status())),
         Err(e) => InferenceProbe::NotYet(format!("/v1/completions: {}", e.without_url())),
     }
+}
+
+/// The most of an HTTP answer from a machine that is read.
+const HTTP_READ_MAX: usize = 256 * 1024;
+
+/// Reads at most `HTTP_READ_MAX` bytes of a body: a workload's answer cannot exhaust the operator's memory.
+async fn read_capped(mut response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = HTTP_READ_MAX - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= HTTP_READ_MAX {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 async fn ready(step: &mut Step<'_>) -> Result<Action> {
@@ -361,10 +377,12 @@ pub async fn host_failed(step: &mut Step<'_>, reason: &str, message: String) -> 
         step.ctx.bad_hosts.mark(provider, None, &offer_id, reason);
     }
     teardown::release(step).await?;
+    let cost_usd = step.status.rented_at.is_some().then(|| teardown::current_machine_cost(step));
     step.status.attempts.push(Attempt {
         provider,
         offer_id: offer_id.clone(),
         price_per_hour: step.status.price_per_hour,
+        cost_usd,
         reason: reason.to_string(),
         message: message.clone(),
         time: step.time(),
@@ -382,6 +400,9 @@ pub async fn host_failed(step: &mut Step<'_>, reason: &str, message: String) -> 
     s.released_at = None;
     s.price_per_hour = None;
     s.gpu = None;
+    s.started_at = None;
+    s.expires_at = None;
+    s.idle_since = None;
     for stage in [types::INSTANCE_RUNNING, types::SSH_READY, types::CUDA_VERIFIED, types::WORKLOAD_READY] {
         step.condition(stage, false, "Reshopping", format!("previous host failed: {reason}"));
     }

@@ -1,17 +1,27 @@
-//! Ending a session's machine: destroy it, confirm, record. A failed destroy
-//! is an error (retried with backoff, counted), never dropped.
+//! Ending a session's machine: destroy it, confirm it is gone, record. A
+//! destroy counts only when the marketplace shows the instance gone; a failed
+//! or unconfirmed destroy is an error (retried with backoff, counted), never
+//! dropped.
 
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
 use super::Step;
 use crate::crd::SessionPhase;
 use crate::crd::conditions::types;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::metrics::ProviderLabels;
-use crate::provider::ProviderError;
+use crate::provider::{ProviderError, destroy_confirmed};
 
-/// Destroys the recorded instance unless already released.
+/// Destroys the recorded instance unless already released, and waits for the marketplace to confirm it.
 pub async fn release(step: &mut Step<'_>) -> Result<()> {
+    release_at(step, None).await
+}
+
+/// Like `release`; `billing_ended` (the last time a lost machine was seen alive) is
+/// when its cost stops, instead of the moment the destroy is confirmed.
+pub async fn release_at(step: &mut Step<'_>, billing_ended: Option<Timestamp>) -> Result<()> {
     let (Some(id), None) = (step.status.instance_id.clone(), step.status.released_at.clone()) else { return Ok(()) };
     let Some(provider_name) = step.status.provider else { return Ok(()) };
     let Some(provider) = step.ctx.provider(provider_name).cloned() else {
@@ -21,29 +31,43 @@ pub async fn release(step: &mut Step<'_>) -> Result<()> {
         step.event(true, "DestroyFailed", &message);
         return Err(ProviderError::AuthFailed { provider: provider_name, status: 0 }.into());
     };
-    if let Err(error) = provider.destroy_instance(&id).await {
+    if let Err(error) = destroy_confirmed(provider.as_ref(), &id).await {
         step.ctx.metrics.destroy_failures.get_or_create(&ProviderLabels { provider: provider_name.as_str() }).inc();
         step.event(true, "DestroyFailed", format!("destroying instance {id} failed, will retry: {error}"));
         return Err(error.into());
     }
+    step.ctx.inventory.mark_destroyed(provider_name, &id);
+    step.destroyed_a_machine = true;
+    let ended = billing_ended.map(|t| t.min(step.now)).unwrap_or(step.now);
+    step.status.released_at = Some(Time(ended));
     settle_cost(step);
-    step.status.released_at = Some(step.time());
     step.event(false, "InstanceDestroyed", format!("instance {id} on {provider_name} destroyed"));
     Ok(())
 }
 
-/// Accrued cost = price x time from rent to release (or now).
+/// What the current machine has cost: price x time from rent to release (or now).
+pub fn current_machine_cost(step: &Step<'_>) -> f64 {
+    let (Some(price), Some(rented)) = (step.status.price_per_hour, step.status.rented_at.as_ref()) else { return 0.0 };
+    let end = step.status.released_at.as_ref().map(|t| t.0).unwrap_or(step.now);
+    let hours = end.duration_since(rented.0).as_secs_f64().max(0.0) / 3600.0;
+    super::limits::finite_cost(price * hours)
+}
+
+/// Accrued cost = what earlier attempts' machines cost + the current machine so far.
 pub fn settle_cost(step: &mut Step<'_>) {
-    if let (Some(price), Some(rented)) = (step.status.price_per_hour, step.status.rented_at.as_ref()) {
-        let end = step.status.released_at.as_ref().map(|t| t.0).unwrap_or(step.now);
-        let hours = end.duration_since(rented.0).as_secs_f64().max(0.0) / 3600.0;
-        step.status.accrued_cost_usd = Some((price * hours * 10_000.0).round() / 10_000.0);
+    let earlier: f64 = step.status.attempts.iter().filter_map(|a| a.cost_usd).sum();
+    let current = current_machine_cost(step);
+    if earlier > 0.0 || step.status.rented_at.is_some() {
+        let total = super::limits::finite_cost(earlier + current);
+        step.status.accrued_cost_usd = Some((total * 10_000.0).round() / 10_000.0);
     }
 }
 
 /// Ends the session: destroys its machine first, then records the outcome.
 pub async fn end(step: &mut Step<'_>, phase: SessionPhase, reason: &str, message: String) -> Result<()> {
     release(step).await?;
+    settle_cost(step);
+    step.status.pending_creates.clear(); // a late landing is the stray reaper's
     step.condition(types::READY, false, reason, message.clone());
     step.phase(phase, reason, message.clone());
     step.event(phase == SessionPhase::Failed, reason, message);
@@ -51,37 +75,41 @@ pub async fn end(step: &mut Step<'_>, phase: SessionPhase, reason: &str, message
 }
 
 /// Destroys every instance labelled with this session that status does not
-/// hold (a create whose answer was lost just before deletion).
+/// hold (a create whose answer was lost just before deletion). Marketplaces
+/// with a create whose outcome is unknown must be listed first; the others'
+/// last listing is enough (the sweeper destroys anything that shows up later).
 pub async fn destroy_unrecorded(step: &mut Step<'_>) -> Result<()> {
     let uid = step.session.uid().unwrap_or_default();
-    let deployment = step.ctx.config.deployment_id.clone();
-    for provider in step.ctx.providers.clone() {
-        let instances = match provider.list_instances(&deployment).await {
-            Ok(instances) => instances,
-            // Without credentials nothing can have been created there by us now.
-            Err(error) if error.next_step() == crate::provider::NextStep::SkipProvider => continue,
-            Err(error) => return Err(error.into()),
-        };
-        for instance in instances.into_iter().filter(|i| i.label.as_ref().is_some_and(|l| l.session_uid == uid)) {
-            let recorded = step.status.instance_id.as_deref() == Some(instance.id.as_str())
-                && step.status.provider == Some(provider.name());
-            if recorded && step.status.released_at.is_some() {
-                continue;
-            }
-            if let Err(error) = provider.destroy_instance(&instance.id).await {
-                step.ctx
-                    .metrics
-                    .destroy_failures
-                    .get_or_create(&ProviderLabels { provider: provider.name().as_str() })
-                    .inc();
-                return Err(error.into());
-            }
-            step.event(
-                false,
-                "InstanceDestroyed",
-                format!("unrecorded instance {} on {} destroyed", instance.id, provider.name()),
-            );
+    for intent in step.status.pending_creates.clone() {
+        if !step.ctx.inventory.listed_since(intent.provider, intent.settled_by_listings_after())
+            && step.ctx.provider(intent.provider).is_some()
+        {
+            step.ctx.inventory.request_refresh(intent.provider);
+            return Err(Error::WaitingForListing { provider: intent.provider, sent_at: intent.sent_at.0.to_string() });
         }
     }
+    for instance in step.ctx.inventory.labelled_for(&uid) {
+        let recorded = step.status.instance_id.as_deref() == Some(instance.id.as_str())
+            && step.status.provider == Some(instance.provider);
+        if recorded && step.status.released_at.is_some() {
+            continue;
+        }
+        let Some(provider) = step.ctx.provider(instance.provider).cloned() else { continue };
+        if let Err(error) = destroy_confirmed(provider.as_ref(), &instance.id).await {
+            step.ctx
+                .metrics
+                .destroy_failures
+                .get_or_create(&ProviderLabels { provider: provider.name().as_str() })
+                .inc();
+            return Err(error.into());
+        }
+        step.ctx.inventory.mark_destroyed(instance.provider, &instance.id);
+        step.event(
+            false,
+            "InstanceDestroyed",
+            format!("unrecorded instance {} on {} destroyed", instance.id, provider.name()),
+        );
+    }
+    step.status.pending_creates.clear();
     Ok(())
 }

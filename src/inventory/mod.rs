@@ -1,0 +1,259 @@
+//! One owner of "what exists at each marketplace": the last listing of this
+//! deployment's instances per marketplace, refreshed by one loop per
+//! marketplace (see `controller::sweeper`) and read, never re-listed, by the
+//! orphan sweeper, the stray reaper and the supervision of running sessions
+//! (Karpenter's GC controller and crossplane-runtime's Observe are the models).
+//! A marketplace whose listing hangs or fails degrades only its own entry.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::sync::Notify;
+
+use crate::crd::ProviderName;
+use crate::provider::{Instance, InstanceState, Provider, ProviderError};
+
+/// How long an instance this process destroyed is hidden from stale listings.
+const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
+/// How long the last sighting of a vanished instance is remembered.
+const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// One successful listing.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// When the listing call was sent: everything created before this is in it.
+    pub started: Timestamp,
+    pub instances: Vec<Instance>,
+}
+
+/// What the inventory knows about one recorded instance.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Presence {
+    /// In the last listing, as it was listed.
+    Listed(Box<Instance>),
+    /// Absent from a listing sent after `since` (the instance should have been in it).
+    Absent { listed: Timestamp },
+    /// No listing sent after `since` has succeeded yet.
+    Unknown,
+}
+
+#[derive(Default)]
+struct Entry {
+    last: Option<Snapshot>,
+    last_error: Option<(Timestamp, ProviderError)>,
+    /// When each instance was last listed alive (running or starting).
+    last_alive: HashMap<String, Timestamp>,
+    /// Instances confirmed destroyed by this process, hidden from listings sent before they went.
+    tombstones: HashMap<String, Timestamp>,
+}
+
+#[derive(Default)]
+struct Marketplace {
+    entry: Mutex<Entry>,
+    wake: Notify,
+}
+
+/// The shared inventory of every configured marketplace.
+#[derive(Default)]
+pub struct Inventory {
+    marketplaces: HashMap<ProviderName, Arc<Marketplace>>,
+}
+
+impl Inventory {
+    pub fn new(providers: impl IntoIterator<Item = ProviderName>) -> Self {
+        Inventory { marketplaces: providers.into_iter().map(|p| (p, Arc::default())).collect() }
+    }
+
+    fn marketplace(&self, provider: ProviderName) -> Option<&Arc<Marketplace>> {
+        self.marketplaces.get(&provider)
+    }
+
+    fn with_entry<T>(&self, provider: ProviderName, f: impl FnOnce(&mut Entry) -> T) -> Option<T> {
+        let marketplace = self.marketplace(provider)?;
+        let mut entry = marketplace.entry.lock().unwrap_or_else(|p| p.into_inner());
+        Some(f(&mut entry))
+    }
+
+    /// Lists `provider`'s instances of `deployment_id` and stores the result.
+    /// A failed listing keeps the previous snapshot and records the error: it
+    /// never reads as "nothing there".
+    pub async fn refresh(&self, provider: &dyn Provider, deployment_id: &str) -> Result<(), ProviderError> {
+        let started = Timestamp::now();
+        let result = provider.list_instances(deployment_id).await;
+        self.store(provider.name(), started, result)
+    }
+
+    /// Stores the outcome of a listing sent at `started`.
+    pub fn store(
+        &self,
+        provider: ProviderName,
+        started: Timestamp,
+        result: Result<Vec<Instance>, ProviderError>,
+    ) -> Result<(), ProviderError> {
+        self.with_entry(provider, |entry| match result {
+            Ok(instances) => {
+                for instance in &instances {
+                    if matches!(instance.state, InstanceState::Running | InstanceState::Provisioning) {
+                        entry.last_alive.insert(instance.id.clone(), started);
+                    }
+                }
+                // Kept after an instance vanishes: its loss is settled at the last time it was seen alive.
+                entry
+                    .last_alive
+                    .retain(|_, seen| started.duration_since(*seen).as_secs_f64() < FORGET_AFTER.as_secs_f64());
+                entry
+                    .tombstones
+                    .retain(|_, at| started.duration_since(*at).as_secs_f64() < TOMBSTONE_TTL.as_secs_f64());
+                entry.last = Some(Snapshot { started, instances });
+                entry.last_error = None;
+                Ok(())
+            }
+            Err(error) => {
+                entry.last_error = Some((started, error.clone()));
+                Err(error)
+            }
+        })
+        .unwrap_or(Ok(()))
+    }
+
+    /// Asks the refresh loop of `provider` to list now rather than at its next interval.
+    pub fn request_refresh(&self, provider: ProviderName) {
+        if let Some(marketplace) = self.marketplace(provider) {
+            marketplace.wake.notify_one();
+        }
+    }
+
+    /// Waits until a refresh of `provider` is asked for.
+    pub async fn refresh_requested(&self, provider: ProviderName) {
+        match self.marketplace(provider) {
+            Some(marketplace) => marketplace.wake.notified().await,
+            None => futures::future::pending().await,
+        }
+    }
+
+    /// The last successful listing of `provider`, without instances this process destroyed.
+    pub fn snapshot(&self, provider: ProviderName) -> Option<Snapshot> {
+        self.with_entry(provider, |entry| {
+            let mut snapshot = entry.last.clone()?;
+            snapshot.instances.retain(|i| !hidden(entry, i, snapshot.started));
+            Some(snapshot)
+        })
+        .flatten()
+    }
+
+    /// Whether a listing of `provider` sent after `time` has succeeded.
+    pub fn listed_since(&self, provider: ProviderName, time: Timestamp) -> bool {
+        self.with_entry(provider, |entry| entry.last.as_ref().is_some_and(|s| s.started > time)).unwrap_or(false)
+    }
+
+    /// The last listing error of `provider`, if its last listing failed.
+    pub fn last_error(&self, provider: ProviderName) -> Option<ProviderError> {
+        self.with_entry(provider, |entry| entry.last_error.as_ref().map(|(_, e)| e.clone())).flatten()
+    }
+
+    /// Every listed instance, on any marketplace, labelled for the session `uid` and not destroyed.
+    pub fn labelled_for(&self, uid: &str) -> Vec<Instance> {
+        let mut found = Vec::new();
+        for provider in self.marketplaces.keys() {
+            if let Some(snapshot) = self.snapshot(*provider) {
+                found.extend(snapshot.instances.into_iter().filter(|i| {
+                    i.label.as_ref().is_some_and(|l| l.session_uid == uid) && i.state != InstanceState::Destroyed
+                }));
+            }
+        }
+        found
+    }
+
+    /// What the last listing says about instance `id`, which exists since `since`.
+    pub fn presence(&self, provider: ProviderName, id: &str, since: Timestamp) -> Presence {
+        let Some(snapshot) = self.snapshot(provider) else { return Presence::Unknown };
+        match snapshot.instances.into_iter().find(|i| i.id == id) {
+            Some(instance) => Presence::Listed(Box::new(instance)),
+            None if snapshot.started > since => Presence::Absent { listed: snapshot.started },
+            None => Presence::Unknown,
+        }
+    }
+
+    /// When instance `id` was last listed alive, as far as this process knows.
+    pub fn last_alive(&self, provider: ProviderName, id: &str) -> Option<Timestamp> {
+        self.with_entry(provider, |entry| entry.last_alive.get(id).copied()).flatten()
+    }
+
+    /// Records that `id` is confirmed destroyed, so listings sent before that do not bring it back.
+    pub fn mark_destroyed(&self, provider: ProviderName, id: &str) {
+        self.with_entry(provider, |entry| {
+            entry.tombstones.insert(id.to_string(), Timestamp::now());
+            entry.last_alive.remove(id);
+        });
+    }
+}
+
+/// An instance this process destroyed after the listing was sent.
+fn hidden(entry: &Entry, instance: &Instance, listed: Timestamp) -> bool {
+    entry.tombstones.get(&instance.id).is_some_and(|destroyed| *destroyed >= listed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::InstanceLabel;
+
+    fn instance(id: &str, uid: &str, state: InstanceState) -> Instance {
+        Instance {
+            provider: ProviderName::Vastai,
+            id: id.into(),
+            label: Some(InstanceLabel::new("d", uid)),
+            state,
+            ssh: None,
+            public_ip: None,
+            price_per_hour: Some(1.0),
+            gpu_model: None,
+            endpoints: Vec::new(),
+        }
+    }
+
+    fn ts(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+    }
+
+    #[test]
+    fn a_failed_listing_is_an_error_and_keeps_what_was_known() {
+        let inventory = Inventory::new([ProviderName::Vastai]);
+        inventory.store(ProviderName::Vastai, ts(0), Ok(vec![instance("1", "a", InstanceState::Running)])).unwrap();
+        let error = ProviderError::AuthFailed { provider: ProviderName::Vastai, status: 401 };
+        assert!(inventory.store(ProviderName::Vastai, ts(10), Err(error.clone())).is_err());
+        assert_eq!(inventory.last_error(ProviderName::Vastai), Some(error));
+        assert_eq!(inventory.labelled_for("a").len(), 1, "the last good listing still stands");
+        assert!(!inventory.listed_since(ProviderName::Vastai, ts(5)), "a failed listing proves nothing");
+    }
+
+    #[test]
+    fn an_instance_is_absent_only_from_a_listing_sent_after_it_existed() {
+        let inventory = Inventory::new([ProviderName::Vastai]);
+        assert_eq!(inventory.presence(ProviderName::Vastai, "1", ts(0)), Presence::Unknown);
+        inventory.store(ProviderName::Vastai, ts(10), Ok(vec![])).unwrap();
+        assert_eq!(inventory.presence(ProviderName::Vastai, "1", ts(20)), Presence::Unknown);
+        assert_eq!(inventory.presence(ProviderName::Vastai, "1", ts(5)), Presence::Absent { listed: ts(10) });
+    }
+
+    #[test]
+    fn a_destroyed_instance_does_not_come_back_from_an_older_listing() {
+        let inventory = Inventory::new([ProviderName::Vastai]);
+        let stale = Timestamp::now() - jiff::SignedDuration::from_secs(5);
+        inventory.store(ProviderName::Vastai, stale, Ok(vec![instance("1", "a", InstanceState::Running)])).unwrap();
+        assert_eq!(inventory.last_alive(ProviderName::Vastai, "1"), Some(stale));
+        inventory.mark_destroyed(ProviderName::Vastai, "1");
+        assert!(inventory.labelled_for("a").is_empty());
+        assert_eq!(inventory.last_alive(ProviderName::Vastai, "1"), None);
+    }
+
+    #[test]
+    fn unknown_marketplaces_are_never_listed_since_anything() {
+        let inventory = Inventory::new([]);
+        assert!(!inventory.listed_since(ProviderName::Runpod, ts(0)));
+        assert!(inventory.store(ProviderName::Runpod, ts(1), Ok(vec![])).is_ok());
+        assert_eq!(inventory.presence(ProviderName::Runpod, "x", ts(0)), Presence::Unknown);
+    }
+}
