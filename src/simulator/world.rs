@@ -50,8 +50,9 @@ pub struct Faults {
     pub driver_missing: bool,
     /// Creates fail: the account has no credit.
     pub insufficient_funds: bool,
-    /// A new instance is missing from listings and lookups for this long (a create that lands late).
-    pub visible_after_ms: u64,
+    /// The next N creates land late: the instance is missing from listings and lookups for `late_by_ms`.
+    pub late_creates: u32,
+    pub late_by_ms: u64,
     /// The next N destroys answer success-shaped but do nothing (the refusal, if any, is inside a 2xx body).
     pub destroy_refusals: u32,
     /// The next N instance listings answer 401.
@@ -235,6 +236,12 @@ impl World {
         let id = self.next_id.to_string();
         self.next_id += 1;
         let faults = self.faults(new.provider).clone();
+        let late_by = if faults.late_creates > 0 {
+            self.faults(new.provider).late_creates -= 1;
+            Duration::from_millis(faults.late_by_ms)
+        } else {
+            Duration::ZERO
+        };
         // Commands on the machine run with this as HOME, so what a workload or the
         // operator writes under ~ stays inside the simulated machine's own directory.
         let home = self.homes.path().join(&id);
@@ -290,7 +297,7 @@ impl World {
             created: Instant::now(),
             destroyed: None,
             stopped: None,
-            visible_from: Instant::now() + Duration::from_millis(faults.visible_after_ms),
+            visible_from: Instant::now() + late_by,
             ssh_port,
             port_map,
             gpu_utilization,

@@ -2,6 +2,8 @@
 //! kube-apiserver started by `tests/control-plane/start.sh`.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod sessions;
+
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -23,6 +23,9 @@ use crate::metrics::ProviderLabels;
 use crate::probe::ssh::{self, CommandOutput, SshError, Target};
 use crate::provider::{Instance, InstanceState};
 
+/// How long a just-created instance may be unknown to the marketplace's lookups.
+const NOT_VISIBLE_YET: Duration = Duration::from_secs(30);
+
 /// Time allowed to one SSH login + command.
 const SSH_CALL: Duration = Duration::from_secs(20);
 
@@ -60,6 +63,12 @@ async fn current_instance(step: &Step<'_>) -> Result<Option<Instance>> {
 
 async fn instance_running(step: &mut Step<'_>, limits: &StageTimeouts) -> Result<Action> {
     let Some(instance) = current_instance(step).await? else {
+        // A fresh create can take a moment to show in the marketplace's lookups.
+        let rented = step.status.rented_at.as_ref().map(|t| t.0).unwrap_or(step.now);
+        if step.seconds_since(rented) < NOT_VISIBLE_YET.as_secs_f64() {
+            step.condition(types::INSTANCE_RUNNING, false, "Starting", "not visible at the marketplace yet");
+            return Ok(Action::requeue(PROVISIONING_POLL));
+        }
         return host_failed(step, "InstanceLost", "the marketplace no longer knows the instance".into()).await;
     };
     if let (InstanceState::Running, Some(target)) = (&instance.state, &instance.ssh) {
