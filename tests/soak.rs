@@ -21,7 +21,7 @@ use serde_json::json;
 
 use gpu_shopper::crd::{GpuSession, ProviderName, SessionPhase};
 use gpu_shopper::simulator::market::Market;
-use gpu_shopper::simulator::world::Faults;
+use gpu_shopper::simulator::world::{Fate, Faults};
 use gpu_shopper::simulator::{self, SimulatorHandle};
 use support::*;
 
@@ -48,7 +48,14 @@ fn random_faults(rng: &mut StdRng, provider: ProviderName) -> (&'static str, Fau
         ProviderName::Tensordock => "loc-chi-1",
         ProviderName::Runpod => "NVIDIA GeForce RTX 4090",
     };
-    match rng.random_range(0..9) {
+    match rng.random_range(0..13) {
+        9 => (
+            "late-create",
+            Faults { lose_create_responses: 1, late_creates: 1, late_by_ms: 3_000, ..Default::default() },
+        ),
+        10 => ("destroy-refused-in-200", Faults { destroy_refusals: 3, ..Default::default() }),
+        11 => ("failing-listings", Faults { list_auth_failures: 2, unreadable_listings: 2, ..Default::default() }),
+        12 => ("endless-output", Faults { endless_output_bytes: 1 << 20, ..Default::default() }),
         0 => ("snatched-offer", Faults { snatched_offers: vec![snatch.into()], ..Default::default() }),
         1 => ("server-errors", Faults { server_errors: 3, ..Default::default() }),
         2 => ("timeouts", Faults { hangs: 2, hang_ms: 3_000, ..Default::default() }),
@@ -87,6 +94,8 @@ struct Counts {
     faults: BTreeMap<&'static str, u64>,
     observations: u64,
     double_instances: Vec<String>,
+    loss_not_reflected: Vec<String>,
+    cost_above_bill: Vec<String>,
     deleted_but_alive: Vec<String>,
     orphans_past_grace: Vec<String>,
     not_settled: Vec<String>,
@@ -100,7 +109,17 @@ struct Observer {
     gone: HashSet<String>,
     /// Since when an instance has been alive with no live session.
     unowned_since: HashMap<String, Instant>,
+    /// Since when a session has had more than one live instance.
+    doubled_since: HashMap<String, Instant>,
+    /// Machines made to vanish or stop behind the operator's back, and when.
+    befallen: HashMap<String, Instant>,
 }
+
+/// Soak timings (the controller's env below): inventory interval, stray grace.
+const INTERVAL: Duration = Duration::from_secs(1);
+const STRAY_GRACE: Duration = Duration::from_secs(3);
+/// Slack for one reconcile, one destroy and one observation.
+const SLACK: Duration = Duration::from_secs(3);
 
 async fn observe(
     sim: &SimulatorHandle,
@@ -142,9 +161,44 @@ async fn observe(
             }
         }
     }
-    for (uid, ids) in per_uid {
+    // A second machine may exist briefly (a create that landed late); never past the stray grace.
+    for (uid, ids) in &per_uid {
         if ids.len() > 1 {
-            counts.double_instances.push(format!("session {uid}: instances {ids:?}"));
+            let since = *observer.doubled_since.entry(uid.clone()).or_insert_with(Instant::now);
+            if since.elapsed() > STRAY_GRACE + 2 * INTERVAL + SLACK {
+                counts.double_instances.push(format!("session {uid}: instances {ids:?} for {:?}", since.elapsed()));
+                observer.doubled_since.remove(uid);
+            }
+        } else {
+            observer.doubled_since.remove(uid);
+        }
+    }
+    observer.doubled_since.retain(|uid, _| per_uid.get(uid).is_some_and(|ids| ids.len() > 1));
+    let bills: HashMap<String, (f64, f64)> =
+        sim.instances().into_iter().filter(|i| i.label.starts_with(&prefix)).fold(HashMap::new(), |mut bills, i| {
+            let entry = bills.entry(i.label[prefix.len()..].to_string()).or_insert((0.0, 0.0));
+            entry.0 += i.cost_usd;
+            entry.1 = entry.1.max(i.price_per_hour);
+            bills
+        });
+    for s in &list.items {
+        let (Some(uid), Some(st)) = (s.metadata.uid.as_ref(), s.status.as_ref()) else { continue };
+        // A lost machine is reflected in status within two inventory intervals.
+        if let Some(id) = st.instance_id.as_ref()
+            && st.released_at.is_none()
+            && let Some(at) = observer.befallen.get(id)
+            && at.elapsed() > 2 * INTERVAL + SLACK
+        {
+            counts
+                .loss_not_reflected
+                .push(format!("session {uid} still holds lost instance {id} after {:?}", at.elapsed()));
+            observer.befallen.remove(id);
+        }
+        // Status never shows more than the marketplace billed, beyond one interval's worth.
+        if let (Some(shown), Some((billed, price))) = (st.accrued_cost_usd, bills.get(uid))
+            && shown > billed + price * INTERVAL.as_secs_f64() / 3600.0 + 0.0001
+        {
+            counts.cost_above_bill.push(format!("session {uid}: status ${shown:.5}, billed ${billed:.5}"));
         }
     }
     counts.observations += 1;
@@ -164,6 +218,7 @@ async fn soak() {
     env.extend([
         ("ORPHAN_SWEEP_INTERVAL", "1s".to_string()),
         ("ORPHAN_GRACE_PERIOD", "3s".to_string()),
+        ("STRAY_GRACE_PERIOD", "3s".to_string()),
         ("PROVIDER_CALL_TIMEOUT", "2s".to_string()),
         ("LOG_LEVEL", "info".to_string()),
     ]);
@@ -173,7 +228,13 @@ async fn soak() {
     let sessions: Api<GpuSession> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let mut counts = Counts::default();
-    let mut observer = Observer { seen: HashMap::new(), gone: HashSet::new(), unowned_since: HashMap::new() };
+    let mut observer = Observer {
+        seen: HashMap::new(),
+        gone: HashSet::new(),
+        unowned_since: HashMap::new(),
+        doubled_since: HashMap::new(),
+        befallen: HashMap::new(),
+    };
     let mut fault_resets: Vec<(Instant, ProviderName)> = Vec::new();
     let mut private_keys: HashSet<String> = HashSet::new();
     let started = Instant::now();
@@ -218,6 +279,24 @@ async fn soak() {
             let patch = json!({"metadata": {"annotations": {"soak/poke": tick.to_string()}}});
             if sessions.patch(&victim, &PatchParams::default(), &Patch::Merge(&patch)).await.is_ok() {
                 counts.conflicts_provoked += 1;
+            }
+        }
+        if rng.random_bool(0.04) {
+            // A machine dies or stops behind the operator's back.
+            let prefix = format!("gpushopper.{ns}.");
+            let running: Vec<String> = sim
+                .instances()
+                .into_iter()
+                .filter(|i| !i.destroyed && i.state == "running" && i.label.starts_with(&prefix))
+                .map(|i| i.id)
+                .collect();
+            if !running.is_empty() {
+                let id = running[rng.random_range(0..running.len())].clone();
+                let fate = if rng.random_bool(0.5) { Fate::Vanish } else { Fate::Stop };
+                if sim.befall(&id, fate) {
+                    observer.befallen.insert(id, Instant::now());
+                    *counts.faults.entry(if fate == Fate::Vanish { "vanished" } else { "stopped" }).or_default() += 1;
+                }
             }
         }
         if rng.random_bool(0.03) {
@@ -317,7 +396,12 @@ async fn soak() {
             instances.len()
         ),
         format!("faults injected: {:?}", counts.faults),
-        format!("invariant never-two-instances-per-session: {} violations", counts.double_instances.len()),
+        format!("invariant no-second-instance-past-stray-grace: {} violations", counts.double_instances.len()),
+        format!(
+            "invariant lost-machine-in-status-within-two-intervals: {} violations",
+            counts.loss_not_reflected.len()
+        ),
+        format!("invariant status-cost-never-above-bill: {} violations", counts.cost_above_bill.len()),
         format!("invariant deleted-session-instance-destroyed: {} violations", counts.deleted_but_alive.len()),
         format!("invariant no-orphan-past-grace: {} violations", counts.orphans_past_grace.len()),
         format!("invariant every-session-settles: {} violations", counts.not_settled.len()),
@@ -332,6 +416,7 @@ async fn soak() {
         "faults": counts.faults,
         "violations": {
             "doubleInstances": counts.double_instances, "deletedButAlive": counts.deleted_but_alive,
+            "lossNotReflected": counts.loss_not_reflected, "costAboveBill": counts.cost_above_bill,
             "orphansPastGrace": counts.orphans_past_grace, "notSettled": counts.not_settled, "keyLeaks": counts.leaks,
         },
     });
@@ -342,6 +427,8 @@ async fn soak() {
         .unwrap();
     delete_namespace(&client, &ns).await;
     let violations = counts.double_instances.len()
+        + counts.loss_not_reflected.len()
+        + counts.cost_above_bill.len()
         + counts.deleted_but_alive.len()
         + counts.orphans_past_grace.len()
         + counts.not_settled.len()

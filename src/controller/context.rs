@@ -12,6 +12,7 @@ use kube::{Client, Resource, ResourceExt};
 use rand::Rng;
 
 use crate::config::Config;
+use crate::crd::GpuSession;
 use crate::error::Error;
 use crate::inventory::Inventory;
 use crate::market::{BadHosts, OfferCache};
@@ -33,6 +34,9 @@ pub struct Context {
     pub offer_cache: OfferCache,
     /// What exists at each marketplace, listed by one loop per marketplace.
     pub inventory: Inventory,
+    /// Sessions the inventory wants reconciled now (their machine changed, or a pending create can be settled).
+    wake: tokio::sync::mpsc::UnboundedSender<ObjectRef<GpuSession>>,
+    woken: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ObjectRef<GpuSession>>>>,
     /// Phase and provider of each session seen, for the `gpu_sessions_active` gauge.
     session_phases: Mutex<HashMap<String, (String, String, f64)>>,
     /// Consecutive failures per object, for exponential backoff.
@@ -45,6 +49,7 @@ impl Context {
         let recorder = Recorder::new(client.clone(), reporter);
         let bad_hosts = BadHosts::new(config.bad_host_ttl);
         let inventory = Inventory::new(providers.iter().map(|p| p.name()));
+        let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
         Context {
             client,
             config,
@@ -54,6 +59,8 @@ impl Context {
             bad_hosts,
             offer_cache: OfferCache::default(),
             inventory,
+            wake,
+            woken: Mutex::new(Some(woken)),
             session_phases: Mutex::default(),
             failures: Mutex::default(),
         }
@@ -63,6 +70,21 @@ impl Context {
     pub fn succeeded<K: Resource<DynamicType = ()>>(&self, controller: &'static str, obj: &K) {
         self.metrics.reconciliations.get_or_create(&ControllerLabels { controller }).inc();
         self.failures.lock().expect("backoff map poisoned").remove(&key(obj));
+    }
+
+    /// Asks the session controller to reconcile `session` now.
+    pub fn wake(&self, session: &GpuSession) {
+        let _ = self.wake.send(ObjectRef::from_obj(session));
+    }
+
+    /// The stream of sessions to wake, for the session controller (taken once).
+    pub fn woken_sessions(&self) -> impl futures::Stream<Item = ObjectRef<GpuSession>> + Send + 'static {
+        let receiver = self.woken.lock().expect("wake receiver poisoned").take();
+        futures::stream::unfold(receiver, |receiver| async move {
+            let mut receiver = receiver?;
+            let next = receiver.recv().await?;
+            Some((next, Some(receiver)))
+        })
     }
 
     /// The client of `provider`, when it is configured.

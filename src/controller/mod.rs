@@ -71,6 +71,7 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
     let owned_secrets = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
     let sessions = Controller::new(scoped::<GpuSession>(&client, namespace), watcher::Config::default())
         .owns(scoped::<Secret>(&client, namespace), owned_secrets)
+        .reconcile_on(ctx.woken_sessions())
         .shutdown_on_signal()
         .run(session::reconcile, context::error_policy, ctx.clone())
         .for_each(|result| async move { context::log_outcome("gpusession", result) });

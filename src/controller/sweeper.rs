@@ -21,6 +21,7 @@ use kube::{Api, Resource, ResourceExt};
 
 use super::context::{CONTROLLER_NAME, Context};
 use crate::crd::{GpuSession, ProviderName, SessionPhase};
+use crate::inventory::Snapshot;
 use crate::metrics::ProviderLabels;
 use crate::provider::{Instance, InstanceLabel, InstanceState, Provider, destroy_confirmed};
 
@@ -140,6 +141,32 @@ pub async fn sweep(ctx: &Context, provider: &dyn Provider, seen: &mut Seen) {
         }
     }
     seen.retain(|id, _| still_unowned.contains(id));
+    wake_affected(ctx, name, &snapshot, &sessions);
+}
+
+/// Wakes every session this listing says something new about: its machine is
+/// missing or no longer alive, or a create it is waiting on can now be settled.
+fn wake_affected(ctx: &Context, provider: ProviderName, snapshot: &Snapshot, sessions: &[GpuSession]) {
+    for session in sessions {
+        let Some(status) = session.status.as_ref() else { continue };
+        let settles = status
+            .pending_creates
+            .iter()
+            .any(|intent| intent.provider == provider && snapshot.started > intent.settled_by_listings_after());
+        let machine_changed = status.provider == Some(provider)
+            && status.released_at.is_none()
+            && status.instance_id.as_ref().is_some_and(|id| {
+                let listed = snapshot.instances.iter().find(|i| &i.id == id);
+                let rented = status.rented_at.as_ref().map(|t| t.0).unwrap_or(snapshot.started);
+                match listed {
+                    Some(instance) => matches!(instance.state, InstanceState::Stopped | InstanceState::Destroyed),
+                    None => snapshot.started > rented + jiff::SignedDuration::from_secs(1),
+                }
+            });
+        if settles || machine_changed {
+            ctx.wake(session);
+        }
+    }
 }
 
 async fn stray_event(ctx: &Context, session: &GpuSession, provider: ProviderName, instance_id: &str) {

@@ -158,6 +158,7 @@ pub struct InstanceReport {
     pub state: String,
     pub destroyed: bool,
     pub cost_usd: f64,
+    pub price_per_hour: f64,
     pub ssh_port: u16,
     pub real_cuda: String,
 }
@@ -410,6 +411,7 @@ impl World {
                 state: format!("{:?}", self.state_of(i, now)).to_lowercase(),
                 destroyed: i.destroyed.is_some(),
                 cost_usd: Self::cost(i, now),
+                price_per_hour: i.price_per_hour,
                 ssh_port: i.ssh_port,
                 real_cuda: i.host.real_cuda().to_string(),
             })

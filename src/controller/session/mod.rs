@@ -244,6 +244,16 @@ async fn advance(step: &mut Step<'_>) -> Result<Action> {
         teardown::release(step).await?;
         return Ok(Action::await_change());
     }
+    // A session that cannot shop says why, unless a machine carrying its label waits to be adopted.
+    let uid = step.session.uid().unwrap_or_default();
+    if step.status.instance_id.is_none()
+        && step.ctx.inventory.labelled_for(&uid).is_empty()
+        && let Err((reason, message)) = rent::effective_requirements(step).await?
+    {
+        step.phase(SessionPhase::Pending, reason, message.clone());
+        step.condition(types::READY, false, reason, message);
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
     if step.ctx.providers.is_empty() {
         let message = "no marketplace credentials are configured in the operator (VASTAI_API_KEY, TENSORDOCK_AUTH_ID + TENSORDOCK_API_TOKEN, RUNPOD_API_KEY): nothing can be rented until one is set";
         step.phase(SessionPhase::Pending, "NoProvidersConfigured", message);
@@ -272,11 +282,6 @@ async fn advance(step: &mut Step<'_>) -> Result<Action> {
         return Ok(action);
     }
     if step.status.instance_id.is_none() {
-        if let Err((reason, message)) = rent::effective_requirements(step).await? {
-            step.phase(SessionPhase::Pending, reason, message.clone());
-            step.condition(types::READY, false, reason, message);
-            return Ok(Action::requeue(Duration::from_secs(30)));
-        }
         return rent::step(step, &key).await;
     }
     if step.condition_is_true(types::READY) {
