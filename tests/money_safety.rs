@@ -268,3 +268,25 @@ async fn numbers_past_the_caps_are_refused_at_apply_and_any_accepted_one_is_hand
     assert!(status(&ready).expires_at.is_some());
     h.finish().await;
 }
+
+#[tokio::test]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn a_key_secret_deleted_while_the_machine_runs_is_reported_and_healed_where_the_marketplace_can() {
+    let h = Harness::new("rekeyed", fast_market()).await;
+    h.apply("s", on("vastai")).await;
+    let ready = h.wait_ready("s").await;
+    let id = status(&ready).instance_id.clone().unwrap();
+    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), &h.ns);
+    let old = secrets.get("s-ssh").await.unwrap();
+    secrets.delete("s-ssh", &Default::default()).await.unwrap();
+    wait_for("a KeySecretRecreated event", WAIT, || async {
+        (!h.events("KeySecretRecreated").await.is_empty()).then_some(())
+    })
+    .await;
+    let new = secrets.get("s-ssh").await.unwrap();
+    let public = |s: &Secret| String::from_utf8_lossy(&s.data.as_ref().unwrap()["ssh-publickey"].0).trim().to_string();
+    assert_ne!(public(&new), public(&old), "a fresh pair was stored");
+    let on_machine = h.sim.sim.world().find(ProviderName::Vastai, &id).unwrap().authorized_keys();
+    assert!(on_machine.iter().any(|k| k.trim() == public(&new)), "Vast attached the new key: {on_machine:?}");
+    h.finish().await;
+}

@@ -113,6 +113,10 @@ struct Observer {
     doubled_since: HashMap<String, Instant>,
     /// Machines made to vanish or stop behind the operator's back, and when.
     befallen: HashMap<String, Instant>,
+    /// When each marketplace last had a fault switched on, and when the controller was last restarted:
+    /// while a marketplace's listings fail, or no controller runs, nothing can notice a lost machine.
+    faulted_at: HashMap<ProviderName, Instant>,
+    restarted_at: Option<Instant>,
 }
 
 /// Soak timings (the controller's env below): inventory interval, stray grace.
@@ -183,15 +187,24 @@ async fn observe(
         });
     for s in &list.items {
         let (Some(uid), Some(st)) = (s.metadata.uid.as_ref(), s.status.as_ref()) else { continue };
-        // A lost machine is reflected in status within two inventory intervals.
+        // A lost machine is reflected in status (InstanceRunning no longer True) within two inventory
+        // intervals, while its marketplace answers and the controller runs.
+        let running =
+            gpu_shopper::crd::conditions::find(&st.conditions, "InstanceRunning").is_some_and(|c| c.status == "True");
         if let Some(id) = st.instance_id.as_ref()
-            && st.released_at.is_none()
-            && let Some(at) = observer.befallen.get(id)
+            && running
+            && let Some(at) = observer.befallen.get(id).copied()
             && at.elapsed() > 2 * INTERVAL + SLACK
         {
-            counts
-                .loss_not_reflected
-                .push(format!("session {uid} still holds lost instance {id} after {:?}", at.elapsed()));
+            let window = at.elapsed();
+            let provider = st.provider.unwrap_or(ProviderName::Vastai);
+            let disturbed = observer.restarted_at.is_some_and(|r| r.elapsed() < window + SLACK)
+                || observer.faulted_at.get(&provider).is_some_and(|f| f.elapsed() < window + 4 * SLACK);
+            if !disturbed {
+                counts
+                    .loss_not_reflected
+                    .push(format!("session {uid} still shows lost instance {id} running after {window:?}"));
+            }
             observer.befallen.remove(id);
         }
         // Status never shows more than the marketplace billed, beyond one interval's worth.
@@ -234,6 +247,8 @@ async fn soak() {
         unowned_since: HashMap::new(),
         doubled_since: HashMap::new(),
         befallen: HashMap::new(),
+        faulted_at: HashMap::new(),
+        restarted_at: None,
     };
     let mut fault_resets: Vec<(Instant, ProviderName)> = Vec::new();
     let mut private_keys: HashSet<String> = HashSet::new();
@@ -263,6 +278,7 @@ async fn soak() {
             let provider = ProviderName::ALL[rng.random_range(0..3)];
             let (kind, faults) = random_faults(&mut rng, provider);
             sim.set_faults(provider, faults);
+            observer.faulted_at.insert(provider, Instant::now());
             fault_resets.push((Instant::now() + Duration::from_millis(rng.random_range(1500..4000)), provider));
             *counts.faults.entry(kind).or_default() += 1;
         }
@@ -301,6 +317,7 @@ async fn soak() {
         }
         if rng.random_bool(0.03) {
             controller.restart(); // SIGKILL, then a fresh process
+            observer.restarted_at = Some(Instant::now());
             counts.restarts += 1;
         }
         if tick.is_multiple_of(10)

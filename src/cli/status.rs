@@ -47,6 +47,18 @@ pub fn advice(reason: &str) -> Option<&'static str> {
             "the session ended as configured; recreate it (or raise lifetime/budget) to continue"
         }
         "CreateRejected" => "the marketplace refused the request: check image and disk size",
+        "InstanceLost" | "Stopped" | "Preempted" => {
+            "the machine was destroyed, stopped or preempted outside the operator; cost stopped when it was last seen alive; set spec.onInstanceLoss: Replace to get a new machine automatically"
+        }
+        "MaxDurationReached" => {
+            "the operator's MAX_SESSION_DURATION (counted from the first create) was reached; recreate the session to continue"
+        }
+        "SecretConflict" => {
+            "a Secret named <session>-ssh exists and belongs to something else: delete or rename it, or rename the session"
+        }
+        "CreateOutcomeUnknown" => {
+            "a create's answer was lost; the operator waits for that marketplace's listing to show whether it landed (nothing to do)"
+        }
         _ => return None,
     })
 }

@@ -261,7 +261,12 @@ async fn advance(step: &mut Step<'_>) -> Result<Action> {
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
     let key = match secret::ensure(step.session, step.ctx).await? {
-        Ok(key) => key,
+        Ok((key, created)) => {
+            if created && step.status.instance_id.is_some() && step.status.released_at.is_none() {
+                secret::key_secret_recreated(step, &key).await;
+            }
+            key
+        }
         Err(conflict) => {
             step.phase(SessionPhase::Pending, "SecretConflict", conflict.clone());
             step.condition(types::READY, false, "SecretConflict", conflict);

@@ -255,8 +255,17 @@ fn create_request(step: &Step<'_>, offer: &Offer, key: &SessionKey) -> CreateReq
     }
 }
 
+/// When billing is counted from: the moment the create's answer (or the adoption)
+/// came, rounded up to the whole second status keeps, so status never shows more
+/// than the marketplace bills (billing started at most the create call's length earlier).
+fn billing_start() -> Time {
+    let now = jiff::Timestamp::now();
+    let whole = jiff::Timestamp::from_second(now.as_second()).unwrap_or(now);
+    Time(if whole < now { whole + jiff::SignedDuration::from_secs(1) } else { whole })
+}
+
 fn record_rented(step: &mut Step<'_>, provider: ProviderName, instance: &Instance, offer: Option<&Offer>, why: String) {
-    let now = step.time();
+    let now = billing_start();
     let s = &mut step.status;
     s.provider = Some(provider);
     s.instance_id = Some(instance.id.clone());

@@ -44,9 +44,12 @@ fn owned_by(secret: &Secret, session: &GpuSession) -> bool {
     secret.owner_references().iter().any(|owner| owner.uid == uid)
 }
 
+/// The session's key pair, and whether the Secret was created just now.
+pub type EnsuredKey = (SessionKey, bool);
+
 /// The session's key pair, creating the Secret on first use. `Ok(Err(why))`: a
 /// Secret of that name exists but belongs to something else; it is left as it is.
-pub async fn ensure(session: &GpuSession, ctx: &Context) -> Result<std::result::Result<SessionKey, String>> {
+pub async fn ensure(session: &GpuSession, ctx: &Context) -> Result<std::result::Result<EnsuredKey, String>> {
     let namespace = session.namespace().unwrap_or_default();
     let secrets = secrets(session, ctx);
     let name = secret_name(session);
@@ -56,10 +59,7 @@ pub async fn ensure(session: &GpuSession, ctx: &Context) -> Result<std::result::
                 "Secret {name:?} already exists and is not owned by this GpuSession: the operator will not use or overwrite it; delete or rename it, or rename the session"
             )));
         }
-        return read(&existing, &name).map(Ok);
-    }
-    if session.status.as_ref().is_some_and(|s| s.instance_id.is_some() && s.released_at.is_none()) {
-        tracing::warn!(session = %session.name_any(), "the key Secret was deleted while the machine runs; a new key is stored, which the machine does not know");
+        return read(&existing, &name).map(|key| Ok((key, false)));
     }
     let pair = new_pair(session)?;
     let owner = session.controller_owner_ref(&()).expect("a stored GpuSession has a name and uid");
@@ -82,12 +82,12 @@ pub async fn ensure(session: &GpuSession, ctx: &Context) -> Result<std::result::
         ..Default::default()
     };
     match secrets.create(&PostParams::default(), &secret).await {
-        Ok(created) => read(&created, &name).map(Ok),
+        Ok(created) => read(&created, &name).map(|key| Ok((key, true))),
         // Someone created it first: use it only if it is ours.
         Err(kube::Error::Api(status)) if status.code == 409 => {
             let existing = secrets.get(&name).await?;
             if owned_by(&existing, session) {
-                read(&existing, &name).map(Ok)
+                read(&existing, &name).map(|key| Ok((key, false)))
             } else {
                 Ok(Err(format!("Secret {name:?} exists and is not owned by this GpuSession; it is left as it is")))
             }
@@ -144,4 +144,27 @@ pub async fn record_endpoint(session: &GpuSession, ctx: &Context, host: &str, po
     let patch = serde_json::json!({"stringData": {"host": host, "port": port.to_string(), "user": user}});
     secrets.patch(&secret_name(session), &PatchParams::default(), &Patch::Merge(&patch)).await?;
     Ok(())
+}
+
+/// The key Secret was deleted while the machine runs and a fresh pair was
+/// stored: put the new key on the machine where the marketplace can (Vast
+/// attaches keys through its API), and say what happened either way.
+pub(crate) async fn key_secret_recreated(step: &mut super::Step<'_>, key: &SessionKey) {
+    let (Some(provider), Some(id)) = (step.status.provider, step.status.instance_id.clone()) else { return };
+    let attached = match step.ctx.provider(provider) {
+        Some(client) if provider == crate::crd::ProviderName::Vastai => {
+            client.ensure_ssh_key(&id, &key.public_openssh).await.is_ok()
+        }
+        _ => false,
+    };
+    let note = if attached {
+        format!(
+            "the key Secret was deleted while instance {id} ran; a new key pair was stored and attached to the machine through {provider}"
+        )
+    } else {
+        format!(
+            "the key Secret was deleted while instance {id} ran; a new key pair was stored, but {provider} cannot put it on a running machine and the old private key is gone: delete the session to get a machine with the new key"
+        )
+    };
+    step.event(true, "KeySecretRecreated", note);
 }
