@@ -24,12 +24,25 @@ use support::*;
 
 const CONCURRENCY: usize = 32;
 
-fn session(name: &str) -> GpuSession {
+/// Every other session has an idle timeout, so the steady phase also measures the SSH checks.
+fn session(name: &str, idle_checked: bool) -> GpuSession {
+    let mut spec = json!({"requirements": {"gpuModels": ["RTX 4090"]}});
+    if idle_checked {
+        spec["lifetime"] = json!({"idleTimeout": "10h"});
+    }
     serde_json::from_value(json!({
-        "apiVersion": "gpushopper.dev/v1alpha1", "kind": "GpuSession", "metadata": {"name": name},
-        "spec": {"requirements": {"gpuModels": ["RTX 4090"]}},
+        "apiVersion": "gpushopper.dev/v1alpha1", "kind": "GpuSession", "metadata": {"name": name}, "spec": spec,
     }))
     .unwrap()
+}
+
+/// How long the steady phase watches N running sessions (BENCH_STEADY_SECONDS, default 120).
+fn steady_window() -> Duration {
+    Duration::from_secs(std::env::var("BENCH_STEADY_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(120))
+}
+
+async fn metrics_text(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap()
 }
 
 /// Runs `work(i)` for i in 0..n with CONCURRENCY in flight.
@@ -92,7 +105,7 @@ async fn controller_run(client: &Client, n: usize) -> Value {
     each(n, |i| {
         let sessions = sessions.clone();
         async move {
-            sessions.create(&PostParams::default(), &session(&format!("s{i}"))).await.unwrap();
+            sessions.create(&PostParams::default(), &session(&format!("s{i}"), i % 2 == 1)).await.unwrap();
         }
     })
     .await;
@@ -111,8 +124,31 @@ async fn controller_run(client: &Client, n: usize) -> Value {
     })
     .await;
     let ready = started.elapsed();
-    let metrics_at_ready =
-        reqwest::get(format!("http://127.0.0.1:{}/metrics", controller.http_port)).await.unwrap().text().await.unwrap();
+    let metrics_at_ready = metrics_text(controller.http_port).await;
+    let rss_at_ready = proc_figures(pid).0;
+
+    // Steady state: the sessions just run. Everything the controller does now is overhead.
+    tokio::time::sleep(Duration::from_secs(10)).await; // the last Ready writes and their watch events
+    let window = steady_window();
+    let before = metrics_text(controller.http_port).await;
+    let logins_before = sim.sim.world().ssh_logins.load(std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(window).await;
+    let after = metrics_text(controller.http_port).await;
+    let logins = sim.sim.world().ssh_logins.load(std::sync::atomic::Ordering::Relaxed) - logins_before;
+    let hours = window.as_secs_f64() / 3600.0;
+    let delta = |name: &str, filter: &str| metric_sum(&after, name, filter) - metric_sum(&before, name, filter);
+    let per_session_hour = |total: f64| total / n as f64 / hours;
+    let steady = json!({
+        "windowSeconds": window.as_secs(),
+        "apiWritesPerSessionHour": per_session_hour(delta("gpu_shopper_kube_requests_total", "kind=\"write\"")),
+        "apiReadsPerSessionHour": per_session_hour(delta("gpu_shopper_kube_requests_total", "kind=\"read\"")),
+        // Half the sessions have an idle timeout (checked over SSH); the others need no login at all.
+        "sshLoginsPerIdleCheckedMachineHour": logins as f64 / (n / 2).max(1) as f64 / hours,
+        "providerCallsPerInventoryInterval": delta("gpu_provider_call_duration_seconds_count", "") / (window.as_secs_f64() / 30.0),
+        "providerCallsPerSessionHour": per_session_hour(delta("gpu_provider_call_duration_seconds_count", "")),
+        "reconcilesPerSessionHour": per_session_hour(delta("gpu_shopper_reconciliations_total", "controller=\"gpusession\"")),
+        "rssMiB": proc_figures(pid).0,
+    });
 
     let deleting = Instant::now();
     // One delete per session, as users delete them (a single delete-collection of 1000
@@ -130,8 +166,7 @@ async fn controller_run(client: &Client, n: usize) -> Value {
     })
     .await;
     let deleted = deleting.elapsed();
-    let metrics =
-        reqwest::get(format!("http://127.0.0.1:{}/metrics", controller.http_port)).await.unwrap().text().await.unwrap();
+    let metrics = metrics_text(controller.http_port).await;
     let (rss_mib, cpu_seconds) = proc_figures(pid);
     drop(controller);
     delete_namespace(client, &ns).await;
@@ -146,7 +181,9 @@ async fn controller_run(client: &Client, n: usize) -> Value {
         "providerCallsPerSession": per(metric_sum(&metrics, "gpu_provider_call_duration_seconds_count", "")),
         "reconcilesPerSession": per(metric_sum(&metrics, "gpu_shopper_reconciliations_total", "controller=\"gpusession\"")),
         "peakRssMiB": rss_mib,
+        "rssAtReadyMiB": rss_at_ready,
         "cpuSeconds": cpu_seconds,
+        "steady": steady,
     })
 }
 
@@ -161,7 +198,7 @@ async fn floor_run(client: &Client, n: usize) -> Value {
         let (sessions, secrets) = (sessions.clone(), secrets.clone());
         async move {
             let name = format!("s{i}");
-            sessions.create(&PostParams::default(), &session(&name)).await.unwrap();
+            sessions.create(&PostParams::default(), &session(&name, false)).await.unwrap();
             let secret = Secret {
                 metadata: kube::api::ObjectMeta { name: Some(format!("{name}-ssh")), ..Default::default() },
                 data: Some(BTreeMap::from([("ssh-privatekey".to_string(), ByteString(vec![b'k'; 400]))])),
@@ -238,6 +275,18 @@ async fn main() {
             controller["providerCallsPerSession"].as_f64().unwrap(),
             controller["peakRssMiB"].as_f64().unwrap(),
             controller["cpuSeconds"].as_f64().unwrap(),
+        );
+        let steady = &controller["steady"];
+        println!(
+            "{n:>6} steady {}s: writes/session/h {:.1}, reads/session/h {:.1}, SSH logins/idle-checked machine/h {:.1}, marketplace calls/interval {:.1} ({:.2}/session/h), reconciles/session/h {:.1}, RSS {:.1} MiB",
+            steady["windowSeconds"],
+            steady["apiWritesPerSessionHour"].as_f64().unwrap(),
+            steady["apiReadsPerSessionHour"].as_f64().unwrap(),
+            steady["sshLoginsPerIdleCheckedMachineHour"].as_f64().unwrap(),
+            steady["providerCallsPerInventoryInterval"].as_f64().unwrap(),
+            steady["providerCallsPerSessionHour"].as_f64().unwrap(),
+            steady["reconcilesPerSessionHour"].as_f64().unwrap(),
+            steady["rssMiB"].as_f64().unwrap(),
         );
         runs.push(json!({"sessions": n, "controller": controller, "floor": floor, "readyRatio": ratio}));
         // Written after every size, so a later failure keeps what was measured.

@@ -29,6 +29,8 @@ pub mod env {
     pub const STRAY_GRACE_PERIOD: &str = "STRAY_GRACE_PERIOD";
     /// How long an unowned instance is left alone before it is destroyed (default 10m).
     pub const ORPHAN_GRACE_PERIOD: &str = "ORPHAN_GRACE_PERIOD";
+    /// How often a running machine is checked over SSH for a Job's exit or GPU idleness (default 60s).
+    pub const MACHINE_CHECK_INTERVAL: &str = "MACHINE_CHECK_INTERVAL";
     /// How long a host that failed verification is avoided (default 1h).
     pub const BAD_HOST_TTL: &str = "BAD_HOST_TTL";
     /// Time allowed to one marketplace API call (default 20s).
@@ -62,6 +64,7 @@ pub mod env {
         ORPHAN_SWEEP_INTERVAL,
         ORPHAN_GRACE_PERIOD,
         STRAY_GRACE_PERIOD,
+        MACHINE_CHECK_INTERVAL,
         BAD_HOST_TTL,
         PROVIDER_CALL_TIMEOUT,
         LEADER_ELECTION,
@@ -145,6 +148,7 @@ pub struct Config {
     pub orphan_sweep_interval: Duration,
     pub orphan_grace_period: Duration,
     pub stray_grace_period: Duration,
+    pub machine_check_interval: Duration,
     pub bad_host_ttl: Duration,
     pub provider_call_timeout: Duration,
     /// `None`: leader election is off.
@@ -258,6 +262,7 @@ impl Config {
             orphan_sweep_interval: duration(env::ORPHAN_SWEEP_INTERVAL, Duration::from_secs(30))?
                 .max(Duration::from_millis(200)),
             stray_grace_period: duration(env::STRAY_GRACE_PERIOD, Duration::from_secs(60))?,
+            machine_check_interval: duration(env::MACHINE_CHECK_INTERVAL, Duration::from_secs(60))?,
             orphan_grace_period: duration(env::ORPHAN_GRACE_PERIOD, Duration::from_secs(600))?,
             bad_host_ttl: duration(env::BAD_HOST_TTL, Duration::from_secs(3600))?,
             provider_call_timeout: duration(env::PROVIDER_CALL_TIMEOUT, Duration::from_secs(20))?,

@@ -211,7 +211,14 @@ async fn observe(
         if let (Some(shown), Some((billed, price))) = (st.accrued_cost_usd, bills.get(uid))
             && shown > billed + price * INTERVAL.as_secs_f64() / 3600.0 + 0.0001
         {
-            counts.cost_above_bill.push(format!("session {uid}: status ${shown:.5}, billed ${billed:.5}"));
+            counts.cost_above_bill.push(format!(
+                "session {} ({uid}): status ${shown:.5}, billed ${billed:.5}; rented {:?}, released {:?}, {} attempts, reason {:?}",
+                s.metadata.name.clone().unwrap_or_default(),
+                st.rented_at.as_ref().map(|t| t.0),
+                st.released_at.as_ref().map(|t| t.0),
+                st.attempts.len(),
+                st.reason
+            ));
         }
     }
     counts.observations += 1;
@@ -232,6 +239,7 @@ async fn soak() {
         ("ORPHAN_SWEEP_INTERVAL", "1s".to_string()),
         ("ORPHAN_GRACE_PERIOD", "3s".to_string()),
         ("STRAY_GRACE_PERIOD", "3s".to_string()),
+        ("MACHINE_CHECK_INTERVAL", "1s".to_string()),
         ("PROVIDER_CALL_TIMEOUT", "2s".to_string()),
         ("LOG_LEVEL", "info".to_string()),
     ]);

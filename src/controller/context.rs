@@ -39,6 +39,8 @@ pub struct Context {
     woken: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ObjectRef<GpuSession>>>>,
     /// Phase and provider of each session seen, for the `gpu_sessions_active` gauge.
     session_phases: Mutex<HashMap<String, (String, String, f64)>>,
+    /// When each running session's machine was last checked over SSH (Job exit, idleness).
+    machine_checks: Mutex<HashMap<String, std::time::Instant>>,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -62,6 +64,7 @@ impl Context {
             wake,
             woken: Mutex::new(Some(woken)),
             session_phases: Mutex::default(),
+            machine_checks: Mutex::default(),
             failures: Mutex::default(),
         }
     }
@@ -85,6 +88,25 @@ impl Context {
             let next = receiver.recv().await?;
             Some((next, Some(receiver)))
         })
+    }
+
+    /// How long until the machine of session `uid` may be checked over SSH again
+    /// (zero: now, and the check is counted as done).
+    pub fn machine_check_due(&self, uid: &str) -> Duration {
+        let mut checks = self.machine_checks.lock().expect("check map poisoned");
+        let interval = self.config.machine_check_interval;
+        match checks.get(uid) {
+            Some(last) if last.elapsed() < interval => interval - last.elapsed(),
+            _ => {
+                checks.insert(uid.to_string(), std::time::Instant::now());
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// Forgets a session's machine checks (it ended or is gone).
+    pub fn forget_machine_checks(&self, uid: &str) {
+        self.machine_checks.lock().expect("check map poisoned").remove(uid);
     }
 
     /// The client of `provider`, when it is configured.

@@ -316,9 +316,12 @@ pub struct GpuSessionStatus {
     /// Price for the machine, in US dollars per hour.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price_per_hour: Option<f64>,
-    /// Cost accrued so far, in US dollars.
+    /// Cost accrued so far, in US dollars, as of `accruedCostAt`. While the machine runs it is refreshed every few minutes (price x time gives it at any moment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accrued_cost_usd: Option<f64>,
+    /// When `accruedCostUsd` was computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accrued_cost_at: Option<Time>,
     /// When the machine was rented and started billing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rented_at: Option<Time>,

@@ -33,6 +33,8 @@ pub struct Machine {
     pub keys_accepted_after: std::time::Instant,
     /// Every command prints this many bytes more after its output (a machine that will not stop talking).
     pub extra_output_bytes: u64,
+    /// Successful logins, counted across every machine of the simulator.
+    pub logins: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub fn authorized_keys_path(home: &Path) -> PathBuf {
@@ -148,7 +150,11 @@ impl russh::server::Handler for Connection {
     type Error = russh::Error;
 
     async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
-        Ok(if self.authorized(user, key.public_key) { Auth::Accept } else { Auth::reject() })
+        if !self.authorized(user, key.public_key) {
+            return Ok(Auth::reject());
+        }
+        self.machine.logins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Auth::Accept)
     }
 
     async fn channel_open_session(

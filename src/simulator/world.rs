@@ -185,6 +185,8 @@ pub struct World {
     pub calls: Vec<CallRecord>,
     servers: BTreeMap<String, Vec<tokio::task::JoinHandle<()>>>,
     next_id: u64,
+    /// Successful SSH logins to any machine, for the benchmark.
+    pub ssh_logins: Arc<std::sync::atomic::AtomicU64>,
     /// Every instance's home directory lives here; removed with the world.
     homes: tempfile::TempDir,
 }
@@ -197,6 +199,7 @@ impl World {
             instances: Vec::new(),
             calls: Vec::new(),
             next_id: 1_000_001,
+            ssh_logins: Arc::default(),
             servers: BTreeMap::new(),
             homes: tempfile::Builder::new().prefix("gpu-shopper-sim-").tempdir()?,
         })
@@ -266,6 +269,7 @@ impl World {
             gpu_utilization: gpu_utilization.clone(),
             keys_accepted_after: std::time::Instant::now() + Duration::from_millis(faults.key_delay_ms),
             extra_output_bytes: faults.endless_output_bytes,
+            logins: self.ssh_logins.clone(),
         };
         let (ssh_port, ssh_server) = ssh::serve(machine)?;
         let mut tasks = vec![ssh_server];

@@ -59,6 +59,7 @@ impl Harness {
         env.push(("ORPHAN_SWEEP_INTERVAL", "1s".into()));
         env.push(("ORPHAN_GRACE_PERIOD", "2s".into()));
         env.push(("STRAY_GRACE_PERIOD", "2s".into()));
+        env.push(("MACHINE_CHECK_INTERVAL", "1s".into()));
         env.extend(extra_env.iter().map(|(k, v)| (*k, v.to_string())));
         let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let controller = ControllerProcess::start_with_env(&ns, &env_refs);

@@ -38,6 +38,9 @@ pub const FINALIZER: &str = "gpushopper.dev/destroy-instance";
 /// How soon to look again while a machine is being rented or proven.
 const PROVISIONING_POLL: Duration = Duration::from_secs(2);
 
+/// How often a running session's cost alone is worth a status write.
+pub const COST_WRITE_EVERY: Duration = Duration::from_secs(300);
+
 /// After a stage passes, the watch event of our own status write starts the next
 /// stage with the fresh object; this requeue is only the fallback. (Requeueing at
 /// once raced the watch: the next reconcile read a stale copy and its write got 409.)
@@ -123,11 +126,23 @@ impl<'a> Step<'a> {
         Ok(())
     }
 
+    /// Nothing a user reads changed but the running cost, and it was stored less than
+    /// `COST_WRITE_EVERY` ago: not worth a write (a running session would otherwise
+    /// write every time it is looked at).
+    fn only_cost_moved_recently(&self) -> bool {
+        let mut without_cost = self.status.clone();
+        without_cost.accrued_cost_usd = self.stored.accrued_cost_usd;
+        without_cost.accrued_cost_at = self.stored.accrued_cost_at.clone();
+        let stored_at = self.stored.accrued_cost_at.as_ref().map(|t| t.0);
+        without_cost == self.stored
+            && stored_at.is_some_and(|at| self.seconds_since(at) < COST_WRITE_EVERY.as_secs_f64())
+    }
+
     /// Stores the status if it changed. After a machine was destroyed the write
     /// is retried, without the stale-copy guard if need be, until it is stored:
     /// a session must never show a machine that no longer exists as running.
     async fn store(&mut self) -> Result<()> {
-        if self.status == self.stored {
+        if self.status == self.stored || self.only_cost_moved_recently() {
             return Ok(());
         }
         match self.persist().await {
@@ -317,6 +332,7 @@ async fn cleanup(session: &GpuSession, api: &Api<GpuSession>, ctx: &Context) -> 
     step.event(false, "CleanupComplete", note);
     step.announce().await;
     ctx.track_session(&session.uid().unwrap_or_default(), None);
+    ctx.forget_machine_checks(&session.uid().unwrap_or_default());
     tracing::info!(session = %session.name_any(), namespace = ?session.namespace(), "cleanup complete; finalizer released");
     Ok(Action::await_change())
 }

@@ -17,8 +17,9 @@ use crate::crd::session::JobResult;
 use crate::crd::{SessionPhase, WorkloadKind};
 use crate::error::Result;
 
-/// How often a running machine is looked at, at most.
-const RUNNING_POLL: Duration = Duration::from_secs(15);
+/// How often a running machine is looked at when nothing is due sooner: the
+/// inventory wakes a session whose machine is lost, so this only refreshes cost.
+const RUNNING_POLL: Duration = super::COST_WRITE_EVERY;
 /// Below this GPU utilisation (percent) a machine counts as idle.
 const IDLE_BELOW_PERCENT: u32 = 5;
 const LOG_TAIL_LINES: usize = 40;
@@ -50,18 +51,34 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
         teardown::end(step, SessionPhase::Succeeded, "Expired", message).await?;
         return Ok(Action::await_change());
     }
-    if step.session.spec.workload.kind == WorkloadKind::Job
-        && let Some(action) = check_job(step, key).await?
-    {
-        return Ok(action);
-    }
     let idle_timeout = step.session.spec.lifetime.as_ref().and_then(|l| l.idle_timeout.as_deref()).and_then(parse);
-    if let Some(idle_timeout) = idle_timeout
-        && let Some(action) = check_idle(step, key, idle_timeout).await?
-    {
-        return Ok(action);
+    let is_job = step.session.spec.workload.kind == WorkloadKind::Job;
+    // SSH logins are rationed per machine, however often the session is reconciled.
+    let uid = step.session.metadata.uid.clone().unwrap_or_default();
+    let mut check_again = None;
+    if is_job || idle_timeout.is_some() {
+        let due_in = step.ctx.machine_check_due(&uid);
+        if due_in.is_zero() {
+            check_again = Some(step.ctx.config.machine_check_interval);
+            if is_job && let Some(action) = check_job(step, key).await? {
+                step.ctx.forget_machine_checks(&uid);
+                return Ok(action);
+            }
+            if let Some(idle_timeout) = idle_timeout
+                && let Some(action) = check_idle(step, key, idle_timeout).await?
+            {
+                step.ctx.forget_machine_checks(&uid);
+                return Ok(action);
+            }
+        } else {
+            check_again = Some(due_in);
+        }
     }
-    Ok(Action::requeue(next_look(step, idle_timeout)))
+    let mut wait = next_look(step, idle_timeout);
+    if let Some(check) = check_again {
+        wait = wait.min(check.max(Duration::from_millis(200)));
+    }
+    Ok(Action::requeue(wait))
 }
 
 /// Soon enough to catch expiry, the budget and idleness near when they happen.
@@ -71,7 +88,7 @@ fn next_look(step: &Step<'_>, idle_timeout: Option<Duration>) -> Duration {
         wait = wait.min(until(step.now, expires));
     }
     if let Some(idle) = idle_timeout {
-        wait = wait.min(idle / 3);
+        wait = wait.min((idle / 3).max(step.ctx.config.machine_check_interval));
     }
     if let (Some(budget), Some(price), Some(cost)) =
         (step.session.spec.budget.as_ref(), step.status.price_per_hour, step.status.accrued_cost_usd)

@@ -81,7 +81,13 @@ fn judge(step: &Step<'_>, instance: &Instance) -> Option<Loss> {
 
 async fn lost(step: &mut Step<'_>, loss: Loss) -> Result<Action> {
     let (provider, id) = (step.status.provider.expect("checked"), step.status.instance_id.clone().expect("checked"));
-    let last_alive: Option<Timestamp> = step.ctx.inventory.last_alive(provider, &id);
+    // When this process never saw it alive (it restarted since), the last time status
+    // counted its cost while it was believed alive is the best bound there is.
+    let last_alive: Option<Timestamp> = step.ctx.inventory.last_alive(provider, &id).or_else(|| {
+        let rented = step.status.rented_at.as_ref().map(|t| t.0);
+        let costed = step.status.accrued_cost_at.as_ref().map(|t| t.0);
+        rented.max(costed)
+    });
     let policy = step.session.spec.instance_loss_policy();
     let next = match policy {
         InstanceLossPolicy::Replace => "another machine will be rented (spec.onInstanceLoss: Replace)",

@@ -60,6 +60,7 @@ pub fn settle_cost(step: &mut Step<'_>) {
     if earlier > 0.0 || step.status.rented_at.is_some() {
         let total = super::limits::finite_cost(earlier + current);
         step.status.accrued_cost_usd = Some((total * 10_000.0).round() / 10_000.0);
+        step.status.accrued_cost_at = Some(step.time());
     }
 }
 
