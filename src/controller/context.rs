@@ -12,12 +12,23 @@ use kube::{Client, Resource, ResourceExt};
 use rand::Rng;
 
 use crate::config::Config;
-use crate::crd::GpuSession;
+use crate::crd::{GpuOfferFilter, GpuSession};
 use crate::error::Error;
 use crate::inventory::Inventory;
 use crate::market::{BadHosts, OfferCache};
 use crate::metrics::{ControllerLabels, ErrorLabels, Metrics};
 use crate::provider::Provider;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::reflector::Store;
+
+/// The caches the controllers' watches keep, read instead of asking the API server again.
+#[derive(Clone)]
+pub struct Stores {
+    pub sessions: Store<GpuSession>,
+    pub filters: Store<GpuOfferFilter>,
+    /// Only the Secrets this operator manages (its label), which is every key Secret it made.
+    pub secrets: Store<Secret>,
+}
 
 /// Name of this controller in Events and field managers.
 pub const CONTROLLER_NAME: &str = "gpu-shopper";
@@ -39,6 +50,8 @@ pub struct Context {
     woken: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ObjectRef<GpuSession>>>>,
     /// Phase and provider of each session seen, for the `gpu_sessions_active` gauge.
     session_phases: Mutex<HashMap<String, (String, String, f64)>>,
+    /// The watches' caches, set once the controllers start.
+    stores: std::sync::OnceLock<Stores>,
     /// When each running session's machine was last checked over SSH (Job exit, idleness).
     machine_checks: Mutex<HashMap<String, std::time::Instant>>,
     /// Consecutive failures per object, for exponential backoff.
@@ -65,6 +78,7 @@ impl Context {
             woken: Mutex::new(Some(woken)),
             session_phases: Mutex::default(),
             machine_checks: Mutex::default(),
+            stores: std::sync::OnceLock::new(),
             failures: Mutex::default(),
         }
     }
@@ -73,6 +87,16 @@ impl Context {
     pub fn succeeded<K: Resource<DynamicType = ()>>(&self, controller: &'static str, obj: &K) {
         self.metrics.reconciliations.get_or_create(&ControllerLabels { controller }).inc();
         self.failures.lock().expect("backoff map poisoned").remove(&key(obj));
+    }
+
+    /// Hands the watches' caches over (once, when the controllers start).
+    pub fn set_stores(&self, stores: Stores) {
+        let _ = self.stores.set(stores);
+    }
+
+    /// The watches' caches, once the controllers run (tests and tools run without them).
+    pub fn stores(&self) -> Option<&Stores> {
+        self.stores.get()
     }
 
     /// Asks the session controller to reconcile `session` now.

@@ -30,6 +30,29 @@ pub struct Counted<S> {
     metrics: Arc<Metrics>,
 }
 
+/// The kind of object a request is about ("gpusessions", "secrets", "leases", "events", ...),
+/// so that per-session traffic can be told from the leader election's.
+fn resource_of(path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // /api/v1/... or /apis/GROUP/VERSION/...; then namespaces/NS/RESOURCE or RESOURCE.
+    let rest = match segments.first() {
+        Some(&"api") => segments.get(2..),
+        Some(&"apis") => segments.get(3..),
+        _ => None,
+    }
+    .unwrap_or(&[]);
+    let resource: &str = match rest {
+        ["namespaces", _, resource, ..] => resource,
+        [resource, ..] => resource,
+        [] => "other",
+    };
+    // A closed set keeps the label's cardinality fixed.
+    ["gpusessions", "gpuofferfilters", "secrets", "events", "leases", "namespaces", "customresourcedefinitions"]
+        .into_iter()
+        .find(|known| *known == resource)
+        .unwrap_or("other")
+}
+
 /// "read", "watch" or "write".
 fn kind_of(method: &Method, query: Option<&str>) -> &'static str {
     match *method {
@@ -53,7 +76,8 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let kind = kind_of(request.method(), request.uri().query());
-        self.metrics.kube_requests.get_or_create(&KubeRequestLabels { kind }).inc();
+        let resource = resource_of(request.uri().path());
+        self.metrics.kube_requests.get_or_create(&KubeRequestLabels { kind, resource }).inc();
         self.inner.call(request)
     }
 }
@@ -75,5 +99,15 @@ mod tests {
         assert_eq!(kind_of(&Method::GET, Some("limit=1")), "read");
         assert_eq!(kind_of(&Method::PATCH, None), "write");
         assert_eq!(kind_of(&Method::POST, None), "write");
+    }
+
+    #[test]
+    fn requests_are_told_apart_by_the_kind_of_object() {
+        assert_eq!(resource_of("/apis/gpushopper.dev/v1alpha1/namespaces/ns/gpusessions/s/status"), "gpusessions");
+        assert_eq!(resource_of("/apis/gpushopper.dev/v1alpha1/gpusessions"), "gpusessions");
+        assert_eq!(resource_of("/api/v1/namespaces/ns/secrets/s-ssh"), "secrets");
+        assert_eq!(resource_of("/apis/coordination.k8s.io/v1/namespaces/ns/leases/gpu-shopper-d"), "leases");
+        assert_eq!(resource_of("/apis/events.k8s.io/v1/namespaces/ns/events"), "events");
+        assert_eq!(resource_of("/version"), "other");
     }
 }

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 
 pub use context::Context;
@@ -68,15 +68,27 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
         }
     };
 
+    // The Secrets the operator made are watched once: the watch triggers the session
+    // controller and fills the cache the reconciler reads keys from.
     let owned_secrets = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
-    let sessions = Controller::new(scoped::<GpuSession>(&client, namespace), watcher::Config::default())
-        .owns(scoped::<Secret>(&client, namespace), owned_secrets)
+    let (secret_store, secret_writer) = reflector::store::<Secret>();
+    let secret_stream =
+        reflector(secret_writer, watcher(scoped::<Secret>(&client, namespace), owned_secrets)).applied_objects();
+    let session_controller = Controller::new(scoped::<GpuSession>(&client, namespace), watcher::Config::default())
+        .owns_stream(secret_stream)
         .reconcile_on(ctx.woken_sessions())
-        .shutdown_on_signal()
+        .shutdown_on_signal();
+    let filter_controller =
+        Controller::new(scoped::<GpuOfferFilter>(&client, namespace), watcher::Config::default()).shutdown_on_signal();
+    ctx.set_stores(context::Stores {
+        sessions: session_controller.store(),
+        filters: filter_controller.store(),
+        secrets: secret_store,
+    });
+    let sessions = session_controller
         .run(session::reconcile, context::error_policy, ctx.clone())
         .for_each(|result| async move { context::log_outcome("gpusession", result) });
-    let filters = Controller::new(scoped::<GpuOfferFilter>(&client, namespace), watcher::Config::default())
-        .shutdown_on_signal()
+    let filters = filter_controller
         .run(offer_filter::reconcile, context::error_policy, ctx.clone())
         .for_each(|result| async move { context::log_outcome("gpuofferfilter", result) });
 

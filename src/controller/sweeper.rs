@@ -15,6 +15,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
+
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::runtime::events::{Event as RecordedEvent, EventType};
 use kube::{Api, Resource, ResourceExt};
@@ -93,12 +95,22 @@ pub async fn sweep(ctx: &Context, provider: &dyn Provider, seen: &mut Seen) {
         Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
         None => Api::all(ctx.client.clone()),
     };
-    let sessions = match api.list(&ListParams::default()).await {
-        Ok(list) => list.items,
-        Err(error) => {
-            tracing::warn!(%error, "sweep skipped: cannot list GpuSessions, so nothing may be destroyed");
-            return;
+    // The session controller's cache once it has listed everything; the API server before that.
+    let cached = match ctx.stores() {
+        Some(stores) if stores.sessions.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok()) => {
+            Some(stores.sessions.state().iter().map(|s| s.as_ref().clone()).collect::<Vec<_>>())
         }
+        _ => None,
+    };
+    let sessions = match cached {
+        Some(sessions) => sessions,
+        None => match api.list(&ListParams::default()).await {
+            Ok(list) => list.items,
+            Err(error) => {
+                tracing::warn!(%error, "sweep skipped: cannot list GpuSessions, so nothing may be destroyed");
+                return;
+            }
+        },
     };
     let by_uid: HashMap<String, &GpuSession> = sessions.iter().filter_map(|s| Some((s.uid()?, s))).collect();
     let mut still_unowned = HashSet::new();

@@ -72,7 +72,7 @@ pub struct OfferRequirements {
 
     /// Highest acceptable price for the whole machine, in US dollars per hour. Must be greater than 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self > 0.0").message("maxPricePerHour must be greater than 0"))]
+    #[x_kube(validation = Rule::new("self > 0.0 && self <= 1000.0").message("maxPricePerHour must be greater than 0 and at most 1000"))]
     pub max_price_per_hour: Option<f64>,
 
     /// Marketplaces to shop on. Empty allows every configured marketplace.
@@ -81,11 +81,12 @@ pub struct OfferRequirements {
 
     /// Countries whose hosts are refused, as ISO 3166-1 alpha-2 codes (for example "CN").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(inner(regex(pattern = r"^[A-Z]{2}$")))]
+    #[schemars(length(max = 250), inner(regex(pattern = r"^[A-Z]{2}$")))]
     pub excluded_countries: Vec<String>,
 
     /// Regions whose hosts are refused: an offer whose location contains one of these strings (ignoring case, for example "Texas" or "Europe") is skipped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 128)))]
     pub excluded_regions: Vec<String>,
 
     /// Minimum host reliability as reported by the marketplace, from 0 to 1.
@@ -95,12 +96,12 @@ pub struct OfferRequirements {
 
     /// Minimum download bandwidth of the host, in Mb/s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0))]
+    #[schemars(range(min = 0.0, max = 1000000.0))]
     pub min_download_mbps: Option<f64>,
 
     /// Minimum upload bandwidth of the host, in Mb/s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0))]
+    #[schemars(range(min = 0.0, max = 1000000.0))]
     pub min_upload_mbps: Option<f64>,
 
     /// Which billing model to accept: OnDemand (default), Interruptible, or Any.

@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 
 use super::secret::SessionKey;
 use super::teardown;
@@ -216,7 +217,17 @@ pub(super) async fn effective_requirements(
     let Some(filter_ref) = &step.session.spec.offer_filter_ref else { return Ok(Ok(inline)) };
     let namespace = step.session.namespace().unwrap_or_default();
     let filters: Api<GpuOfferFilter> = Api::namespaced(step.ctx.client.clone(), &namespace);
-    let Some(filter) = filters.get_opt(&filter_ref.name).await? else {
+    // From the filter controller's cache when it holds it; the API server only when it does not.
+    let cached = step
+        .ctx
+        .stores()
+        .and_then(|stores| stores.filters.get(&ObjectRef::new(&filter_ref.name).within(&namespace)))
+        .map(|filter| filter.as_ref().clone());
+    let found = match cached {
+        Some(filter) => Some(filter),
+        None => filters.get_opt(&filter_ref.name).await?,
+    };
+    let Some(filter) = found else {
         return Ok(Err((
             "OfferFilterNotFound",
             format!(

@@ -84,7 +84,6 @@ async fn instance_running(step: &mut Step<'_>, limits: &StageTimeouts) -> Result
             instance.provider, target.user, target.host, target.port
         );
         step.condition(types::INSTANCE_RUNNING, true, "Running", message.clone());
-        step.event(false, "InstanceRunning", &message);
         step.phase(SessionPhase::Verifying, "InstanceRunning", message);
         return Ok(Action::requeue(super::NEXT_STAGE));
     }
@@ -143,7 +142,6 @@ async fn ssh_ready(step: &mut Step<'_>, key: &SessionKey, limits: &StageTimeouts
                 endpoint.user, endpoint.host, endpoint.port, out.host_fingerprint
             );
             step.condition(types::SSH_READY, true, "LoggedIn", message.clone());
-            step.event(false, "SSHReady", message);
             Ok(Action::requeue(super::NEXT_STAGE))
         }
         Err(error @ SshError::HostKeyChanged { .. }) => {
@@ -235,8 +233,7 @@ async fn cuda_verified(step: &mut Step<'_>, key: &SessionKey, limits: &StageTime
         return host_failed(step, "GPUCountMismatch", format!("asked for {count} GPUs, nvidia-smi shows {summary}"))
             .await;
     }
-    step.condition(types::CUDA_VERIFIED, true, "Verified", summary.clone());
-    step.event(false, "CUDAVerified", summary);
+    step.condition(types::CUDA_VERIFIED, true, "Verified", summary);
     Ok(Action::requeue(super::NEXT_STAGE))
 }
 
@@ -372,7 +369,17 @@ async fn ready(step: &mut Step<'_>) -> Result<Action> {
     step.condition(types::READY, true, "AllStagesPassed", message.clone());
     step.phase(SessionPhase::Running, "Ready", message);
     step.status.started_at = Some(step.time());
-    step.event(false, "Ready", "every stage passed: the machine is handed over");
+    // One Event tells the whole proof (each stage's detail is in its condition).
+    let ssh = step.status.ssh.as_ref().map(|e| {
+        format!("SSH {}@{}:{} (host key {})", e.user, e.host, e.port, e.host_key_fingerprint.as_deref().unwrap_or("?"))
+    });
+    let found = step
+        .status
+        .verified
+        .as_ref()
+        .map(|v| format!("{}x {}, driver {}, CUDA {}", v.gpu_count, v.gpu_name, v.driver_version, v.cuda_version));
+    let proof: Vec<String> = [ssh, found].into_iter().flatten().collect();
+    step.event(false, "Ready", format!("every stage passed, the machine is handed over: {}", proof.join("; ")));
     step.observe_time_to_ready();
     super::running::set_expiry(step);
     Ok(Action::requeue(super::NEXT_STAGE))
