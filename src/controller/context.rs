@@ -30,6 +30,9 @@ pub struct Stores {
     pub secrets: Store<Secret>,
 }
 
+/// SSH sessions the operator keeps open at once (each holds buffers and a handshake's state).
+pub const MAX_CONCURRENT_SSH: usize = 32;
+
 /// Name of this controller in Events and field managers.
 pub const CONTROLLER_NAME: &str = "gpu-shopper";
 
@@ -50,6 +53,9 @@ pub struct Context {
     woken: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ObjectRef<GpuSession>>>>,
     /// Phase and provider of each session seen, for the `gpu_sessions_active` gauge.
     session_phases: Mutex<HashMap<String, (String, String, f64)>>,
+    /// SSH sessions open at once, across every session: memory does not grow with the
+    /// number of machines being verified.
+    pub ssh_permits: tokio::sync::Semaphore,
     /// The watches' caches, set once the controllers start.
     stores: std::sync::OnceLock<Stores>,
     /// When each running session's machine was last checked over SSH (Job exit, idleness).
@@ -79,6 +85,7 @@ impl Context {
             session_phases: Mutex::default(),
             machine_checks: Mutex::default(),
             stores: std::sync::OnceLock::new(),
+            ssh_permits: tokio::sync::Semaphore::new(MAX_CONCURRENT_SSH),
             failures: Mutex::default(),
         }
     }

@@ -73,7 +73,7 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
     let owned_secrets = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
     let (secret_store, secret_writer) = reflector::store::<Secret>();
     let secret_stream =
-        reflector(secret_writer, watcher(scoped::<Secret>(&client, namespace), owned_secrets)).applied_objects();
+        reflector(secret_writer, watcher(scoped::<Secret>(&client, namespace), owned_secrets)).touched_objects();
     let session_controller = Controller::new(scoped::<GpuSession>(&client, namespace), watcher::Config::default())
         .owns_stream(secret_stream)
         .reconcile_on(ctx.woken_sessions())

@@ -136,7 +136,7 @@ pub async fn sweep(ctx: &Context, provider: &dyn Provider, seen: &mut Seen) {
             continue;
         }
         match destroy_confirmed(provider, &instance.id).await {
-            Ok(()) => {
+            Ok(_) => {
                 ctx.inventory.mark_destroyed(name, &instance.id);
                 seen.remove(&instance.id);
                 still_unowned.remove(&instance.id);

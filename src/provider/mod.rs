@@ -56,18 +56,33 @@ pub trait Provider: Send + Sync {
     }
 }
 
+/// How an instance came to be gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gone {
+    /// This call destroyed it.
+    Now,
+    /// It was gone before this call (destroyed earlier, by us or anyone): its billing ended before.
+    Already,
+}
+
+fn is_gone(instance: &Option<Instance>) -> bool {
+    instance.as_ref().is_none_or(|i| i.state == InstanceState::Destroyed)
+}
+
 /// Destroys `id` and counts it done only when the marketplace shows it gone or
 /// destroyed: a destroy refused inside a successful answer, or one the
 /// marketplace has not acted on yet, is an error to retry, never a success.
-pub async fn destroy_confirmed(provider: &dyn Provider, id: &str) -> Result<(), ProviderError> {
+pub async fn destroy_confirmed(provider: &dyn Provider, id: &str) -> Result<Gone, ProviderError> {
+    if is_gone(&provider.get_instance(id).await?) {
+        return Ok(Gone::Already);
+    }
     provider.destroy_instance(id).await?;
     match provider.get_instance(id).await? {
-        None => Ok(()),
-        Some(instance) if instance.state == InstanceState::Destroyed => Ok(()),
-        Some(instance) => Err(ProviderError::StillExists {
+        instance if is_gone(&instance) => Ok(Gone::Now),
+        instance => Err(ProviderError::StillExists {
             provider: provider.name(),
             id: id.to_string(),
-            state: format!("{:?}", instance.state),
+            state: instance.map(|i| format!("{:?}", i.state)).unwrap_or_default(),
         }),
     }
 }

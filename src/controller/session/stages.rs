@@ -124,6 +124,7 @@ pub async fn run_on_machine(
         user: &endpoint.user,
         pinned_fingerprint: endpoint.host_key_fingerprint.as_deref(),
     };
+    let _permit = step.ctx.ssh_permits.acquire().await.expect("the SSH semaphore is never closed");
     ssh::run(&target, Arc::new(private), command, SSH_CALL).await
 }
 

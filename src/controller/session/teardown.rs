@@ -12,7 +12,7 @@ use crate::crd::SessionPhase;
 use crate::crd::conditions::types;
 use crate::error::{Error, Result};
 use crate::metrics::ProviderLabels;
-use crate::provider::{ProviderError, destroy_confirmed};
+use crate::provider::{Gone, ProviderError, destroy_confirmed};
 
 /// Destroys the recorded instance unless already released, and waits for the marketplace to confirm it.
 pub async fn release(step: &mut Step<'_>) -> Result<()> {
@@ -31,13 +31,27 @@ pub async fn release_at(step: &mut Step<'_>, billing_ended: Option<Timestamp>) -
         step.event(true, "DestroyFailed", &message);
         return Err(ProviderError::AuthFailed { provider: provider_name, status: 0 }.into());
     };
-    if let Err(error) = destroy_confirmed(provider.as_ref(), &id).await {
-        step.ctx.metrics.destroy_failures.get_or_create(&ProviderLabels { provider: provider_name.as_str() }).inc();
-        step.event(true, "DestroyFailed", format!("destroying instance {id} failed, will retry: {error}"));
-        return Err(error.into());
-    }
+    let gone = match destroy_confirmed(provider.as_ref(), &id).await {
+        Ok(gone) => gone,
+        Err(error) => {
+            step.ctx.metrics.destroy_failures.get_or_create(&ProviderLabels { provider: provider_name.as_str() }).inc();
+            step.event(true, "DestroyFailed", format!("destroying instance {id} failed, will retry: {error}"));
+            return Err(error.into());
+        }
+    };
     step.ctx.inventory.mark_destroyed(provider_name, &id);
     step.destroyed_a_machine = true;
+    // Gone before this step (destroyed by a step whose status write was lost, or by
+    // anyone): billing ended at the latest when it was last known alive.
+    let last_known_alive = || {
+        let rented = step.status.rented_at.as_ref().map(|t| t.0);
+        let costed = step.status.accrued_cost_at.as_ref().map(|t| t.0);
+        step.ctx.inventory.last_alive(provider_name, &id).or(rented.max(costed))
+    };
+    let billing_ended = match gone {
+        Gone::Now => billing_ended,
+        Gone::Already => billing_ended.or_else(last_known_alive),
+    };
     let ended = billing_ended.map(|t| t.min(step.now)).unwrap_or(step.now);
     step.status.released_at = Some(Time(ended));
     settle_cost(step);
@@ -96,7 +110,7 @@ pub async fn destroy_unrecorded(step: &mut Step<'_>) -> Result<()> {
             continue;
         }
         let Some(provider) = step.ctx.provider(instance.provider).cloned() else { continue };
-        if let Err(error) = destroy_confirmed(provider.as_ref(), &instance.id).await {
+        if let Err(error) = destroy_confirmed(provider.as_ref(), &instance.id).await.map(|_| ()) {
             step.ctx
                 .metrics
                 .destroy_failures
