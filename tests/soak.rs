@@ -169,7 +169,9 @@ async fn observe(
     for (uid, ids) in &per_uid {
         if ids.len() > 1 {
             let since = *observer.doubled_since.entry(uid.clone()).or_insert_with(Instant::now);
-            if since.elapsed() > STRAY_GRACE + 2 * INTERVAL + SLACK {
+            // A restart starts the sweeper's grace over: that window is exempt.
+            let restarted = observer.restarted_at.is_some_and(|r| r.elapsed() < since.elapsed() + SLACK);
+            if since.elapsed() > STRAY_GRACE + 2 * INTERVAL + SLACK && !restarted {
                 counts.double_instances.push(format!("session {uid}: instances {ids:?} for {:?}", since.elapsed()));
                 observer.doubled_since.remove(uid);
             }
