@@ -290,3 +290,26 @@ async fn a_key_secret_deleted_while_the_machine_runs_is_reported_and_healed_wher
     assert!(on_machine.iter().any(|k| k.trim() == public(&new)), "Vast attached the new key: {on_machine:?}");
     h.finish().await;
 }
+
+#[tokio::test]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn a_session_deleted_while_its_lost_create_is_still_landing_goes_only_after_that_machine_is_destroyed() {
+    // A machine may land up to the stray grace late; this one lands 3 s late, within 5 s.
+    let h = Harness::with_env("landing", fast_market(), &[("STRAY_GRACE_PERIOD", "5s")]).await;
+    // The create's answer is lost and the machine appears in listings only 3 s later.
+    let late = Faults { lose_create_responses: 1, late_creates: 1, late_by_ms: 3_000, ..Default::default() };
+    h.sim.set_faults(ProviderName::Vastai, late);
+    h.apply("s", on("vastai")).await;
+    wait_for("the first create to be sent", WAIT, || async { (!h.sim.instances().is_empty()).then_some(()) }).await;
+    h.sessions.delete("s", &Default::default()).await.unwrap();
+    wait_for("the session to be gone", WAIT, || async {
+        h.sessions.get_opt("s").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(
+        h.live_instances().is_empty(),
+        "the session went while a machine of it still bills: {:?}",
+        h.live_instances()
+    );
+    h.finish().await;
+}

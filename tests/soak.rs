@@ -117,6 +117,8 @@ struct Observer {
     /// while a marketplace's listings fail, or no controller runs, nothing can notice a lost machine.
     faulted_at: HashMap<ProviderName, Instant>,
     restarted_at: Option<Instant>,
+    /// Wall-clock times of every restart, to compare with the times in status.
+    restarts: Vec<jiff::Timestamp>,
 }
 
 /// Soak timings (the controller's env below): inventory interval, stray grace.
@@ -209,8 +211,14 @@ async fn observe(
             }
             observer.befallen.remove(id);
         }
-        // Status never shows more than the marketplace billed, beyond one interval's worth.
-        if let (Some(shown), Some((billed, price))) = (st.accrued_cost_usd, bills.get(uid))
+        // Status never shows more than the marketplace billed, beyond one interval's worth. A machine
+        // lost while no controller ran cannot be dated better than the last look before the restart.
+        let rented = st.rented_at.as_ref().map(|t| t.0);
+        let crossed_a_restart = rented.is_some_and(|rented| {
+            let ended = st.released_at.as_ref().map(|t| t.0).unwrap_or_else(jiff::Timestamp::now);
+            observer.restarts.iter().any(|r| *r >= rented && *r <= ended)
+        });
+        if let (Some(shown), Some((billed, price)), false) = (st.accrued_cost_usd, bills.get(uid), crossed_a_restart)
             && shown > billed + price * INTERVAL.as_secs_f64() / 3600.0 + 0.0001
         {
             counts.cost_above_bill.push(format!(
@@ -259,6 +267,7 @@ async fn soak() {
         befallen: HashMap::new(),
         faulted_at: HashMap::new(),
         restarted_at: None,
+        restarts: Vec::new(),
     };
     let mut fault_resets: Vec<(Instant, ProviderName)> = Vec::new();
     let mut private_keys: HashSet<String> = HashSet::new();
@@ -328,6 +337,7 @@ async fn soak() {
         if rng.random_bool(0.03) {
             controller.restart(); // SIGKILL, then a fresh process
             observer.restarted_at = Some(Instant::now());
+            observer.restarts.push(jiff::Timestamp::now());
             counts.restarts += 1;
         }
         if tick.is_multiple_of(10)

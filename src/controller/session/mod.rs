@@ -111,6 +111,11 @@ impl<'a> Step<'a> {
         }
     }
 
+    /// The status as it was last stored (before this step changed anything).
+    pub fn stored_status(&self) -> &GpuSessionStatus {
+        &self.stored
+    }
+
     fn api(&self) -> Api<GpuSession> {
         Api::namespaced(self.ctx.client.clone(), &self.session.namespace().unwrap_or_default())
     }

@@ -85,7 +85,8 @@ async fn lost(step: &mut Step<'_>, loss: Loss) -> Result<Action> {
     // counted its cost while it was believed alive is the best bound there is.
     let last_alive: Option<Timestamp> = step.ctx.inventory.last_alive(provider, &id).or_else(|| {
         let rented = step.status.rented_at.as_ref().map(|t| t.0);
-        let costed = step.status.accrued_cost_at.as_ref().map(|t| t.0);
+        // The stored one: this step's own cost refresh says nothing about the machine.
+        let costed = step.stored_status().accrued_cost_at.as_ref().map(|t| t.0);
         rented.max(costed)
     });
     let policy = step.session.spec.instance_loss_policy();

@@ -45,7 +45,7 @@ pub async fn release_at(step: &mut Step<'_>, billing_ended: Option<Timestamp>) -
     // anyone): billing ended at the latest when it was last known alive.
     let last_known_alive = || {
         let rented = step.status.rented_at.as_ref().map(|t| t.0);
-        let costed = step.status.accrued_cost_at.as_ref().map(|t| t.0);
+        let costed = step.stored_status().accrued_cost_at.as_ref().map(|t| t.0);
         step.ctx.inventory.last_alive(provider_name, &id).or(rented.max(costed))
     };
     let billing_ended = match gone {
@@ -95,12 +95,23 @@ pub async fn end(step: &mut Step<'_>, phase: SessionPhase, reason: &str, message
 /// last listing is enough (the sweeper destroys anything that shows up later).
 pub async fn destroy_unrecorded(step: &mut Step<'_>) -> Result<()> {
     let uid = step.session.uid().unwrap_or_default();
+    // A create whose answer was lost may land late, invisible to every listing for a
+    // while: hold the finalizer until a listing sent after the stray grace shows it.
+    let window = jiff::SignedDuration::try_from(step.ctx.config.stray_grace_period).unwrap_or_default();
     for intent in step.status.pending_creates.clone() {
-        if !step.ctx.inventory.listed_since(intent.provider, intent.settled_by_listings_after())
+        if !step.ctx.inventory.listed_since(intent.provider, intent.settled_by_listings_after() + window)
             && step.ctx.provider(intent.provider).is_some()
         {
             step.ctx.inventory.request_refresh(intent.provider);
             return Err(Error::WaitingForListing { provider: intent.provider, sent_at: intent.sent_at.0.to_string() });
+        }
+    }
+    for attempt in step.status.attempts.iter().filter(|a| may_have_landed(&a.reason)) {
+        let Some(provider) = attempt.provider.filter(|p| step.ctx.provider(*p).is_some()) else { continue };
+        let until = attempt.time.0 + window + jiff::SignedDuration::from_secs(1);
+        if !step.ctx.inventory.listed_since(provider, until) {
+            step.ctx.inventory.request_refresh(provider);
+            return Err(Error::WaitingForListing { provider, sent_at: attempt.time.0.to_string() });
         }
     }
     for instance in step.ctx.inventory.labelled_for(&uid) {
@@ -127,4 +138,9 @@ pub async fn destroy_unrecorded(step: &mut Step<'_>) -> Result<()> {
     }
     step.status.pending_creates.clear();
     Ok(())
+}
+
+/// An attempt whose create may have reached the marketplace although no answer said so.
+fn may_have_landed(reason: &str) -> bool {
+    matches!(reason, "ProviderTimeout" | "ProviderUnavailable" | "BadResponse")
 }
