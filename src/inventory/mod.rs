@@ -136,9 +136,8 @@ impl Inventory {
     /// The last successful listing of `provider`, without instances this process destroyed.
     pub fn snapshot(&self, provider: ProviderName) -> Option<Snapshot> {
         self.with_entry(provider, |entry| {
-            let mut snapshot = entry.last.clone()?;
-            snapshot.instances.retain(|i| !hidden(entry, i, snapshot.started));
-            Some(snapshot)
+            let started = entry.last.as_ref()?.started;
+            Some(Snapshot { started, instances: visible(entry).cloned().collect() })
         })
         .flatten()
     }
@@ -154,26 +153,35 @@ impl Inventory {
     }
 
     /// Every listed instance, on any marketplace, labelled for the session `uid` and not destroyed.
+    /// Searched in place: every reconcile asks, so no listing is copied for it.
     pub fn labelled_for(&self, uid: &str) -> Vec<Instance> {
         let mut found = Vec::new();
         for provider in self.marketplaces.keys() {
-            if let Some(snapshot) = self.snapshot(*provider) {
-                found.extend(snapshot.instances.into_iter().filter(|i| {
-                    i.label.as_ref().is_some_and(|l| l.session_uid == uid) && i.state != InstanceState::Destroyed
-                }));
-            }
+            self.with_entry(*provider, |entry| {
+                found.extend(
+                    visible(entry)
+                        .filter(|i| {
+                            i.label.as_ref().is_some_and(|l| l.session_uid == uid)
+                                && i.state != InstanceState::Destroyed
+                        })
+                        .cloned(),
+                );
+            });
         }
         found
     }
 
     /// What the last listing says about instance `id`, which exists since `since`.
     pub fn presence(&self, provider: ProviderName, id: &str, since: Timestamp) -> Presence {
-        let Some(snapshot) = self.snapshot(provider) else { return Presence::Unknown };
-        match snapshot.instances.into_iter().find(|i| i.id == id) {
-            Some(instance) => Presence::Listed(Box::new(instance)),
-            None if snapshot.started > since => Presence::Absent { listed: snapshot.started },
-            None => Presence::Unknown,
-        }
+        self.with_entry(provider, |entry| {
+            let Some(started) = entry.last.as_ref().map(|s| s.started) else { return Presence::Unknown };
+            match visible(entry).find(|i| i.id == id) {
+                Some(instance) => Presence::Listed(Box::new(instance.clone())),
+                None if started > since => Presence::Absent { listed: started },
+                None => Presence::Unknown,
+            }
+        })
+        .unwrap_or(Presence::Unknown)
     }
 
     /// When instance `id` was last listed alive, as far as this process knows.
@@ -190,9 +198,13 @@ impl Inventory {
     }
 }
 
-/// An instance this process destroyed after the listing was sent.
-fn hidden(entry: &Entry, instance: &Instance, listed: Timestamp) -> bool {
-    entry.tombstones.get(&instance.id).is_some_and(|destroyed| *destroyed >= listed)
+/// The last listing's instances, without those this process destroyed after it was sent.
+fn visible(entry: &Entry) -> impl Iterator<Item = &Instance> {
+    entry.last.iter().flat_map(move |snapshot| {
+        snapshot.instances.iter().filter(move |instance| {
+            entry.tombstones.get(&instance.id).is_none_or(|destroyed| *destroyed < snapshot.started)
+        })
+    })
 }
 
 #[cfg(test)]
