@@ -30,6 +30,23 @@ pub struct Stores {
     pub secrets: Store<Secret>,
 }
 
+/// `name` in `namespace` from a watch's cache when it holds it, else from the API
+/// server (the cache may not have seen a new object yet, or not hold that kind).
+pub async fn cached_or_get<K>(
+    store: Option<&Store<K>>,
+    api: &kube::Api<K>,
+    namespace: &str,
+    name: &str,
+) -> kube::Result<Option<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match store.and_then(|store| store.get(&ObjectRef::new(name).within(namespace))) {
+        Some(cached) => Ok(Some(cached.as_ref().clone())),
+        None => api.get_opt(name).await,
+    }
+}
+
 /// SSH sessions the operator keeps open at once (each holds buffers and a handshake's state).
 pub const MAX_CONCURRENT_SSH: usize = 32;
 

@@ -22,8 +22,9 @@ use kube::runtime::events::{Event as RecordedEvent, EventType};
 use kube::{Api, Resource, ResourceExt};
 
 use super::context::{CONTROLLER_NAME, Context};
-use crate::crd::{GpuSession, ProviderName, SessionPhase};
-use crate::inventory::Snapshot;
+use crate::crd::session::after_stored;
+use crate::crd::{GpuSession, GpuSessionStatus, ProviderName, SessionPhase};
+use crate::inventory::{Presence, Snapshot};
 use crate::metrics::ProviderLabels;
 use crate::provider::{Instance, InstanceLabel, InstanceState, Provider, destroy_confirmed};
 
@@ -73,7 +74,8 @@ fn judge(instance: &Instance, provider: ProviderName, sessions: &HashMap<String,
     }
     let label = instance.label.as_ref()?;
     let Some(session) = sessions.get(&label.session_uid) else { return Some(Unowned::Orphan) };
-    let status = session.status.clone().unwrap_or_default();
+    let none = GpuSessionStatus::default();
+    let status = session.status.as_ref().unwrap_or(&none);
     let recorded = status.provider == Some(provider) && status.instance_id.as_deref() == Some(instance.id.as_str());
     let ended = matches!(status.phase, Some(SessionPhase::Succeeded | SessionPhase::Failed));
     match (recorded, status.instance_id.is_some()) {
@@ -98,21 +100,21 @@ pub async fn sweep(ctx: &Context, provider: &dyn Provider, seen: &mut Seen) {
     // The session controller's cache once it has listed everything; the API server before that.
     let cached = match ctx.stores() {
         Some(stores) if stores.sessions.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok()) => {
-            Some(stores.sessions.state().iter().map(|s| s.as_ref().clone()).collect::<Vec<_>>())
+            Some(stores.sessions.state())
         }
         _ => None,
     };
-    let sessions = match cached {
+    let sessions: Vec<Arc<GpuSession>> = match cached {
         Some(sessions) => sessions,
         None => match api.list(&ListParams::default()).await {
-            Ok(list) => list.items,
+            Ok(list) => list.items.into_iter().map(Arc::new).collect(),
             Err(error) => {
                 tracing::warn!(%error, "sweep skipped: cannot list GpuSessions, so nothing may be destroyed");
                 return;
             }
         },
     };
-    let by_uid: HashMap<String, &GpuSession> = sessions.iter().filter_map(|s| Some((s.uid()?, s))).collect();
+    let by_uid: HashMap<String, &GpuSession> = sessions.iter().filter_map(|s| Some((s.uid()?, s.as_ref()))).collect();
     let mut still_unowned = HashSet::new();
     for instance in &snapshot.instances {
         let Some(label) = instance.label.clone() else { continue };
@@ -158,7 +160,7 @@ pub async fn sweep(ctx: &Context, provider: &dyn Provider, seen: &mut Seen) {
 
 /// Wakes every session this listing says something new about: its machine is
 /// missing or no longer alive, or a create it is waiting on can now be settled.
-fn wake_affected(ctx: &Context, provider: ProviderName, snapshot: &Snapshot, sessions: &[GpuSession]) {
+fn wake_affected(ctx: &Context, provider: ProviderName, snapshot: &Snapshot, sessions: &[Arc<GpuSession>]) {
     for session in sessions {
         let Some(status) = session.status.as_ref() else { continue };
         let settles = status
@@ -168,11 +170,13 @@ fn wake_affected(ctx: &Context, provider: ProviderName, snapshot: &Snapshot, ses
         let machine_changed = status.provider == Some(provider)
             && status.released_at.is_none()
             && status.instance_id.as_ref().is_some_and(|id| {
-                let listed = snapshot.instances.iter().find(|i| &i.id == id);
-                let rented = status.rented_at.as_ref().map(|t| t.0).unwrap_or(snapshot.started);
-                match listed {
-                    Some(instance) => matches!(instance.state, InstanceState::Stopped | InstanceState::Destroyed),
-                    None => snapshot.started > rented + jiff::SignedDuration::from_secs(1),
+                let since = status.rented_at.as_ref().map(after_stored).unwrap_or(snapshot.started);
+                match ctx.inventory.presence(provider, id, since) {
+                    Presence::Listed(instance) => {
+                        matches!(instance.state, InstanceState::Stopped | InstanceState::Destroyed)
+                    }
+                    Presence::Absent { .. } => true,
+                    Presence::Unknown => false,
                 }
             });
         if settles || machine_changed {
@@ -235,7 +239,6 @@ async fn orphan_event(ctx: &Context, provider: ProviderName, instance_id: &str, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::GpuSessionStatus;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn instance(id: &str, uid: &str) -> Instance {

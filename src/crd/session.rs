@@ -451,11 +451,16 @@ pub struct CreateIntent {
 }
 
 impl CreateIntent {
-    /// A listing sent after this moment shows whether the create landed. Stored
-    /// times keep whole seconds only, so the next whole second is the safe bound.
+    /// A listing sent after this moment shows whether the create landed.
     pub fn settled_by_listings_after(&self) -> jiff::Timestamp {
-        self.sent_at.0.checked_add(jiff::SignedDuration::from_secs(1)).unwrap_or(self.sent_at.0)
+        after_stored(&self.sent_at)
     }
+}
+
+/// The earliest moment surely after a time read back from status: stored times
+/// keep whole seconds only, so the next whole second is the safe bound.
+pub fn after_stored(time: &Time) -> jiff::Timestamp {
+    time.0.checked_add(jiff::SignedDuration::from_secs(1)).unwrap_or(time.0)
 }
 
 /// How a Job workload ended.

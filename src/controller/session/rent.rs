@@ -8,11 +8,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 
 use super::secret::SessionKey;
 use super::teardown;
 use super::{PROVISIONING_POLL, Step};
+use crate::controller::context::cached_or_get;
 use crate::crd::conditions::types;
 use crate::crd::session::{Attempt, CreateIntent};
 use crate::crd::{GpuOfferFilter, OfferRequirements, ProviderName, SessionPhase, WorkloadKind};
@@ -217,17 +217,8 @@ pub(super) async fn effective_requirements(
     let Some(filter_ref) = &step.session.spec.offer_filter_ref else { return Ok(Ok(inline)) };
     let namespace = step.session.namespace().unwrap_or_default();
     let filters: Api<GpuOfferFilter> = Api::namespaced(step.ctx.client.clone(), &namespace);
-    // From the filter controller's cache when it holds it; the API server only when it does not.
-    let cached = step
-        .ctx
-        .stores()
-        .and_then(|stores| stores.filters.get(&ObjectRef::new(&filter_ref.name).within(&namespace)))
-        .map(|filter| filter.as_ref().clone());
-    let found = match cached {
-        Some(filter) => Some(filter),
-        None => filters.get_opt(&filter_ref.name).await?,
-    };
-    let Some(filter) = found else {
+    let cache = step.ctx.stores().map(|stores| &stores.filters);
+    let Some(filter) = cached_or_get(cache, &filters, &namespace, &filter_ref.name).await? else {
         return Ok(Err((
             "OfferFilterNotFound",
             format!(

@@ -52,7 +52,7 @@ fn until_budget(budget: f64, cost: f64, price: f64) -> Duration {
 }
 
 pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
-    teardown::settle_cost(step);
+    // The cost is already settled: `limits::enforce` runs before every step.
     set_expiry(step); // the spec's duration may have been extended
 
     if let Some(expires) = step.status.expires_at.as_ref().map(|t| t.0)

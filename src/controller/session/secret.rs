@@ -7,11 +7,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use secrecy::SecretString;
 
-use crate::controller::context::Context;
+use crate::controller::context::{Context, cached_or_get};
 use crate::controller::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::crd::GpuSession;
 use crate::error::{Error, Result};
@@ -54,16 +53,8 @@ pub async fn ensure(session: &GpuSession, ctx: &Context) -> Result<std::result::
     let namespace = session.namespace().unwrap_or_default();
     let secrets = secrets(session, ctx);
     let name = secret_name(session);
-    // From the watch's cache when it holds it; the API server only when it does not (yet).
-    let cached = ctx
-        .stores()
-        .and_then(|stores| stores.secrets.get(&ObjectRef::new(&name).within(&namespace)))
-        .map(|secret| secret.as_ref().clone());
-    let existing = match cached {
-        Some(secret) => Some(secret),
-        None => secrets.get_opt(&name).await?,
-    };
-    if let Some(existing) = existing {
+    let cache = ctx.stores().map(|stores| &stores.secrets);
+    if let Some(existing) = cached_or_get(cache, &secrets, &namespace, &name).await? {
         if !owned_by(&existing, session) {
             return Ok(Err(format!(
                 "Secret {name:?} already exists and is not owned by this GpuSession: the operator will not use or overwrite it; delete or rename it, or rename the session"

@@ -9,7 +9,7 @@ use kube::runtime::controller::Action;
 
 use super::{Step, stages, teardown};
 use crate::crd::conditions::types;
-use crate::crd::session::InstanceLossPolicy;
+use crate::crd::session::{InstanceLossPolicy, after_stored};
 use crate::crd::{Billing, SessionPhase};
 use crate::error::Result;
 use crate::inventory::Presence;
@@ -28,8 +28,7 @@ pub async fn step(step: &mut Step<'_>) -> Result<Option<Action>> {
     else {
         return Ok(None);
     };
-    // Stored times keep whole seconds: a listing must start a second later to be sure to include it.
-    let since = step.status.rented_at.as_ref().map(|t| t.0).unwrap_or(step.now) + jiff::SignedDuration::from_secs(1);
+    let since = step.status.rented_at.as_ref().map(after_stored).unwrap_or(step.now);
     let loss = match step.ctx.inventory.presence(provider, &id, since) {
         Presence::Listed(instance) => judge(step, &instance),
         // A listing can lag a marketplace's truth: one direct lookup decides.
@@ -80,15 +79,7 @@ fn judge(step: &Step<'_>, instance: &Instance) -> Option<Loss> {
 }
 
 async fn lost(step: &mut Step<'_>, loss: Loss) -> Result<Action> {
-    let (provider, id) = (step.status.provider.expect("checked"), step.status.instance_id.clone().expect("checked"));
-    // When this process never saw it alive (it restarted since), the last time status
-    // counted its cost while it was believed alive is the best bound there is.
-    let last_alive: Option<Timestamp> = step.ctx.inventory.last_alive(provider, &id).or_else(|| {
-        let rented = step.status.rented_at.as_ref().map(|t| t.0);
-        // The stored one: this step's own cost refresh says nothing about the machine.
-        let costed = step.stored_status().accrued_cost_at.as_ref().map(|t| t.0);
-        rented.max(costed)
-    });
+    let last_alive: Option<Timestamp> = teardown::last_known_alive(step);
     let policy = step.session.spec.instance_loss_policy();
     let next = match policy {
         InstanceLossPolicy::Replace => "another machine will be rented (spec.onInstanceLoss: Replace)",

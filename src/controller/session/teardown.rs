@@ -10,6 +10,7 @@ use kube::ResourceExt;
 use super::Step;
 use crate::crd::SessionPhase;
 use crate::crd::conditions::types;
+use crate::crd::session::after_stored;
 use crate::error::{Error, Result};
 use crate::metrics::ProviderLabels;
 use crate::provider::{Gone, ProviderError, destroy_confirmed};
@@ -43,20 +44,28 @@ pub async fn release_at(step: &mut Step<'_>, billing_ended: Option<Timestamp>) -
     step.destroyed_a_machine = true;
     // Gone before this step (destroyed by a step whose status write was lost, or by
     // anyone): billing ended at the latest when it was last known alive.
-    let last_known_alive = || {
-        let rented = step.status.rented_at.as_ref().map(|t| t.0);
-        let costed = step.stored_status().accrued_cost_at.as_ref().map(|t| t.0);
-        step.ctx.inventory.last_alive(provider_name, &id).or(rented.max(costed))
-    };
     let billing_ended = match gone {
         Gone::Now => billing_ended,
-        Gone::Already => billing_ended.or_else(last_known_alive),
+        Gone::Already => billing_ended.or_else(|| last_known_alive(step)),
     };
     let ended = billing_ended.map(|t| t.min(step.now)).unwrap_or(step.now);
     step.status.released_at = Some(Time(ended));
     settle_cost(step);
     step.event(false, "InstanceDestroyed", format!("instance {id} on {provider_name} destroyed"));
     Ok(())
+}
+
+/// The last time the recorded machine is known to have been alive: the inventory's
+/// last sighting; when this process never saw it (it restarted since), the later of
+/// its rent and the last stored cost (counted while it was believed alive). This
+/// step's own cost refresh says nothing about the machine, so the stored one is used.
+pub fn last_known_alive(step: &Step<'_>) -> Option<Timestamp> {
+    let (provider, id) = (step.status.provider?, step.status.instance_id.as_deref()?);
+    step.ctx.inventory.last_alive(provider, id).or_else(|| {
+        let rented = step.status.rented_at.as_ref().map(|t| t.0);
+        let costed = step.stored_status().accrued_cost_at.as_ref().map(|t| t.0);
+        rented.max(costed)
+    })
 }
 
 /// What the current machine has cost: price x time from rent to release (or now).
@@ -98,20 +107,17 @@ pub async fn destroy_unrecorded(step: &mut Step<'_>) -> Result<()> {
     // A create whose answer was lost may land late, invisible to every listing for a
     // while: hold the finalizer until a listing sent after the stray grace shows it.
     let window = jiff::SignedDuration::try_from(step.ctx.config.stray_grace_period).unwrap_or_default();
-    for intent in step.status.pending_creates.clone() {
-        if !step.ctx.inventory.listed_since(intent.provider, intent.settled_by_listings_after() + window)
-            && step.ctx.provider(intent.provider).is_some()
-        {
-            step.ctx.inventory.request_refresh(intent.provider);
-            return Err(Error::WaitingForListing { provider: intent.provider, sent_at: intent.sent_at.0.to_string() });
-        }
-    }
-    for attempt in step.status.attempts.iter().filter(|a| may_have_landed(&a.reason)) {
-        let Some(provider) = attempt.provider.filter(|p| step.ctx.provider(*p).is_some()) else { continue };
-        let until = attempt.time.0 + window + jiff::SignedDuration::from_secs(1);
-        if !step.ctx.inventory.listed_since(provider, until) {
+    let uncertain = step
+        .status
+        .pending_creates
+        .iter()
+        .map(|intent| (Some(intent.provider), &intent.sent_at))
+        .chain(step.status.attempts.iter().filter(|a| may_have_landed(&a.reason)).map(|a| (a.provider, &a.time)));
+    for (provider, sent_at) in uncertain {
+        let Some(provider) = provider.filter(|p| step.ctx.provider(*p).is_some()) else { continue };
+        if !step.ctx.inventory.listed_since(provider, after_stored(sent_at) + window) {
             step.ctx.inventory.request_refresh(provider);
-            return Err(Error::WaitingForListing { provider, sent_at: attempt.time.0.to_string() });
+            return Err(Error::WaitingForListing { provider, sent_at: sent_at.0.to_string() });
         }
     }
     for instance in step.ctx.inventory.labelled_for(&uid) {
