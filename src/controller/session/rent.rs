@@ -46,8 +46,9 @@ pub async fn adopt_labelled(step: &mut Step<'_>, key: &SessionKey) -> Result<boo
         "Adopted",
         format!("found instance {} on {provider} carrying this session's label; adopting it", instance.id),
     );
+    // The offer is the one this marketplace's pending create asked for, if one did.
+    let offer_id = step.status.pending_creates.iter().find(|i| i.provider == provider).map(|i| i.offer_id.clone());
     step.status.pending_creates.retain(|intent| intent.provider != provider);
-    let offer_id = step.status.pending_creates.first().map(|i| i.offer_id.clone());
     step.status.offer_id = offer_id.or_else(|| step.status.offer_id.clone());
     record_rented(step, provider, &instance, None, "adopted an instance created for this session earlier".into());
     Ok(true)
