@@ -9,6 +9,7 @@ use reqwest::{RequestBuilder, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::error::{ProviderError, excerpt};
+use super::pacing::{Limits, Pacer};
 use crate::crd::ProviderName;
 
 /// Whether a call may be repeated after an answer was possibly lost.
@@ -56,17 +57,22 @@ pub struct Transport {
     client: reqwest::Client,
     policy: CallPolicy,
     secret: SecretString,
+    pacer: Pacer,
 }
 
 impl Transport {
-    pub fn new(provider: ProviderName, secret: SecretString, policy: CallPolicy) -> Self {
+    pub fn new(provider: ProviderName, secret: SecretString, policy: CallPolicy, limits: Limits) -> Self {
         let client = reqwest::Client::builder()
             .timeout(policy.timeout)
             .connect_timeout(policy.timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("gpu-shopper/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("reqwest client with rustls");
-        Transport { provider, client, policy, secret }
+        Transport { provider, client, policy, secret, pacer: Pacer::new(limits) }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.pacer.limits()
     }
 
     pub fn client(&self) -> &reqwest::Client {
@@ -82,16 +88,23 @@ impl Transport {
         excerpt(body, &[self.secret.expose_secret()])
     }
 
-    /// Sends the request built by `build`, retrying transient failures. 2xx and
-    /// 4xx other than 401/403/429 are returned for the client to interpret.
+    /// Sends the request built by `build` once the pacer gives `endpoint` a
+    /// slot, retrying transient failures. 2xx and 4xx other than 401/403/429
+    /// are returned for the client to interpret.
     pub async fn call(
         &self,
         idempotency: Idempotency,
+        endpoint: &'static str,
         build: impl Fn() -> RequestBuilder,
     ) -> Result<Reply, ProviderError> {
         let mut delays = self.backoff();
         loop {
-            let error = match self.attempt(build()).await {
+            self.pacer.wait(endpoint).await;
+            let outcome = self.attempt(build()).await;
+            if let Err(Attempt::Transient { error: ProviderError::RateLimited { .. }, .. }) = &outcome {
+                self.pacer.rate_limited(endpoint);
+            }
+            let error = match outcome {
                 Ok(reply) => return Ok(reply),
                 Err(Attempt::Final(error)) => return Err(error),
                 Err(Attempt::Transient { error, arrived }) => {
@@ -128,10 +141,11 @@ impl Transport {
         &self,
         method: reqwest::Method,
         url: &str,
+        endpoint: &'static str,
         body: Option<&serde_json::Value>,
         idempotency: Idempotency,
     ) -> Result<Reply, ProviderError> {
-        self.call(idempotency, || {
+        self.call(idempotency, endpoint, || {
             let request = self.client.request(method.clone(), url).bearer_auth(self.secret());
             match body {
                 Some(body) => request.json(body),

@@ -5,6 +5,7 @@ pub mod error;
 pub mod http;
 pub mod json;
 pub mod metered;
+pub mod pacing;
 pub mod runpod;
 pub mod tensordock;
 pub mod types;
@@ -27,6 +28,9 @@ pub struct OfferQuery {
     pub requirements: OfferRequirements,
     /// At most this many offers per marketplace.
     pub limit: u32,
+    /// Disk the rent will ask for, GB; 0: the marketplace's minimum. Marketplaces
+    /// that price storage separately (TensorDock) price it in.
+    pub disk_gb: u32,
 }
 
 #[async_trait]
