@@ -304,6 +304,10 @@ pub struct GpuSessionStatus {
     /// The marketplace's id of the offer rented.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offer_id: Option<String>,
+    /// The marketplace's id of the machine, when the offer named one (Vast); a
+    /// machine that fails a stage is avoided by every session for a while.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<String>,
     /// The marketplace's id of the instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,

@@ -18,26 +18,24 @@ impl BadHosts {
         BadHosts { avoid_for, until: Mutex::default() }
     }
 
-    /// The key a host is remembered by: its machine id, else the offer id.
-    fn key(offer_provider: ProviderName, host_id: Option<&str>, offer_id: &str) -> (ProviderName, String) {
-        (offer_provider, host_id.unwrap_or(offer_id).to_string())
-    }
-
-    pub fn mark(&self, provider: ProviderName, host_id: Option<&str>, offer_id: &str, why: &str) {
+    /// Remembers one machine. Only offers that name their machine (Vast) can be
+    /// avoided: a RunPod offer is a whole GPU type and a TensorDock one a whole
+    /// location, and avoiding those would keep every tenant off them for one
+    /// bad machine (the failing session itself moves on through its attempts).
+    pub fn mark(&self, provider: ProviderName, host_id: &str, why: &str) {
         let until = Instant::now() + self.avoid_for;
         self.until
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(Self::key(provider, host_id, offer_id), (until, why.to_string()));
+            .insert((provider, host_id.to_string()), (until, why.to_string()));
     }
 
-    /// Why the offer's host is avoided, if it is (known by its machine id or its offer id).
+    /// Why the offer's machine is avoided, if it is.
     pub fn avoided(&self, offer: &Offer) -> Option<String> {
+        let host = offer.host_id.as_deref()?;
         let mut map = self.until.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         map.retain(|_, (until, _)| *until > now);
-        let by_host = offer.host_id.as_deref().map(|h| Self::key(offer.provider, Some(h), &offer.id));
-        let by_offer = Self::key(offer.provider, None, &offer.id);
-        by_host.iter().chain(std::iter::once(&by_offer)).find_map(|key| map.get(key).map(|(_, why)| why.clone()))
+        map.get(&(offer.provider, host.to_string())).map(|(_, why)| why.clone())
     }
 }

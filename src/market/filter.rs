@@ -3,7 +3,7 @@
 
 use crate::crd::{Billing, OfferRequirements};
 use crate::provider::Offer;
-use crate::provider::types::gpu_model_key;
+use crate::provider::types::{display_gpu_model, gpu_model_key};
 
 /// "12.10" >= "12.9": versions compare as numbers, not text.
 pub fn cuda_at_least(version: &str, minimum: &str) -> bool {
@@ -17,16 +17,38 @@ pub fn cuda_at_least(version: &str, minimum: &str) -> bool {
     }
 }
 
+/// "A100 80GB" matches an A100 with about 80 GB per GPU (cards report a
+/// little less than their name: 24564 MB for 24 GB); "A100" any A100; the
+/// whole name as written also matches ("NVIDIA A100-80GB").
+pub fn model_matches(offer: &Offer, requested: &str) -> bool {
+    let offered = gpu_model_key(&offer.gpu_model);
+    if gpu_model_key(requested) == offered {
+        return true;
+    }
+    if gpu_model_key(&display_gpu_model(requested)) != offered {
+        return false;
+    }
+    match requested_memory_gb(requested) {
+        Some(gb) => offer.vram_gb.abs_diff(gb) <= gb.div_ceil(10),
+        None => true,
+    }
+}
+
+/// 80 from "A100 80GB" or "a100-80gb": the memory a model name asks for.
+pub fn requested_memory_gb(model: &str) -> Option<u32> {
+    model.split(|c: char| c.is_whitespace() || c == '-' || c == '_').find_map(|t| {
+        let lower = t.to_ascii_lowercase();
+        lower.strip_suffix("gb")?.parse().ok()
+    })
+}
+
 /// `true` when `offer` meets every requirement. A requirement on something the
 /// marketplace does not report (reliability, speeds) is not met: unknown is not good enough.
 /// An offer that advertises no CUDA passes a CUDA minimum here; the machine proves it later.
 pub fn matches(offer: &Offer, r: &OfferRequirements) -> bool {
     let at_least = |value: Option<f64>, min: Option<f64>| min.is_none_or(|min| value.is_some_and(|v| v >= min));
     (r.providers.is_empty() || r.providers.contains(&offer.provider))
-        && (r.gpu_models.is_empty() || {
-            let offered = gpu_model_key(&offer.gpu_model);
-            r.gpu_models.iter().any(|m| gpu_model_key(m) == offered)
-        })
+        && (r.gpu_models.is_empty() || r.gpu_models.iter().any(|m| model_matches(offer, m)))
         && r.gpu_count.is_none_or(|n| offer.gpu_count == n)
         && r.min_vram_gb.is_none_or(|v| offer.vram_gb >= v)
         && r.max_price_per_hour.is_none_or(|p| offer.price_per_hour <= p)
@@ -34,7 +56,9 @@ pub fn matches(offer: &Offer, r: &OfferRequirements) -> bool {
             (Some(min), Some(advertised)) => cuda_at_least(advertised, min),
             _ => true,
         }
-        && !offer.country.as_ref().is_some_and(|c| r.excluded_countries.iter().any(|x| x.eq_ignore_ascii_case(c)))
+        // Excluded countries fail closed: an offer whose country is unknown may be in one.
+        && (r.excluded_countries.is_empty()
+            || offer.country.as_ref().is_some_and(|c| !r.excluded_countries.iter().any(|x| x.eq_ignore_ascii_case(c))))
         && !offer.location.as_ref().is_some_and(|l| {
             let l = l.to_ascii_lowercase();
             r.excluded_regions.iter().any(|region| l.contains(&region.to_ascii_lowercase()))
@@ -72,6 +96,25 @@ mod tests {
             interruptible: false,
             host_id: None,
         }
+    }
+
+    #[test]
+    fn model_names_with_memory_match_the_card_of_that_memory_only() {
+        let a100 = |vram_gb| Offer { gpu_model: "A100".into(), vram_gb, ..offer() };
+        assert!(model_matches(&a100(80), "A100 80GB"));
+        assert!(model_matches(&a100(79), "a100-80gb"), "a card reporting a little less is that card");
+        assert!(!model_matches(&a100(40), "A100 80GB"));
+        assert!(model_matches(&a100(40), "A100"));
+        assert!(!model_matches(&a100(80), "H100 80GB"));
+        assert!(model_matches(&offer(), "RTX 4090 24GB"));
+    }
+
+    #[test]
+    fn excluded_countries_refuse_offers_of_unknown_country() {
+        let excluding = OfferRequirements { excluded_countries: vec!["CN".into()], ..Default::default() };
+        assert!(matches(&offer(), &excluding));
+        assert!(!matches(&Offer { country: None, ..offer() }, &excluding));
+        assert!(matches(&Offer { country: None, ..offer() }, &OfferRequirements::default()));
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub async fn search_cached(
     timeout: Duration,
     cache: Option<&super::OfferCache>,
 ) -> MarketView {
-    let query = OfferQuery { requirements: requirements.clone(), limit: 200 };
+    let query = OfferQuery { requirements: requirements.clone(), limit: 200, disk_gb: 0 };
     let allowed =
         providers.iter().filter(|p| requirements.providers.is_empty() || requirements.providers.contains(&p.name()));
     let searches = allowed.map(|provider| {

@@ -51,6 +51,17 @@ pub fn cuda_version(raw: &str) -> Option<String> {
     Some(format!("{major}.{minor}"))
 }
 
+/// ISO 3166-1 alpha-2 code for a country given by code or by name
+/// ("US", "United States", "Germany"); `None` when it names no country.
+pub fn country_code(name_or_code: &str) -> Option<String> {
+    use std::str::FromStr;
+    let compact: String = name_or_code.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    if compact.is_empty() {
+        return None;
+    }
+    celes::Country::from_str(&compact).ok().map(|c| c.alpha2.to_string())
+}
+
 /// Country code at the end of "Texas, US"-like locations.
 pub fn country_suffix(location: &str) -> Option<String> {
     let last = location.rsplit(',').next()?.trim();
@@ -82,5 +93,9 @@ mod tests {
         assert_eq!(cuda_version("twelve"), None);
         assert_eq!(country_suffix("Texas, US").as_deref(), Some("US"));
         assert_eq!(country_suffix("Somewhere"), None);
+        assert_eq!(country_code("United States").as_deref(), Some("US"));
+        assert_eq!(country_code("Germany").as_deref(), Some("DE"));
+        assert_eq!(country_code("ca").as_deref(), Some("CA"));
+        assert_eq!(country_code("Atlantis"), None);
     }
 }

@@ -1,8 +1,13 @@
-//! RunPod client (GraphQL, bearer key). Quirks kept here: errors arrive as
-//! HTTP 200 with an `errors` array, read before `data`; RunPod prices GPU
-//! types, not hosts, so an offer is a GPU type x count x billing; the SSH key
-//! travels as env `PUBLIC_KEY`; `runtime` is null until the container runs,
-//! and SSH is the public port mapped from private 22.
+//! RunPod client (GraphQL, bearer key). Quirks kept here (sources in
+//! docs/providers.md): errors arrive as HTTP 200 with an `errors` array, read
+//! before `data`; RunPod prices GPU types, not hosts, so an offer is a GPU type
+//! x count x billing, and a type without `stockStatus` has none to rent; the
+//! SSH key travels as env `PUBLIC_KEY`, which only RunPod's own images act on,
+//! so any other image gets `dockerArgs` that install and start sshd and keep
+//! the container alive (SkyPilot's way); `runtime` is null until the container
+//! runs, and SSH is the public TCP port mapped from private 22 (a pod lists 22
+//! twice, UDP first); other ports are asked for as TCP, since `/http` ports
+//! are only served through RunPod's HTTPS proxy.
 
 use async_trait::async_trait;
 use secrecy::SecretString;
@@ -11,6 +16,7 @@ use serde_json::{Value, json};
 use super::error::{NextStep, ProviderError};
 use super::http::{CallPolicy, Idempotency, Transport, parse_json};
 use super::json::{number, text, unsigned};
+use super::pacing::Limits;
 use super::types::{CreateRequest, Instance, InstanceLabel, InstanceState, Offer, SshTarget, display_gpu_model};
 use super::{OfferQuery, Provider};
 use crate::crd::{Billing, ProviderName};
@@ -18,8 +24,12 @@ use crate::crd::{Billing, ProviderName};
 const PROVIDER: ProviderName = ProviderName::Runpod;
 const SPOT_SUFFIX: &str = ":spot";
 
-const GPU_TYPES: &str = "query GpuTypes($gpuCount: Int!) { gpuTypes { id displayName memoryInGb secureCloud communityCloud lowestPrice(input: {gpuCount: $gpuCount}) { minimumBidPrice uninterruptablePrice } } }";
-const DEPLOY_ON_DEMAND: &str = "mutation Deploy($input: PodFindAndDeployOnDemandInput) { podFindAndDeployOnDemand(input: $input) { id name desiredStatus imageName machineId costPerHr } }";
+/// RunPod publishes no API rate limit; the pacer only widens after a 429.
+pub const LIMITS: Limits = Limits::NONE;
+
+const GPU_TYPES: &str = "query GpuTypes($gpuCount: Int!) { gpuTypes { id displayName memoryInGb secureCloud communityCloud lowestPrice(input: {gpuCount: $gpuCount}) { minimumBidPrice uninterruptablePrice stockStatus } } }";
+// Non-null input, as runpod/runpodctl `CreatePod` declares it.
+const DEPLOY_ON_DEMAND: &str = "mutation Deploy($input: PodFindAndDeployOnDemandInput!) { podFindAndDeployOnDemand(input: $input) { id name desiredStatus imageName machineId costPerHr } }";
 const DEPLOY_SPOT: &str = "mutation DeploySpot($input: PodRentInterruptableInput!) { podRentInterruptable(input: $input) { id name desiredStatus imageName machineId costPerHr } }";
 const POD_FIELDS: &str = "id name desiredStatus costPerHr machineId runtime { uptimeInSeconds ports { ip isIpPublic privatePort publicPort type } gpus { id gpuUtilPercent memoryUtilPercent } } machine { gpuDisplayName }";
 const TERMINATE: &str = "mutation Terminate($input: PodTerminateInput!) { podTerminate(input: $input) }";
@@ -33,7 +43,7 @@ impl RunPod {
     pub fn new(endpoint: &str, api_key: SecretString, policy: CallPolicy) -> Self {
         RunPod {
             endpoint: endpoint.trim_end_matches('/').to_string(),
-            transport: Transport::new(PROVIDER, api_key, policy),
+            transport: Transport::new(PROVIDER, api_key, policy, LIMITS),
         }
     }
 
@@ -62,7 +72,7 @@ impl RunPod {
         let body = json!({"query": query, "variables": variables});
         let reply = self
             .transport
-            .call(idempotency, || {
+            .call(idempotency, "POST /graphql", || {
                 self.transport.client().post(&self.endpoint).bearer_auth(self.transport.secret()).json(&body)
             })
             .await?;
@@ -91,11 +101,22 @@ fn first_error(answer: &Value) -> Option<String> {
     Some(text(first, &["message"]).unwrap_or_else(|| first.to_string()))
 }
 
-/// RunPod's error messages, mapped to what the caller should do.
+/// RunPod's error messages, mapped to what the caller should do. The
+/// capacity texts are those peers have logged; anything else stays `Rejected`
+/// here, and a create decides whether it is about the request or the offer.
 pub fn classify_error(message: &str) -> ProviderError {
     let lower = message.to_ascii_lowercase();
     let message = message.to_string();
-    if lower.contains("no longer any instances available") || lower.contains("no instances available") {
+    const NO_CAPACITY: &[&str] = &[
+        "no longer any instances available",
+        "no instances available",
+        "supply_constraint",
+        "unable to find a machine with capacity",
+        "could not find any pods with required specifications",
+        "not enough free gpus",
+        "out of stock",
+    ];
+    if NO_CAPACITY.iter().any(|text| lower.contains(text)) {
         ProviderError::NoCapacity { provider: PROVIDER, message }
     } else if lower.contains("unauthorized") || lower.contains("not authorized") || lower.contains("api key") {
         ProviderError::AuthFailed { provider: PROVIDER, status: 200 }
@@ -110,12 +131,60 @@ pub fn classify_error(message: &str) -> ProviderError {
     }
 }
 
+/// A GraphQL error about the request's shape (our bug): retrying any offer cannot help.
+fn is_request_shape_error(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    ["graphql_validation_failed", "cannot query field", "got invalid value", "unknown argument", "syntax error"]
+        .iter()
+        .any(|text| lower.contains(text))
+}
+
+/// CUDA versions RunPod's `allowedCudaVersions` takes, oldest first.
+const CUDA_VERSIONS: &[&str] =
+    &["11.8", "12.0", "12.1", "12.2", "12.3", "12.4", "12.5", "12.6", "12.7", "12.8", "12.9", "13.0", "13.1"];
+
+/// Every known CUDA version at least `minimum`.
+fn allowed_cuda_versions(minimum: &str) -> Vec<&'static str> {
+    CUDA_VERSIONS.iter().copied().filter(|v| crate::market::filter::cuda_at_least(v, minimum)).collect()
+}
+
+/// A container start command for images other than RunPod's own: installs
+/// sshd if missing, authorises `$PUBLIC_KEY` (the key travels in env, never in
+/// the command), starts sshd and keeps the container alive. Base64 because
+/// RunPod passes `dockerArgs` through more than one layer of quoting (SkyPilot).
+pub fn ssh_bootstrap_args() -> String {
+    let script = "set -e; \
+        if ! command -v sshd >/dev/null 2>&1; then \
+          export DEBIAN_FRONTEND=noninteractive; \
+          (apt-get update && apt-get install -y openssh-server) || (apk add --no-cache openssh) || (yum install -y openssh-server); \
+        fi; \
+        mkdir -p /run/sshd /var/run/sshd ~/.ssh && chmod 700 ~/.ssh; \
+        printf '%s\n' \"$PUBLIC_KEY\" >> ~/.ssh/authorized_keys && chmod 600 ~/.ssh/authorized_keys; \
+        ssh-keygen -A; \
+        $(command -v sshd) -o PermitRootLogin=prohibit-password; \
+        exec sleep infinity";
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(script);
+    format!("bash -c 'echo {encoded} | base64 -d > /tmp/gpu-shopper-init.sh && bash /tmp/gpu-shopper-init.sh'")
+}
+
+/// RunPod's own images start sshd from `PUBLIC_KEY` themselves.
+fn starts_ssh_itself(image: &str) -> bool {
+    image.starts_with("runpod/")
+}
+
 /// Offers from `gpuTypes`: on-demand and/or spot, for `gpu_count` GPUs.
 pub fn parse_gpu_types(data: &Value, gpu_count: u32, billing: Billing) -> Option<Vec<Offer>> {
     let types = data.get("gpuTypes")?.as_array()?;
     let mut offers = Vec::new();
     for gpu in types {
-        let (Some(id), Some(price)) = (text(gpu, &["id"]), gpu.get("lowestPrice")) else { continue };
+        let (Some(id), Some(price)) = (text(gpu, &["id"]), gpu.get("lowestPrice").filter(|p| !p.is_null())) else {
+            continue;
+        };
+        // No stock status: nothing of this type can be rented now (runpodctl hides these too).
+        if text(price, &["stockStatus"]).is_none() {
+            continue;
+        }
         let base = |offer_id: String, per_gpu: f64, interruptible: bool| Offer {
             provider: PROVIDER,
             id: offer_id,
@@ -157,12 +226,15 @@ pub fn parse_pod(v: &Value) -> Option<Instance> {
         Some("TERMINATED") => InstanceState::Destroyed,
         Some(other) => InstanceState::Unknown(other.to_string()),
     };
+    // Only public TCP mappings are reachable: a pod lists 22 as UDP too, and
+    // `/http` ports with a private address (served through RunPod's proxy).
     let public_ports: Vec<&Value> = runtime
         .and_then(|r| r.get("ports"))
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter(|p| p.get("isIpPublic") != Some(&Value::Bool(false)))
+        .filter(|p| p.get("isIpPublic") == Some(&Value::Bool(true)))
+        .filter(|p| text(p, &["type"]).is_none_or(|t| t.eq_ignore_ascii_case("tcp")))
         .collect();
     let ssh_port = public_ports.iter().find(|p| unsigned::<u16>(p, &["privatePort"]) == Some(22));
     let endpoints = public_ports
@@ -217,9 +289,11 @@ impl Provider for RunPod {
         let mut env: Vec<Value> = request.env.iter().map(|(k, v)| json!({"key": k, "value": v})).collect();
         env.push(json!({"key": "PUBLIC_KEY", "value": request.ssh_public_key}));
         let ports: Vec<String> =
-            std::iter::once("22/tcp".to_string()).chain(request.ports.iter().map(|p| format!("{p}/http"))).collect();
+            std::iter::once("22/tcp".to_string()).chain(request.ports.iter().map(|p| format!("{p}/tcp"))).collect();
         let mut input = json!({
             "cloudType": "ALL",
+            // Without it a pod on ALL clouds may land where no TCP port is public.
+            "supportPublicIp": true,
             "gpuCount": offer.gpu_count,
             "gpuTypeId": gpu_type,
             "name": request.label.to_string(),
@@ -230,13 +304,25 @@ impl Provider for RunPod {
             "env": env,
             "startSsh": true,
         });
+        if !starts_ssh_itself(&request.image) {
+            input["dockerArgs"] = json!(ssh_bootstrap_args());
+        }
+        if let Some(minimum) = &request.min_cuda_version {
+            input["allowedCudaVersions"] = json!(allowed_cuda_versions(minimum));
+        }
         let (mutation, field) = if offer.interruptible {
             input["bidPerGpu"] = json!(offer.price_per_hour / f64::from(offer.gpu_count.max(1)));
             (DEPLOY_SPOT, "podRentInterruptable")
         } else {
             (DEPLOY_ON_DEMAND, "podFindAndDeployOnDemand")
         };
-        let data = self.graphql(mutation, json!({"input": input}), Idempotency::Unsafe).await?;
+        let data = match self.graphql(mutation, json!({"input": input}), Idempotency::Unsafe).await {
+            // Anything but a malformed request is about this offer: try the next.
+            Err(ProviderError::Rejected { body, .. }) if !is_request_shape_error(&body) => {
+                return Err(ProviderError::NoCapacity { provider: PROVIDER, message: body });
+            }
+            other => other?,
+        };
         let pod = data.get(field).filter(|p| !p.is_null()).ok_or_else(|| ProviderError::NoCapacity {
             provider: PROVIDER,
             message: format!("{field} returned no pod"),

@@ -1,9 +1,14 @@
 //! TensorDock client (REST v2, JSON:API-like, bearer token). Quirks kept
-//! here: inventory is stale and renting a listed GPU can fail with "No
-//! available nodes found" (mapped to NoCapacity); port forwards are ignored at
-//! some locations, so instances get a dedicated IP and SSH on port 22; the SSH
-//! key is injected by cloud-init `runcmd` (not `write_files`) for both `root`
-//! and the default user `user`.
+//! here (sources in docs/providers.md): inventory is stale and renting a
+//! listed GPU fails with "No available nodes found", often inside an HTTP 200
+//! (`{"status": 400, "error": ...}`): offer-specific, so the next offer is
+//! tried; storage is at least 100 GB; the listed price is the GPU's alone, so
+//! an offer's price adds the vCPUs, RAM and storage we rent; `country` is a
+//! name; port 22 must be forwarded even with a dedicated IP; the SSH key is
+//! injected by cloud-init `runcmd` for both `root` and `user`, and VMs found
+//! without a working NVIDIA driver are repaired by cloud-init; the instance
+//! list comes in more than one shape (the documented one nests it under
+//! `data.attributes.instances`).
 
 use async_trait::async_trait;
 use reqwest::Method;
@@ -12,13 +17,47 @@ use serde_json::{Value, json};
 
 use super::error::ProviderError;
 use super::http::{CallPolicy, Idempotency, Reply, Transport, parse_json};
-use super::json::{country_suffix, number, text, unsigned};
+use super::json::{country_code, country_suffix, number, text, unsigned};
+use super::pacing::{Budget, Limits};
 use super::types::{CreateRequest, Instance, InstanceLabel, InstanceState, Offer, SshTarget, display_gpu_model};
 use super::{OfferQuery, Provider};
 use crate::crd::ProviderName;
 
 const PROVIDER: ProviderName = ProviderName::Tensordock;
-const NO_NODES: &str = "No available nodes";
+
+/// "100 requests per minute per organization" (TensorDock API docs, getting
+/// started): paced at 90 with bursts of 10, so no minute ever sees more than 100.
+pub const LIMITS: Limits = Limits {
+    account: Some(Budget { calls: 90, period: std::time::Duration::from_secs(60), burst: 10 }),
+    per_endpoint: None,
+};
+
+/// The smallest storage TensorDock creates (cloud-gpu-shopper `defaultStorageGB`).
+pub const MIN_STORAGE_GB: u32 = 100;
+/// What is rented beside each GPU.
+const VCPUS_PER_GPU: u32 = 4;
+const RAM_GB_PER_GPU: u32 = 16;
+
+/// Texts of a create refused for this offer (stale inventory, no nodes, no
+/// public IPs), as peers logged them (cloud-gpu-shopper `isStaleInventoryErrorMessage`).
+const OFFER_SPECIFIC: &[&str] = &[
+    "no available nodes",
+    "no nodes available",
+    "insufficient capacity",
+    "not enough capacity",
+    "out of stock",
+    "gpu unavailable",
+    "gpu not available",
+    "no gpus available",
+    "requested gpu",
+    "location unavailable",
+    "temporarily unavailable",
+    "sold out",
+    "at capacity",
+    "no capacity",
+    "no available public ip",
+    "no public ip",
+];
 
 pub struct TensorDock {
     base_url: String,
@@ -29,18 +68,19 @@ impl TensorDock {
     pub fn new(base_url: &str, api_token: SecretString, policy: CallPolicy) -> Self {
         TensorDock {
             base_url: base_url.trim_end_matches('/').to_string(),
-            transport: Transport::new(PROVIDER, api_token, policy),
+            transport: Transport::new(PROVIDER, api_token, policy, LIMITS),
         }
     }
 
     async fn call(
         &self,
         method: Method,
+        endpoint: &'static str,
         path: &str,
         body: Option<&Value>,
         idempotency: Idempotency,
     ) -> Result<Reply, ProviderError> {
-        self.transport.bearer_call(method, &format!("{}{path}", self.base_url), body, idempotency).await
+        self.transport.bearer_call(method, &format!("{}{path}", self.base_url), endpoint, body, idempotency).await
     }
 
     fn unexpected(&self, reply: &Reply) -> ProviderError {
@@ -48,8 +88,15 @@ impl TensorDock {
     }
 }
 
-/// Offers from `GET /locations`: one per location and GPU type, for `gpu_count` GPUs.
-pub fn parse_locations(body: &Value, gpu_count: u32) -> Option<Vec<Offer>> {
+/// Storage rented for a request of `disk_gb`: TensorDock's minimum at least.
+pub fn storage_gb(disk_gb: u32) -> u32 {
+    disk_gb.max(MIN_STORAGE_GB)
+}
+
+/// Offers from `GET /locations`: one per location and GPU type, for
+/// `gpu_count` GPUs, priced for everything rented with them (GPU, vCPUs, RAM,
+/// `storage_gb` of storage).
+pub fn parse_locations(body: &Value, gpu_count: u32, storage_gb: u32) -> Option<Vec<Offer>> {
     let data = body.get("data")?;
     let locations = data.get("locations").or(Some(data)).and_then(Value::as_array)?;
     let mut offers = Vec::new();
@@ -57,11 +104,12 @@ pub fn parse_locations(body: &Value, gpu_count: u32) -> Option<Vec<Offer>> {
         let Some(location_id) = text(location, &["id"]) else { continue };
         let place: Vec<String> =
             ["city", "stateprovince", "country"].iter().filter_map(|k| text(location, &[k])).collect();
-        let country = text(location, &["country"]).filter(|c| c.len() == 2).map(|c| c.to_ascii_uppercase());
+        // The documented `country` is a name ("United States"); a code is accepted too.
+        let country = text(location, &["country"]).and_then(|c| country_code(&c));
         let location_name = (!place.is_empty()).then(|| place.join(", "));
         for gpu in location.get("gpus").and_then(Value::as_array).into_iter().flatten() {
             let Some(v0_name) = text(gpu, &["v0Name", "v0_name"]) else { continue };
-            let available = unsigned::<u32>(gpu, &["count", "max_count"]).unwrap_or(0);
+            let available = unsigned::<u32>(gpu, &["max_count", "count"]).unwrap_or(0);
             let Some(per_gpu) = number(gpu, &["price_per_hr", "pricePerHr"]).filter(|p| *p > 0.0) else { continue };
             if available < gpu_count {
                 continue;
@@ -74,6 +122,11 @@ pub fn parse_locations(body: &Value, gpu_count: u32) -> Option<Vec<Offer>> {
             if !dedicated_ip {
                 continue; // port forwards alone are not trusted (seen ignored)
             }
+            let pricing = gpu.get("pricing").unwrap_or(&Value::Null);
+            let rate = |key: &str| number(pricing, &[key]).filter(|r| *r >= 0.0).unwrap_or(0.0);
+            let extras = rate("per_vcpu_hr") * f64::from(VCPUS_PER_GPU * gpu_count)
+                + rate("per_gb_ram_hr") * f64::from(RAM_GB_PER_GPU * gpu_count)
+                + rate("per_gb_storage_hr") * f64::from(storage_gb);
             offers.push(Offer {
                 provider: PROVIDER,
                 id: format!("{location_id}/{v0_name}"),
@@ -84,14 +137,15 @@ pub fn parse_locations(body: &Value, gpu_count: u32) -> Option<Vec<Offer>> {
                 vram_gb: vram_from_v0_name(&v0_name).unwrap_or(0),
                 cuda_version: None, // TensorDock does not advertise it: only the box can tell
                 driver_version: None,
-                price_per_hour: per_gpu * f64::from(gpu_count),
+                price_per_hour: per_gpu * f64::from(gpu_count) + extras,
                 reliability: None,
                 location: location_name.clone(),
                 country: country.clone().or_else(|| location_name.as_deref().and_then(country_suffix)),
                 download_mbps: None,
                 upload_mbps: None,
                 interruptible: false,
-                host_id: Some(location_id.clone()),
+                // A location is many machines: never a host to avoid.
+                host_id: None,
             });
         }
     }
@@ -117,23 +171,12 @@ pub fn parse_instance(v: &Value) -> Option<Instance> {
         None | Some("creating") | Some("starting") | Some("pending") | Some("provisioning") => {
             InstanceState::Provisioning
         }
-        Some("stopped") | Some("stopping") => InstanceState::Stopped,
-        Some("deleted") | Some("terminated") | Some("destroyed") => InstanceState::Destroyed,
+        Some("stopped") | Some("stopping") | Some("error") => InstanceState::Stopped,
+        Some("deleted") | Some("deleting") | Some("terminated") | Some("destroyed") => InstanceState::Destroyed,
         Some(other) => InstanceState::Unknown(other.to_string()),
     };
     let ip = text(&v, &["ipAddress", "ip_address", "ip"]);
-    let forwards: Vec<(u16, u16)> = v
-        .get("portForwards")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|f| {
-            Some((
-                unsigned::<u16>(f, &["internal_port", "internalPort"])?,
-                unsigned::<u16>(f, &["external_port", "externalPort"])?,
-            ))
-        })
-        .collect();
+    let forwards = port_forwards(v.get("portForwards").or(v.get("port_forwards")));
     let forwarded_ssh = forwards.iter().find(|(internal, _)| *internal == 22).map(|(_, external)| *external);
     // With a dedicated IP every port is open as itself; a forward, when listed, wins.
     let endpoints =
@@ -157,6 +200,43 @@ pub fn parse_instance(v: &Value) -> Option<Instance> {
     })
 }
 
+/// Forwards as a list of `{internal_port, external_port}` (seen live by
+/// cloud-gpu-shopper) or a map of internal -> external port (a published schema).
+fn port_forwards(value: Option<&Value>) -> Vec<(u16, u16)> {
+    match value {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|f| {
+                Some((
+                    unsigned::<u16>(f, &["internal_port", "internalPort"])?,
+                    unsigned::<u16>(f, &["external_port", "externalPort"])?,
+                ))
+            })
+            .collect(),
+        Some(Value::Object(map)) => map
+            .iter()
+            .filter_map(|(internal, external)| {
+                let external = match external {
+                    Value::Number(n) => u16::try_from(n.as_u64()?).ok()?,
+                    Value::String(s) => s.parse().ok()?,
+                    _ => return None,
+                };
+                Some((internal.parse().ok()?, external))
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The instances of a listing, in any shape seen: `data` as the list,
+/// `data.instances`, or the documented `data.attributes.instances`.
+pub fn listed_instances(body: &Value) -> Option<&Vec<Value>> {
+    let data = body.get("data").unwrap_or(body);
+    data.as_array()
+        .or_else(|| data.get("instances").and_then(Value::as_array))
+        .or_else(|| data.get("attributes").and_then(|a| a.get("instances")).and_then(Value::as_array))
+}
+
 fn merged(outer: &Value, attributes: &Value) -> Value {
     let mut merged = attributes.clone();
     if let (Some(m), Some(id)) = (merged.as_object_mut(), outer.get("id")) {
@@ -165,21 +245,39 @@ fn merged(outer: &Value, attributes: &Value) -> Value {
     merged
 }
 
+/// Repairs a VM whose NVIDIA driver does not work (found on TensorDock VMs;
+/// cloud-gpu-shopper's live-tested fix): rebuild the installed DKMS module, or
+/// install a driver when none is.
+const DRIVER_REPAIR: &str = "if ! nvidia-smi >/dev/null 2>&1; then \
+    export DEBIAN_FRONTEND=noninteractive; \
+    systemctl stop unattended-upgrades 2>/dev/null || true; \
+    while fuser /var/lib/dpkg/lock-frontend >/dev/null 2>&1; do sleep 2; done; \
+    dpkg --configure -a; \
+    v=$(dpkg -l 'nvidia-dkms-*' 2>/dev/null | awk '/^.i/ {print $3}' | head -1 | cut -d- -f1); \
+    if [ -n \"$v\" ]; then dkms build nvidia/$v && dkms install nvidia/$v; \
+    else apt-get update -o DPkg::Lock::Timeout=120 && apt-get install -y -o DPkg::Lock::Timeout=120 nvidia-driver-550; fi; \
+    modprobe nvidia; \
+  fi >> /var/log/gpu-shopper-driver.log 2>&1 || true";
+
 /// Cloud-init that installs the key for root and `user` with `runcmd` only,
-/// then runs the start script.
+/// exports the env system-wide with its values intact, repairs the NVIDIA
+/// driver if it does not work, then runs the start script.
 pub fn cloud_init(public_key: &str, env: &[(String, String)], start_script: Option<&str>) -> Value {
-    let key = public_key.trim().replace('\'', "");
+    let key = shell_quote(public_key.trim());
     let mut runcmd = Vec::new();
-    // A VM has no container env: export it system-wide.
-    for (name, value) in env {
-        runcmd.push(format!("echo '{name}={}' >> /etc/environment", value.replace('\'', "")));
+    // A VM has no container env: export it system-wide, each value quoted
+    // for /etc/environment's reader (pam_env) and for the shell that writes it.
+    for (name, value) in env.iter().filter(|(name, _)| is_env_name(name)) {
+        let line = format!("{name}=\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""));
+        runcmd.push(format!("printf '%s\\n' {} >> /etc/environment", shell_quote(&line)));
     }
-    for home in ["/root", "/home/user"] {
+    for (home, owner) in [("/root", "root:root"), ("/home/user", "user:user")] {
         runcmd.push(format!("mkdir -p {home}/.ssh"));
-        runcmd.push(format!("echo '{key}' >> {home}/.ssh/authorized_keys"));
+        runcmd.push(format!("printf '%s\\n' {key} >> {home}/.ssh/authorized_keys"));
         runcmd.push(format!("chmod 700 {home}/.ssh && chmod 600 {home}/.ssh/authorized_keys"));
+        runcmd.push(format!("chown -R {owner} {home}/.ssh || true"));
     }
-    runcmd.push("chown -R user:user /home/user/.ssh || true".into());
+    runcmd.push(DRIVER_REPAIR.to_string());
     if let Some(script) = start_script.filter(|s| !s.trim().is_empty()) {
         runcmd.push(format!(
             "mkdir -p /var/log/gpu-shopper && bash -c {} > /var/log/gpu-shopper/start.log 2>&1 &",
@@ -187,6 +285,14 @@ pub fn cloud_init(public_key: &str, env: &[(String, String)], start_script: Opti
         ));
     }
     json!({ "runcmd": runcmd })
+}
+
+/// Names a shell and /etc/environment accept (the CRD allows these only, but
+/// a name that is not one is dropped rather than written into a command).
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn shell_quote(text: &str) -> String {
@@ -200,13 +306,14 @@ impl Provider for TensorDock {
     }
 
     async fn search_offers(&self, query: &OfferQuery) -> Result<Vec<Offer>, ProviderError> {
-        let reply = self.call(Method::GET, "/locations", None, Idempotency::Safe).await?;
+        let reply = self.call(Method::GET, "GET /locations", "/locations", None, Idempotency::Safe).await?;
         if !reply.status.is_success() {
             return Err(self.unexpected(&reply));
         }
         let body: Value = parse_json(&self.transport, &reply)?;
         let gpu_count = query.requirements.gpu_count.unwrap_or(1);
-        let mut offers = parse_locations(&body, gpu_count).ok_or_else(|| self.unexpected(&reply))?;
+        let mut offers =
+            parse_locations(&body, gpu_count, storage_gb(query.disk_gb)).ok_or_else(|| self.unexpected(&reply))?;
         offers.truncate(query.limit as usize);
         Ok(offers)
     }
@@ -218,38 +325,56 @@ impl Provider for TensorDock {
             body: format!("offer id {:?} is not location/gpu", request.offer.id),
         })?;
         let count = request.offer.gpu_count;
+        // "SSH port (22) must be forwarded for Ubuntu VMs", dedicated IP or not.
+        let mut forwards = vec![json!({"protocol": "tcp", "internal_port": 22, "external_port": 22})];
+        forwards.extend(
+            request
+                .ports
+                .iter()
+                .filter(|p| **p != 22)
+                .map(|p| json!({"protocol": "tcp", "internal_port": p, "external_port": p})),
+        );
         let body = json!({"data": {"type": "virtualmachine", "attributes": {
             "name": request.label.to_string(),
             "type": "virtualmachine",
             "image": "ubuntu2404",
             "resources": {
-                "vcpu_count": 4 * count,
-                "ram_gb": 16 * count,
-                "storage_gb": request.disk_gb,
+                "vcpu_count": VCPUS_PER_GPU * count,
+                "ram_gb": RAM_GB_PER_GPU * count,
+                "storage_gb": storage_gb(request.disk_gb),
                 "gpus": { v0_name: {"count": count} },
             },
             "location_id": location_id,
             "useDedicatedIp": true,
             "ssh_key": request.ssh_public_key,
             "cloud_init": cloud_init(&request.ssh_public_key, &request.env, request.start_script.as_deref()),
-            "port_forwards": request.ports.iter().map(|p| json!({"internal_port": p, "external_port": p})).collect::<Vec<_>>(),
+            "port_forwards": forwards,
         }}});
-        let reply = match self.call(Method::POST, "/instances", Some(&body), Idempotency::Unsafe).await {
-            Err(ProviderError::Unavailable { message, .. }) if message.contains(NO_NODES) => {
-                return Err(ProviderError::NoCapacity { provider: PROVIDER, message });
-            }
-            other => other?,
-        };
-        if !reply.status.is_success() {
-            let message = self.transport.excerpt(&reply.body);
-            return Err(if message.contains(NO_NODES) {
+        let reply =
+            match self.call(Method::POST, "POST /instances", "/instances", Some(&body), Idempotency::Unsafe).await {
+                Err(ProviderError::Unavailable { message, .. }) if is_offer_specific(&message) => {
+                    return Err(ProviderError::NoCapacity { provider: PROVIDER, message });
+                }
+                other => other?,
+            };
+        // Refusals arrive as 4xx or inside a 200 (`{"status": 400, "error": ...}`).
+        let refusal = if reply.status.is_success() { refusal_in_body(&reply.body) } else { None };
+        if !reply.status.is_success() || refusal.is_some() {
+            let message =
+                refusal.unwrap_or_else(|| validation_messages(&reply.body)).chars().take(300).collect::<String>();
+            let message = self.transport.excerpt(message.as_bytes());
+            let lower = message.to_ascii_lowercase();
+            return Err(if is_offer_specific(&message) {
                 ProviderError::NoCapacity { provider: PROVIDER, message }
+            } else if lower.contains("insufficient") || lower.contains("balance") || lower.contains("funds") {
+                ProviderError::InsufficientFunds { provider: PROVIDER, message }
             } else if reply.status.as_u16() == 404 {
                 ProviderError::OfferGone { provider: PROVIDER, offer_id: request.offer.id.clone(), message }
-            } else if message.to_ascii_lowercase().contains("insufficient") {
-                ProviderError::InsufficientFunds { provider: PROVIDER, message }
-            } else {
+            } else if reply.status.as_u16() == 400 || reply.status.as_u16() == 422 {
+                // A request we built wrong: no other offer fixes it.
                 ProviderError::Rejected { provider: PROVIDER, status: reply.status.as_u16(), body: message }
+            } else {
+                ProviderError::OfferGone { provider: PROVIDER, offer_id: request.offer.id.clone(), message }
             });
         }
         let answer: Value = parse_json(&self.transport, &reply)?;
@@ -260,7 +385,8 @@ impl Provider for TensorDock {
     }
 
     async fn get_instance(&self, id: &str) -> Result<Option<Instance>, ProviderError> {
-        let reply = self.call(Method::GET, &format!("/instances/{id}"), None, Idempotency::Safe).await?;
+        let path = format!("/instances/{id}");
+        let reply = self.call(Method::GET, "GET /instances/{id}", &path, None, Idempotency::Safe).await?;
         if reply.status.as_u16() == 404 {
             return Ok(None);
         }
@@ -272,14 +398,13 @@ impl Provider for TensorDock {
     }
 
     async fn list_instances(&self, deployment_id: &str) -> Result<Vec<Instance>, ProviderError> {
-        let reply = self.call(Method::GET, "/instances", None, Idempotency::Safe).await?;
+        let reply = self.call(Method::GET, "GET /instances", "/instances", None, Idempotency::Safe).await?;
         if !reply.status.is_success() {
             return Err(self.unexpected(&reply));
         }
         let body: Value = parse_json(&self.transport, &reply)?;
-        let data = body.get("data").unwrap_or(&body);
-        let items =
-            data.get("instances").or(Some(data)).and_then(Value::as_array).ok_or_else(|| self.unexpected(&reply))?;
+        // A listing we cannot read is an error, never "no instances".
+        let items = listed_instances(&body).ok_or_else(|| self.unexpected(&reply))?;
         Ok(items
             .iter()
             .filter_map(parse_instance)
@@ -288,7 +413,8 @@ impl Provider for TensorDock {
     }
 
     async fn destroy_instance(&self, id: &str) -> Result<(), ProviderError> {
-        let reply = self.call(Method::DELETE, &format!("/instances/{id}"), None, Idempotency::Safe).await?;
+        let path = format!("/instances/{id}");
+        let reply = self.call(Method::DELETE, "DELETE /instances/{id}", &path, None, Idempotency::Safe).await?;
         match reply.status.as_u16() {
             // TensorDock answers many errors with 200 and the error in the body.
             200..=299 => match refusal_in_body(&reply.body) {
@@ -303,10 +429,31 @@ impl Provider for TensorDock {
     }
 }
 
+fn is_offer_specific(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    OFFER_SPECIFIC.iter().any(|text| lower.contains(text))
+}
+
+/// The messages of a validation error list (`[{"code", "message", "path"}]`,
+/// cloud-gpu-shopper `parseCreateError`), else the body as text.
+fn validation_messages(body: &[u8]) -> String {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(items)) if !items.is_empty() => {
+            items.iter().filter_map(|i| text(i, &["message"])).collect::<Vec<_>>().join("; ")
+        }
+        Ok(value) => text(&value, &["error", "message"]).unwrap_or_else(|| String::from_utf8_lossy(body).into_owned()),
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    }
+}
+
 /// The error a 2xx body carries, if any: `{"status": "error"}`, `{"success": false}` or an `error` text.
 fn refusal_in_body(body: &[u8]) -> Option<String> {
     let answer: Value = serde_json::from_slice(body).ok()?;
-    let status_error = answer.get("status").and_then(Value::as_str).is_some_and(|s| s.eq_ignore_ascii_case("error"));
+    let status_error = match answer.get("status") {
+        Some(Value::String(s)) => s.eq_ignore_ascii_case("error"),
+        Some(Value::Number(n)) => n.as_u64().is_some_and(|code| code >= 400),
+        _ => false,
+    };
     let unsuccessful = answer.get("success") == Some(&Value::Bool(false));
     let error_text = text(&answer, &["error", "message"]);
     (status_error || unsuccessful || answer.get("error").is_some_and(|e| !e.is_null()))
@@ -319,12 +466,16 @@ mod tests {
 
     #[test]
     fn cloud_init_injects_the_key_for_root_and_user_with_runcmd_only() {
-        let init = cloud_init("ssh-ed25519 AAAAC3 gpu-shopper", &[("MODEL".into(), "llama".into())], Some("echo 'hi'"));
+        let env = [("MODEL".into(), "llama".into()), ("PROMPT".into(), r#"it's "quoted""#.into())];
+        let init = cloud_init("ssh-ed25519 AAAAC3 gpu-shopper", &env, Some("echo 'hi'"));
         assert!(init.get("write_files").is_none());
         let commands: Vec<&str> = init["runcmd"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
         assert!(commands.iter().any(|c| c.contains("/root/.ssh/authorized_keys") && c.contains("ssh-ed25519 AAAAC3")));
         assert!(commands.iter().any(|c| c.contains("/home/user/.ssh/authorized_keys")));
-        assert!(commands.contains(&"echo 'MODEL=llama' >> /etc/environment"));
+        assert!(commands.contains(&r#"printf '%s\n' 'MODEL="llama"' >> /etc/environment"#));
+        // Quotes survive: the shell writes PROMPT="it's \"quoted\"" for pam_env to read back.
+        assert!(commands.contains(&r#"printf '%s\n' 'PROMPT="it'\''s \"quoted\""' >> /etc/environment"#));
+        assert!(commands.iter().any(|c| c.contains("nvidia-smi") && c.contains("dkms")), "the driver is repaired");
         assert!(commands.last().unwrap().contains(r"'echo '\''hi'\'''"));
     }
 

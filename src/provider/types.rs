@@ -45,6 +45,8 @@ pub struct CreateRequest {
     pub env: Vec<(String, String)>,
     pub ports: Vec<u16>,
     pub disk_gb: u32,
+    /// The session's CUDA minimum, for marketplaces that can place by it (RunPod).
+    pub min_cuda_version: Option<String>,
 }
 
 /// An instance's life as the marketplace reports it, normalised.

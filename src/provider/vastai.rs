@@ -1,9 +1,13 @@
-//! Vast.ai client (REST, JSON, bearer key). Quirks kept here: the create id
-//! in `new_contract` may be missing (found again by label); `GET
-//! /instances/{id}/` wraps the instance in `instances`; status may be in
-//! `actual_status` or `cur_state`; the address is `public_ipaddr`; SSH goes
-//! through the proxy `ssh_host:ssh_port` as root unless a direct port is mapped;
-//! the key is attached to the instance after create.
+//! Vast.ai client (REST, JSON, bearer key). Quirks kept here (sources in
+//! docs/providers.md): search is `POST /bundles/` with the query as the body and
+//! memory in MB = GB x 1000 (vast-ai/vast-cli `offers_mult`), so a 24 GB card
+//! that reports 24564 MB is found; the create id in `new_contract` may be
+//! missing (found again by label), and a create may answer `success: false`
+//! while naming an instance it made (spot), which is destroyed here; `GET
+//! /instances/{id}/` wraps the instance in `instances`; the listing is the
+//! paged `/api/v1/instances/` (`next_token`); status may be in `actual_status`
+//! or `cur_state`; SSH goes through the proxy `ssh_host:ssh_port` as root unless
+//! a direct port is mapped; the key is attached to the instance after create.
 
 use async_trait::async_trait;
 use reqwest::Method;
@@ -13,37 +17,76 @@ use serde_json::{Value, json};
 use super::error::ProviderError;
 use super::http::{CallPolicy, Idempotency, Reply, Transport, parse_json};
 use super::json::{boolean, country_suffix, cuda_version, number, text, unsigned};
-use super::types::{CreateRequest, Instance, InstanceLabel, InstanceState, Offer, SshTarget, display_gpu_model};
+use super::pacing::Limits;
+use super::types::{
+    CreateRequest, Instance, InstanceLabel, InstanceState, Offer, SshTarget, display_gpu_model, gpu_model_key,
+};
 use super::{OfferQuery, Provider};
 use crate::crd::{Billing, ProviderName};
 
 const PROVIDER: ProviderName = ProviderName::Vastai;
 
+/// Vast limits each endpoint to a minimum interval per identity and sends no
+/// Retry-After (docs.vast.ai/api-reference/rate-limits-and-errors); the interval
+/// is not published, so this is a guess the pacer widens on a 429.
+pub const LIMITS: Limits = Limits { account: None, per_endpoint: Some(std::time::Duration::from_millis(100)) };
+
+/// Instances per page of the v1 listing: what vast-ai/vast-cli `show_instances` asks for.
+const LIST_PAGE_SIZE: u32 = 25;
+/// A listing longer than this many pages is refused rather than followed forever.
+const MAX_LIST_PAGES: usize = 400;
+
 pub struct VastAi {
     base_url: String,
+    /// The server root, for the `/api/v1` listing (`base_url` names `/api/v0`).
+    root_url: String,
     transport: Transport,
 }
 
 impl VastAi {
     pub fn new(base_url: &str, api_key: SecretString, policy: CallPolicy) -> Self {
-        VastAi {
-            base_url: base_url.trim_end_matches('/').to_string(),
-            transport: Transport::new(PROVIDER, api_key, policy),
-        }
+        let base_url = base_url.trim_end_matches('/').to_string();
+        let root_url = base_url.strip_suffix("/api/v0").unwrap_or(&base_url).to_string();
+        VastAi { base_url, root_url, transport: Transport::new(PROVIDER, api_key, policy, LIMITS) }
     }
 
+    /// `endpoint` names the route for the pacer ("PUT /asks/{id}/"), `path` the real one.
     async fn call(
         &self,
         method: Method,
+        endpoint: &'static str,
         path: &str,
         body: Option<&Value>,
         idempotency: Idempotency,
     ) -> Result<Reply, ProviderError> {
-        self.transport.bearer_call(method, &format!("{}{path}", self.base_url), body, idempotency).await
+        self.transport.bearer_call(method, &format!("{}{path}", self.base_url), endpoint, body, idempotency).await
     }
 
     fn unexpected(&self, reply: &Reply) -> ProviderError {
         self.transport.unexpected(reply)
+    }
+
+    /// What a refused create means. Only an account problem or a request we
+    /// built wrong stops the session; anything about this offer moves on.
+    fn create_refusal(&self, request: &CreateRequest, reply: &Reply, answer: &Value) -> ProviderError {
+        let error = text(answer, &["error"]).unwrap_or_default();
+        let message = text(answer, &["msg", "message"]).unwrap_or_else(|| self.transport.excerpt(&reply.body));
+        let offer_gone = || ProviderError::OfferGone {
+            provider: PROVIDER,
+            offer_id: request.offer.id.clone(),
+            message: message.clone(),
+        };
+        match error.as_str() {
+            "insufficient_credit" | "insufficient_funds" => {
+                ProviderError::InsufficientFunds { provider: PROVIDER, message }
+            }
+            "invalid_args" | "invalid_request" | "bad_request" => {
+                ProviderError::Rejected { provider: PROVIDER, status: reply.status.as_u16(), body: message }
+            }
+            // no_such_ask, invalid_price (the price moved), unavailable hosts,
+            // and a spot bid outbid at once: all about this offer.
+            _ => offer_gone(),
+        }
     }
 
     async fn find_by_label(&self, label: &InstanceLabel) -> Result<Option<Instance>, ProviderError> {
@@ -55,15 +98,44 @@ impl VastAi {
             .find(|i| i.label.as_ref().map(ToString::to_string).as_deref() == Some(&wanted)))
     }
 
+    /// Every instance of the account, page after page of `GET /api/v1/instances/`.
     async fn list_all(&self) -> Result<Vec<Instance>, ProviderError> {
-        let reply = self.call(Method::GET, "/instances/", None, Idempotency::Safe).await?;
-        if !reply.status.is_success() {
-            return Err(self.unexpected(&reply));
+        let url = format!("{}/api/v1/instances/", self.root_url);
+        let mut instances = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..MAX_LIST_PAGES {
+            // vast-cli sends every query argument JSON-encoded.
+            let mut params = vec![
+                ("select_filters", "{}".to_string()),
+                ("order_by", json!([{"col": "id", "dir": "asc"}]).to_string()),
+                ("limit", LIST_PAGE_SIZE.to_string()),
+            ];
+            if let Some(token) = &after {
+                params.push(("after_token", Value::String(token.clone()).to_string()));
+            }
+            let reply = self
+                .transport
+                .call(Idempotency::Safe, "GET /api/v1/instances/", || {
+                    self.transport.client().get(&url).bearer_auth(self.transport.secret()).query(&params)
+                })
+                .await?;
+            if !reply.status.is_success() {
+                return Err(self.unexpected(&reply));
+            }
+            let body: Value = parse_json(&self.transport, &reply)?;
+            // A listing we cannot read is an error, never "no instances".
+            let page = body.get("instances").and_then(Value::as_array).ok_or_else(|| self.unexpected(&reply))?;
+            instances.extend(page.iter().filter_map(parse_instance));
+            match text(&body, &["next_token"]) {
+                Some(token) if !page.is_empty() => after = Some(token),
+                _ => return Ok(instances),
+            }
         }
-        let body: Value = parse_json(&self.transport, &reply)?;
-        // A listing we cannot read is an error, never "no instances".
-        let items = body.get("instances").and_then(Value::as_array).ok_or_else(|| self.unexpected(&reply))?;
-        Ok(items.iter().filter_map(parse_instance).collect())
+        Err(ProviderError::BadResponse {
+            provider: PROVIDER,
+            status: 200,
+            body: format!("the instance listing did not end after {MAX_LIST_PAGES} pages"),
+        })
     }
 }
 
@@ -72,6 +144,7 @@ pub fn search_query(query: &OfferQuery) -> Value {
     let r = &query.requirements;
     let mut q = json!({
         "rentable": {"eq": true},
+        "rented": {"eq": false},
         "order": [["dph_total", "asc"]],
         "type": if r.billing == Some(Billing::Interruptible) { "bid" } else { "on-demand" },
         "limit": query.limit,
@@ -79,8 +152,18 @@ pub fn search_query(query: &OfferQuery) -> Value {
     if let Some(count) = r.gpu_count {
         q["num_gpus"] = json!({"eq": count});
     }
-    if let Some(vram) = r.min_vram_gb {
-        q["gpu_ram"] = json!({"gte": vram * 1024}); // MB
+    // vast-cli multiplies GB by 1000 (`offers_mult`): real cards report less
+    // than GB x 1024 (a 24 GB card: 24564 MB) and would be dropped.
+    // A memory named in every requested model ("A100 80GB") bounds it too.
+    let named: Option<Vec<u32>> = r.gpu_models.iter().map(|m| crate::market::filter::requested_memory_gb(m)).collect();
+    let by_name = named.filter(|n| !n.is_empty()).and_then(|n| n.into_iter().min());
+    if let Some(vram) = r.min_vram_gb.max(by_name) {
+        q["gpu_ram"] = json!({"gte": vram * 1000});
+    }
+    // The cheapest `limit` offers come back: without a name filter an
+    // expensive model is crowded out by cheap ones.
+    if !r.gpu_models.is_empty() {
+        q["gpu_name"] = json!({"in": vast_gpu_names(&r.gpu_models)});
     }
     if let Some(cuda) = r.min_cuda_version.as_deref().and_then(|c| c.parse::<f64>().ok()) {
         q["cuda_max_good"] = json!({"gte": cuda});
@@ -101,6 +184,76 @@ pub fn search_query(query: &OfferQuery) -> Value {
         q["geolocation"] = json!({"notin": r.excluded_countries});
     }
     q
+}
+
+/// `gpu_name` values Vast lists, spaces for vast-cli's underscores (a
+/// published list of Vast's names; see docs/providers.md). A requested model
+/// matches every form factor of it ("A100" -> "A100 PCIE", "A100 SXM4").
+const VAST_GPU_NAMES: &[&str] = &[
+    "A10",
+    "A100 PCIE",
+    "A100 SXM4",
+    "A100X",
+    "A40",
+    "A800 PCIE",
+    "B200",
+    "GH200 SXM",
+    "H100 NVL",
+    "H100 PCIE",
+    "H100 SXM",
+    "H200",
+    "H200 NVL",
+    "L4",
+    "L40",
+    "L40S",
+    "Q RTX 4000",
+    "Q RTX 6000",
+    "Q RTX 8000",
+    "RTX 2080 Ti",
+    "RTX 3060",
+    "RTX 3070",
+    "RTX 3080",
+    "RTX 3080 Ti",
+    "RTX 3090",
+    "RTX 3090 Ti",
+    "RTX 4060 Ti",
+    "RTX 4070",
+    "RTX 4070 Ti",
+    "RTX 4080",
+    "RTX 4080S",
+    "RTX 4090",
+    "RTX 4090D",
+    "RTX 5060 Ti",
+    "RTX 5070",
+    "RTX 5070 Ti",
+    "RTX 5080",
+    "RTX 5090",
+    "RTX 6000Ada",
+    "RTX A2000",
+    "RTX A4000",
+    "RTX A4500",
+    "RTX A5000",
+    "RTX A6000",
+    "RTX PRO 6000 WS",
+    "RTX PRO 6000 S",
+    "Tesla T4",
+    "Tesla V100",
+];
+
+/// Vast names for the requested models: the known names of the same model,
+/// and each request as written (memory dropped) for names not in the list.
+pub fn vast_gpu_names(models: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for model in models {
+        let wanted = gpu_model_key(&display_gpu_model(model));
+        let known = VAST_GPU_NAMES.iter().filter(|n| gpu_model_key(&display_gpu_model(n)) == wanted);
+        for name in known.map(|n| n.to_string()).chain(std::iter::once(display_gpu_model(model))) {
+            if !names.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
+                names.push(name);
+            }
+        }
+    }
+    names
 }
 
 /// One element of `offers`; `None` when it lacks what renting needs.
@@ -142,7 +295,12 @@ pub fn parse_instance(v: &Value) -> Option<Instance> {
     let state = match status.as_deref().map(str::to_ascii_lowercase).as_deref() {
         None | Some("created") | Some("loading") | Some("scheduling") => InstanceState::Provisioning,
         Some("running") => InstanceState::Running,
-        Some("exited") | Some("stopped") | Some("inactive") => InstanceState::Stopped,
+        // docs.vast.ai show-instances: `exited` (the container exited),
+        // `frozen` (paused, still billing), `offline` (host disconnected) and
+        // `unknown` (no heartbeat) never become running by themselves.
+        Some("exited") | Some("stopped") | Some("inactive") | Some("frozen") | Some("offline") | Some("unknown") => {
+            InstanceState::Stopped
+        }
         Some("destroyed") | Some("deleted") => InstanceState::Destroyed,
         Some(other) => InstanceState::Unknown(other.to_string()),
     };
@@ -197,14 +355,8 @@ impl Provider for VastAi {
     async fn search_offers(&self, query: &OfferQuery) -> Result<Vec<Offer>, ProviderError> {
         let q = search_query(query);
         let interruptible = q["type"] == "bid";
-        let url = format!("{}/bundles/", self.base_url);
-        let q_text = q.to_string();
-        let reply = self
-            .transport
-            .call(Idempotency::Safe, || {
-                self.transport.client().get(&url).bearer_auth(self.transport.secret()).query(&[("q", &q_text)])
-            })
-            .await?;
+        // Every official client POSTs the query as the body (vast-cli `search_offers`).
+        let reply = self.call(Method::POST, "POST /bundles/", "/bundles/", Some(&q), Idempotency::Safe).await?;
         if !reply.status.is_success() {
             return Err(self.unexpected(&reply));
         }
@@ -236,25 +388,22 @@ impl Provider for VastAi {
             body["price"] = json!(request.offer.price_per_hour);
         }
         let path = format!("/asks/{}/", request.offer.id);
-        let reply = self.call(Method::PUT, &path, Some(&body), Idempotency::Unsafe).await?;
+        let reply = self.call(Method::PUT, "PUT /asks/{id}/", &path, Some(&body), Idempotency::Unsafe).await?;
         let answer: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+        let made = text(&answer, &["new_contract"]);
         if !reply.status.is_success() || answer.get("success") == Some(&Value::Bool(false)) {
-            let error = text(&answer, &["error"]).unwrap_or_default();
-            let message = text(&answer, &["msg", "message"]).unwrap_or_else(|| self.transport.excerpt(&reply.body));
-            return Err(match error.as_str() {
-                "no_such_ask" => {
-                    ProviderError::OfferGone { provider: PROVIDER, offer_id: request.offer.id.clone(), message }
-                }
-                "insufficient_credit" | "insufficient_funds" => {
-                    ProviderError::InsufficientFunds { provider: PROVIDER, message }
-                }
-                _ if reply.status.as_u16() == 404 => {
-                    ProviderError::OfferGone { provider: PROVIDER, offer_id: request.offer.id.clone(), message }
-                }
-                _ => ProviderError::Rejected { provider: PROVIDER, status: reply.status.as_u16(), body: message },
-            });
+            let error = self.create_refusal(request, &reply, &answer);
+            // Seen on spot creates: refused, yet an instance was made (stopped,
+            // billing storage). Destroy it now; if that fails, it carries our
+            // label and the stray reaper destroys it.
+            if let Some(id) = made
+                && let Err(destroy_error) = super::destroy_confirmed(self, &id).await
+            {
+                tracing::warn!(provider = %PROVIDER, instance = %id, error = %destroy_error, "a refused create left an instance; the stray reaper will destroy it");
+            }
+            return Err(error);
         }
-        let id = match text(&answer, &["new_contract"]) {
+        let id = match made {
             Some(id) => id,
             // Seen: success without the id. Our label finds it.
             None => match self.find_by_label(&request.label).await? {
@@ -277,7 +426,9 @@ impl Provider for VastAi {
     }
 
     async fn get_instance(&self, id: &str) -> Result<Option<Instance>, ProviderError> {
-        let reply = self.call(Method::GET, &format!("/instances/{id}/"), None, Idempotency::Safe).await?;
+        let reply = self
+            .call(Method::GET, "GET /instances/{id}/", &format!("/instances/{id}/"), None, Idempotency::Safe)
+            .await?;
         if reply.status.as_u16() == 404 {
             return Ok(None);
         }
@@ -302,7 +453,9 @@ impl Provider for VastAi {
     }
 
     async fn destroy_instance(&self, id: &str) -> Result<(), ProviderError> {
-        let reply = self.call(Method::DELETE, &format!("/instances/{id}/"), None, Idempotency::Safe).await?;
+        let reply = self
+            .call(Method::DELETE, "DELETE /instances/{id}/", &format!("/instances/{id}/"), None, Idempotency::Safe)
+            .await?;
         match reply.status.as_u16() {
             // vast-ai/vast-python `destroy__instance`: a 200 may still say `success: false` with a `msg`.
             200..=299 => {
@@ -326,7 +479,15 @@ impl Provider for VastAi {
     /// Vast attaches keys to an instance after create.
     async fn ensure_ssh_key(&self, id: &str, ssh_public_key: &str) -> Result<(), ProviderError> {
         let attach = json!({"ssh_key": ssh_public_key});
-        let reply = self.call(Method::POST, &format!("/instances/{id}/ssh/"), Some(&attach), Idempotency::Safe).await?;
+        let reply = self
+            .call(
+                Method::POST,
+                "POST /instances/{id}/ssh/",
+                &format!("/instances/{id}/ssh/"),
+                Some(&attach),
+                Idempotency::Safe,
+            )
+            .await?;
         if !reply.status.is_success() {
             return Err(self.unexpected(&reply));
         }

@@ -66,21 +66,33 @@ async fn swap_on_machine(step: &Step<'_>, current: &SessionKey, next: &SessionKe
     let next_line = key_line(&next.public_openssh)?;
     // A crash after the old key was removed leaves only `next` working: then it is already on.
     if run_on_machine(step, next, "true").await.is_err() {
-        let add = format!(
-            "umask 077; mkdir -p ~/.ssh && touch ~/.ssh/authorized_keys && \
-             (grep -qF '{next_body}' ~/.ssh/authorized_keys || printf '%s\\n' '{next_line}' >> ~/.ssh/authorized_keys)"
-        );
+        let add = for_every_account(&format!(
+            "umask 077; mkdir -p $HOME/.ssh && touch $HOME/.ssh/authorized_keys && \
+             (grep -qF '{next_body}' $HOME/.ssh/authorized_keys || printf '%s\\n' '{next_line}' >> $HOME/.ssh/authorized_keys)"
+        ));
         expect_success(run_on_machine(step, current, &add).await, "adding the new key")?;
     }
-    let remove = format!(
-        "umask 077; f=~/.ssh/authorized_keys; {{ grep -vF '{current_body}' \"$f\" || true; }} > \"$f.rekey\" && mv \"$f.rekey\" \"$f\""
-    );
+    let remove = for_every_account(&format!(
+        "umask 077; f=$HOME/.ssh/authorized_keys; [ -f \"$f\" ] || exit 0; \
+         {{ grep -vF '{current_body}' \"$f\" || true; }} > \"$f.rekey\" && mv \"$f.rekey\" \"$f\""
+    ));
     expect_success(run_on_machine(step, next, &remove).await, "removing the old key with the new one")?;
     match run_on_machine(step, current, "true").await {
         Err(SshError::AuthRejected { .. }) => Ok(()),
         Ok(_) => Err("the old key still logs in (is it also in another authorized_keys file?)".into()),
         Err(other) => Err(format!("could not check that the old key is refused: {other}")),
     }
+}
+
+/// Runs `script` for the login user and, where the login user is not root and
+/// may sudo, for root too: some marketplaces' keys are installed in both
+/// (TensorDock's cloud-init writes `root` and `user`), and an old key left in
+/// either still opens the machine.
+fn for_every_account(script: &str) -> String {
+    let quoted = format!("'{}'", script.replace('\'', r"'\''"));
+    format!(
+        "sh -c {quoted} && if [ \"$(id -u)\" != 0 ] && sudo -n true 2>/dev/null; then sudo -n env HOME=/root sh -c {quoted}; fi"
+    )
 }
 
 fn expect_success(

@@ -134,7 +134,7 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
     };
 
     let Some(provider) = ctx.provider(best.provider).cloned() else { return Ok(Action::requeue(PROVISIONING_POLL)) };
-    let request = create_request(step, &best, key);
+    let request = create_request(step, &best, key, &requirements);
     let why = rank::explain(&best, candidates.len());
     // The intent is stored before the create is sent (crossplane's create-pending):
     // a crash or a lost answer after this point is settled by a listing, never doubled.
@@ -232,7 +232,7 @@ pub(super) async fn effective_requirements(
         .map_err(|why| ("ConflictingRequirements", format!("the filter and the session contradict each other: {why}"))))
 }
 
-fn create_request(step: &Step<'_>, offer: &Offer, key: &SessionKey) -> CreateRequest {
+fn create_request(step: &Step<'_>, offer: &Offer, key: &SessionKey, requirements: &OfferRequirements) -> CreateRequest {
     let spec = &step.session.spec;
     let mut env: Vec<(String, String)> = spec.env.iter().map(|e| (e.name.clone(), e.value.clone())).collect();
     let mut ports = spec.ports.clone();
@@ -255,6 +255,7 @@ fn create_request(step: &Step<'_>, offer: &Offer, key: &SessionKey) -> CreateReq
         env,
         ports,
         disk_gb: spec.disk_gb.unwrap_or(DEFAULT_DISK_GB),
+        min_cuda_version: requirements.min_cuda_version.clone(),
     }
 }
 
@@ -273,6 +274,10 @@ fn record_rented(step: &mut Step<'_>, provider: ProviderName, instance: &Instanc
     s.provider = Some(provider);
     s.instance_id = Some(instance.id.clone());
     s.offer_id = offer.map(|o| o.id.clone()).or_else(|| s.offer_id.clone());
+    s.host_id = match offer {
+        Some(o) => o.host_id.clone(),
+        None => s.host_id.clone(),
+    };
     s.price_per_hour = instance.price_per_hour.or(offer.map(|o| o.price_per_hour));
     s.gpu = offer.map(|o| format!("{}x {}", o.gpu_count, o.gpu_model)).or_else(|| instance.gpu_model.clone());
     s.selection = Some(why);

@@ -390,8 +390,8 @@ async fn ready(step: &mut Step<'_>) -> Result<Action> {
 pub async fn host_failed(step: &mut Step<'_>, reason: &str, message: String) -> Result<Action> {
     let provider = step.status.provider;
     let offer_id = step.status.offer_id.clone().unwrap_or_default();
-    if let Some(provider) = provider {
-        step.ctx.bad_hosts.mark(provider, None, &offer_id, reason);
+    if let (Some(provider), Some(host)) = (provider, step.status.host_id.as_deref()) {
+        step.ctx.bad_hosts.mark(provider, host, reason);
     }
     teardown::release(step).await?;
     let cost_usd = step.status.rented_at.is_some().then(|| teardown::current_machine_cost(step));
