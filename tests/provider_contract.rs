@@ -52,7 +52,7 @@ fn client_with_key(sim: &SimulatorHandle, provider: ProviderName, key: Option<&s
 }
 
 fn query(requirements: OfferRequirements) -> OfferQuery {
-    OfferQuery { requirements, limit: 50 }
+    OfferQuery { requirements, limit: 50, disk_gb: 0 }
 }
 
 fn request(offer: Offer, deployment: &str, uid: &str) -> CreateRequest {
@@ -65,6 +65,7 @@ fn request(offer: Offer, deployment: &str, uid: &str) -> CreateRequest {
         env: vec![("EPOCHS".into(), "3".into())],
         ports: vec![8000],
         disk_gb: 40,
+        min_cuda_version: None,
     }
 }
 
@@ -326,4 +327,58 @@ async fn unreachable_instances_run_without_an_ssh_endpoint() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let got = runpod.get_instance(&pod.id).await.unwrap().unwrap();
     assert_eq!((got.state, got.ssh), (InstanceState::Running, None));
+}
+
+#[tokio::test]
+async fn a_vast_create_refused_after_making_an_instance_moves_on_and_leaves_nothing_billing() {
+    let sim = sim().await;
+    sim.set_faults(ProviderName::Vastai, Faults { refused_creates_with_instance: 1, ..Default::default() });
+    let provider = client(&sim, ProviderName::Vastai);
+    let offer = cheapest_4090(&provider).await;
+    let error = provider.create_instance(&request(offer, "dep", "uid-refused")).await.unwrap_err();
+    assert_eq!(error.next_step(), NextStep::NextOffer, "{error}");
+    let report = sim.instances();
+    assert_eq!(report.len(), 1, "the refusal did make an instance: {report:?}");
+    assert!(report[0].destroyed, "and the client destroyed it: {report:?}");
+}
+
+#[tokio::test]
+async fn one_paced_client_draws_no_429_from_limits_the_marketplaces_publish() {
+    let sim = sim().await;
+    let provider = client(&sim, ProviderName::Vastai);
+    let searches = (0..12).map(|_| {
+        let provider = provider.clone();
+        async move { provider.search_offers(&query(OfferRequirements::default())).await }
+    });
+    for result in futures::future::join_all(searches).await {
+        result.unwrap();
+    }
+    let refused = sim.sim.world().rate_limits.refused.get(&ProviderName::Vastai).copied().unwrap_or(0);
+    assert_eq!(refused, 0, "concurrent callers share one pacer and wait for their slot");
+}
+
+#[tokio::test]
+async fn the_key_reaches_a_runpod_pod_whose_image_is_not_runpods() {
+    let sim = sim().await;
+    let provider = client(&sim, ProviderName::Runpod);
+    let offer = cheapest_4090(&provider).await;
+    let mut plain = request(offer, "dep", "uid-cuda");
+    plain.image = "nvidia/cuda:12.4.1-runtime-ubuntu22.04".into();
+    let pod = provider.create_instance(&plain).await.unwrap();
+    let home = sim.sim.world().find(ProviderName::Runpod, &pod.id).unwrap().home.clone();
+    let keys = std::fs::read_to_string(home.join(".ssh/authorized_keys")).unwrap_or_default();
+    assert!(keys.contains("AAAAC3NzaC1lZDI1NTE5"), "sshd started and the key authorised through dockerArgs");
+}
+
+#[tokio::test]
+async fn a_tensordock_offer_costs_what_the_machine_then_bills() {
+    let sim = sim().await;
+    let provider = client(&sim, ProviderName::Tensordock);
+    let offer = cheapest_4090(&provider).await;
+    let mut small_disk = request(offer.clone(), "dep", "uid-td");
+    small_disk.disk_gb = 20; // below TensorDock's 100 GB minimum: rented at the minimum
+    let instance = provider.create_instance(&small_disk).await.unwrap();
+    let billed = provider.get_instance(&instance.id).await.unwrap().unwrap().price_per_hour.unwrap();
+    assert!((billed - offer.price_per_hour).abs() < 1e-6, "offer {} vs billed {billed}", offer.price_per_hour);
+    provider.destroy_instance(&instance.id).await.unwrap();
 }

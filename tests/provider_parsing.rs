@@ -50,7 +50,7 @@ fn vast_instance_is_unwrapped_and_reads_cur_state_and_the_proxy() {
 
 #[test]
 fn tensordock_locations_become_offers_without_untrusted_port_forwards() {
-    let offers = tensordock::parse_locations(&fixture("tensordock-locations.json"), 1).unwrap();
+    let offers = tensordock::parse_locations(&fixture("tensordock-locations.json"), 1, 100).unwrap();
     let ids: Vec<_> = offers.iter().map(|o| o.id.as_str()).collect();
     assert_eq!(
         ids,
@@ -64,7 +64,7 @@ fn tensordock_locations_become_offers_without_untrusted_port_forwards() {
     assert_eq!(offers[0].location.as_deref(), Some("Chicago, Illinois, US"));
     assert_eq!(offers[1].price_per_hour, 1.45);
     assert!(offers.iter().all(|o| o.cuda_version.is_none()), "TensorDock does not advertise CUDA");
-    let two = tensordock::parse_locations(&fixture("tensordock-locations.json"), 2).unwrap();
+    let two = tensordock::parse_locations(&fixture("tensordock-locations.json"), 2, 100).unwrap();
     assert_eq!(two.len(), 1, "only the 4090 location has 2 GPUs free");
     assert!((two[0].price_per_hour - 0.74).abs() < 1e-9);
 
@@ -78,7 +78,8 @@ fn tensordock_locations_become_offers_without_untrusted_port_forwards() {
 fn runpod_gpu_types_pods_and_errors_inside_200() {
     let data = &fixture("runpod-gputypes.json")["data"];
     let any = runpod::parse_gpu_types(data, 1, Billing::Any).unwrap();
-    assert_eq!(any.len(), 3, "4090 on demand + spot, A100 on demand; H200 has no price: {any:?}");
+    assert_eq!(any.len(), 3, "4090 on demand + spot, A100 on demand; H100 out of stock, H200 no price: {any:?}");
+    assert!(any.iter().all(|o| !o.id.contains("H100")), "no stockStatus: nothing to rent");
     let on_demand = runpod::parse_gpu_types(data, 2, Billing::OnDemand).unwrap();
     assert_eq!(on_demand[0].price_per_hour, 0.88, "priced per GPU");
     assert!(on_demand.iter().all(|o| !o.interruptible));
@@ -94,6 +95,93 @@ fn runpod_gpu_types_pods_and_errors_inside_200() {
         runpod::classify_error(message),
         ProviderError::NoCapacity { provider: ProviderName::Runpod, .. }
     ));
+}
+
+#[test]
+fn runpod_ssh_is_the_public_tcp_mapping_and_http_ports_are_not_endpoints() {
+    let pod = runpod::parse_pod(&fixture("runpod-pod-udp-first.json")["data"]["pod"]).unwrap();
+    let ssh = pod.ssh.clone().unwrap();
+    assert_eq!((ssh.host.as_str(), ssh.port), ("69.30.85.41", 22118), "not the UDP mapping listed first");
+    assert_eq!(pod.endpoint(8000), None, "a /http port has only a private address");
+    let tcp = pod.endpoint(8001).unwrap();
+    assert_eq!((tcp.host.as_str(), tcp.port), ("69.30.85.41", 22119));
+}
+
+#[test]
+fn runpod_capacity_errors_move_on_and_request_errors_do_not() {
+    for message in [
+        "There are no longer any instances available with the requested specifications. Please refresh and try again.",
+        "SUPPLY_CONSTRAINT: Unable to find a machine with capacity for this pod.",
+        "Unable to find a machine with capacity",
+    ] {
+        assert!(matches!(runpod::classify_error(message), ProviderError::NoCapacity { .. }), "{message}");
+    }
+    assert!(matches!(runpod::classify_error("Pod not found"), ProviderError::Rejected { .. }));
+}
+
+#[test]
+fn tensordock_v2_locations_price_every_resource_and_name_countries() {
+    let offers = tensordock::parse_locations(&fixture("tensordock-locations-v2.json"), 1, 100).unwrap();
+    assert_eq!(offers.len(), 2);
+    let chicago = &offers[0];
+    assert_eq!(chicago.country.as_deref(), Some("US"), "'United States' is a country name");
+    // GPU 0.20 + 4 vCPU x 0.003 + 16 GB x 0.002 + 100 GB x 0.00005
+    assert!((chicago.price_per_hour - (0.2 + 0.012 + 0.032 + 0.005)).abs() < 1e-9, "{}", chicago.price_per_hour);
+    assert_eq!(chicago.host_id, None, "a location is not one machine to avoid");
+    assert_eq!(offers[1].country.as_deref(), Some("DE"));
+    let bigger_disk = tensordock::parse_locations(&fixture("tensordock-locations-v2.json"), 1, 500).unwrap();
+    assert!(bigger_disk[0].price_per_hour > chicago.price_per_hour, "storage is priced");
+}
+
+#[test]
+fn tensordock_documented_listing_is_read() {
+    let body = fixture("tensordock-instances-documented.json");
+    let items = tensordock::listed_instances(&body).expect("the documented shape is a listing");
+    let parsed: Vec<_> = items.iter().filter_map(tensordock::parse_instance).collect();
+    assert_eq!(parsed.len(), 2);
+    assert_eq!(parsed[0].id, "550e8400-e29b-41d4-a716-446655440000");
+    assert_eq!(parsed[0].label, Some(InstanceLabel::new("prod", "uid-7")));
+    assert_eq!(parsed[0].state, InstanceState::Running);
+    assert_eq!(parsed[1].label, None);
+    let old_shape = serde_json::json!({"data": [{"id": "x", "name": "n", "status": "running"}]});
+    assert_eq!(tensordock::listed_instances(&old_shape).map(Vec::len), Some(1));
+}
+
+#[test]
+fn vast_statuses_that_never_run_by_themselves_are_stopped() {
+    let page = fixture("vastai-instances-v1-page.json");
+    let parsed: Vec<_> = page["instances"].as_array().unwrap().iter().filter_map(vastai::parse_instance).collect();
+    assert_eq!(parsed.len(), 3);
+    assert!(parsed.iter().all(|i| i.state == InstanceState::Stopped), "frozen, offline, unknown: {parsed:?}");
+}
+
+#[test]
+fn vast_search_asks_in_mb_of_1000_and_names_the_models() {
+    use gpu_shopper::crd::OfferRequirements;
+    use gpu_shopper::provider::OfferQuery;
+    let query = OfferQuery {
+        requirements: OfferRequirements {
+            gpu_models: vec!["A100 80GB".into(), "H100 80GB".into()],
+            min_vram_gb: Some(24),
+            ..Default::default()
+        },
+        limit: 50,
+        disk_gb: 0,
+    };
+    let q = vastai::search_query(&query);
+    assert_eq!(q["gpu_ram"]["gte"], 80_000, "the memory both names ask for, x1000 like vast-cli");
+    let names: Vec<&str> = q["gpu_name"]["in"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    for expected in ["A100 PCIE", "A100 SXM4", "H100 SXM", "H100 PCIE", "H100 NVL"] {
+        assert!(names.contains(&expected), "{expected} in {names:?}");
+    }
+    assert!(!names.contains(&"A100X"), "another model");
+    let plain = vastai::search_query(&OfferQuery {
+        requirements: OfferRequirements { min_vram_gb: Some(24), ..Default::default() },
+        limit: 50,
+        disk_gb: 0,
+    });
+    assert_eq!(plain["gpu_ram"]["gte"], 24_000, "a 24 GB card reports 24564 MB and must be found");
+    assert!(plain.get("gpu_name").is_none());
 }
 
 fn arbitrary_json() -> impl Strategy<Value = Value> {
@@ -152,7 +240,7 @@ proptest! {
     fn no_json_makes_a_parser_panic(value in arbitrary_json()) {
         let _ = vastai::parse_offer(&value, false);
         let _ = vastai::parse_instance(&value);
-        let _ = tensordock::parse_locations(&value, 1);
+        let _ = tensordock::parse_locations(&value, 1, 100);
         let _ = tensordock::parse_instance(&value);
         let _ = runpod::parse_gpu_types(&value, 3, Billing::Any);
         let _ = runpod::parse_pod(&value);
@@ -165,7 +253,7 @@ proptest! {
     fn no_bytes_make_a_parser_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         if let Ok(value) = serde_json::from_slice::<Value>(&bytes) {
             let _ = vastai::parse_instance(&value);
-            let _ = tensordock::parse_locations(&value, 1);
+            let _ = tensordock::parse_locations(&value, 1, 100);
             let _ = runpod::parse_pod(&value);
         }
         let _ = gpu_shopper::provider::error::excerpt(&bytes, &["secret"]);

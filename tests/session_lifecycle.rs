@@ -394,8 +394,11 @@ async fn an_orphan_from_a_crashed_run_is_destroyed_and_another_deployments_insta
         secrecy::SecretString::from(keys.vastai),
         Default::default(),
     );
-    let offer =
-        vast.search_offers(&OfferQuery { requirements: Default::default(), limit: 10 }).await.unwrap().remove(0);
+    let offer = vast
+        .search_offers(&OfferQuery { requirements: Default::default(), limit: 10, disk_gb: 0 })
+        .await
+        .unwrap()
+        .remove(0);
     let request = |deployment: &str| CreateRequest {
         offer: offer.clone(),
         label: InstanceLabel::new(deployment, "uid-of-a-session-that-no-longer-exists"),
@@ -405,6 +408,7 @@ async fn an_orphan_from_a_crashed_run_is_destroyed_and_another_deployments_insta
         env: vec![],
         ports: vec![],
         disk_gb: 10,
+        min_cuda_version: None,
     };
     let orphan = vast.create_instance(&request(&h.ns)).await.unwrap();
     let foreign = vast.create_instance(&request("another-deployment")).await.unwrap();

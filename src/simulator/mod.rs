@@ -57,6 +57,15 @@ impl Sim {
                 )
                     .into_response());
             }
+            let limited = !faults.no_rate_limits;
+            if limited
+                && let Some(body) =
+                    world.rate_limits.over(provider, &format!("{method} {path}"), tokio::time::Instant::now())
+            {
+                // Vast sends no Retry-After (its docs say so); plain text, as its docs show.
+                return Err((StatusCode::TOO_MANY_REQUESTS, body).into_response());
+            }
+            let faults = world.faults(provider);
             if faults.rate_limits > 0 {
                 faults.rate_limits -= 1;
                 let after = faults.retry_after_secs.to_string();

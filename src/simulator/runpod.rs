@@ -1,6 +1,10 @@
 //! RunPod's GraphQL API, simulated at `/graphql`. Operations are recognised by
 //! their root field and read their arguments from `variables`, which is how
 //! the real client sends them. Errors come back as HTTP 200 with `errors`.
+//! As docs/providers.md records: a GPU type out of stock keeps its prices but
+//! has no `stockStatus`; a pod lists 22 as UDP first, `/http` ports with a
+//! private address; an image that is not RunPod's has no sshd unless
+//! `dockerArgs` installs and starts one.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +24,7 @@ use crate::crd::ProviderName;
 const P: ProviderName = ProviderName::Runpod;
 const NO_CAPACITY: &str =
     "There are no longer any instances available with the requested specifications. Please refresh and try again.";
+const SUPPLY_CONSTRAINT: &str = "SUPPLY_CONSTRAINT: Unable to find a machine with capacity for this pod.";
 
 pub fn router(sim: Arc<Sim>) -> Router {
     Router::new().route("/graphql", post(graphql)).with_state(sim)
@@ -51,6 +56,10 @@ async fn graphql(
     }
     match operation {
         "gpuTypes" => gpu_types(&sim, &variables),
+        // Every official client declares the input non-null.
+        "podFindAndDeployOnDemand" if !query.contains("PodFindAndDeployOnDemandInput!") => graphql_error(
+            "Variable \"$input\" of type \"PodFindAndDeployOnDemandInput\" used in position expecting type \"PodFindAndDeployOnDemandInput!\". GRAPHQL_VALIDATION_FAILED",
+        ),
         "podFindAndDeployOnDemand" => deploy(&sim, &variables["input"], false, "podFindAndDeployOnDemand"),
         "podRentInterruptable" => deploy(&sim, &variables["input"], true, "podRentInterruptable"),
         "podTerminate" => terminate(&sim, &variables["input"]),
@@ -88,9 +97,11 @@ fn gpu_types(sim: &Sim, variables: &Value) -> Response {
                 "memoryInGb": h.vram_gb,
                 "secureCloud": true,
                 "communityCloud": true,
+                // Out of stock: prices stay, the stock status goes.
                 "lowestPrice": {
-                    "minimumBidPrice": if enough { json!(h.min_bid_per_hour) } else { Value::Null },
-                    "uninterruptablePrice": if enough { json!(h.price_per_hour) } else { Value::Null },
+                    "minimumBidPrice": h.min_bid_per_hour,
+                    "uninterruptablePrice": h.price_per_hour,
+                    "stockStatus": if enough { json!(if h.available >= 4 * count { "High" } else { "Low" }) } else { Value::Null },
                 },
             })
         })
@@ -109,8 +120,11 @@ fn deploy(sim: &Sim, input: &Value, interruptible: bool, field: &str) -> Respons
     let Some(host) = world.host(P, &gpu_type) else {
         return graphql_error(&format!("Invalid gpuTypeId {gpu_type}"));
     };
-    if faults.stale_inventory || faults.snatched_offers.contains(&gpu_type) || count > host.available {
+    if faults.stale_inventory || count > host.available {
         return graphql_error(NO_CAPACITY);
+    }
+    if faults.snatched_offers.contains(&gpu_type) {
+        return graphql_error(SUPPLY_CONSTRAINT);
     }
     let env: BTreeMap<String, String> = input["env"]
         .as_array()
@@ -122,16 +136,28 @@ fn deploy(sim: &Sim, input: &Value, interruptible: bool, field: &str) -> Respons
     if interruptible && per_gpu < host.min_bid_per_hour.unwrap_or(f64::MAX) {
         return graphql_error("Your bid is below the minimum bid price for this GPU type.");
     }
-    let key = env.get("PUBLIC_KEY").cloned().unwrap_or_default();
+    let image_name = input["imageName"].as_str().unwrap_or_default();
+    // Only RunPod's images start sshd from PUBLIC_KEY; any other needs dockerArgs that do.
+    let sshd = image_name.starts_with("runpod/") || docker_args_start_sshd(input["dockerArgs"].as_str());
+    let key = if sshd { env.get("PUBLIC_KEY").cloned().unwrap_or_default() } else { String::new() };
     let name = input["name"].as_str().unwrap_or_default().to_string();
     let image = input["imageName"].as_str().unwrap_or_default().to_string();
     // "22/tcp,8000/http"
-    let ports: Vec<u16> = input["ports"]
+    let port_specs: Vec<(u16, String)> = input["ports"]
         .as_str()
         .unwrap_or_default()
         .split(',')
-        .filter_map(|p| p.split('/').next()?.trim().parse().ok())
+        .filter_map(|p| {
+            let (port, kind) = p.trim().split_once('/')?;
+            Some((port.parse().ok()?, kind.to_ascii_lowercase()))
+        })
         .collect();
+    let ports: Vec<u16> = port_specs.iter().map(|(p, _)| *p).collect();
+    let http_ports: Vec<u16> = port_specs.iter().filter(|(_, k)| k == "http").map(|(p, _)| *p).collect();
+    let mut env = env;
+    if !http_ports.is_empty() {
+        env.insert(HTTP_PORTS_ENV.into(), http_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(","));
+    }
     let new = NewInstance {
         provider: P,
         host,
@@ -142,6 +168,7 @@ fn deploy(sim: &Sim, input: &Value, interruptible: bool, field: &str) -> Respons
         image,
         env,
         ports,
+        driver_broken: false,
     };
     let Ok(instance) = world.create(new) else {
         return graphql_error("Something went wrong (internal error).");
@@ -153,6 +180,23 @@ fn deploy(sim: &Sim, input: &Value, interruptible: bool, field: &str) -> Respons
     }
     let pod = pod_json(&world, &instance, Instant::now());
     data(json!({ field: pod }))
+}
+
+/// Where the simulated pod remembers which ports were asked for as `/http`.
+const HTTP_PORTS_ENV: &str = "RUNPOD_SIM_HTTP_PORTS";
+
+/// Does the container start command install/start sshd and authorise the key?
+/// Base64-wrapped scripts (`echo … | base64 -d`) are read through.
+fn docker_args_start_sshd(args: Option<&str>) -> bool {
+    use base64::Engine;
+    let Some(args) = args else { return false };
+    let decoded: String = args
+        .split_whitespace()
+        .filter_map(|word| base64::engine::general_purpose::STANDARD.decode(word.trim_matches('\'')).ok())
+        .filter_map(|bytes| String::from_utf8(bytes).ok())
+        .collect();
+    let script = format!("{args}\n{decoded}");
+    script.contains("sshd") && script.contains("authorized_keys") && script.contains("PUBLIC_KEY")
 }
 
 fn terminate(sim: &Sim, input: &Value) -> Response {
@@ -172,13 +216,24 @@ fn terminate(sim: &Sim, input: &Value) -> Response {
 fn pod_json(world: &World, i: &SimInstance, now: Instant) -> Value {
     let state = world.state_of(i, now);
     let reachable = !world.faults.get(&P).is_some_and(|f| f.unreachable_instances);
+    let http_ports: Vec<u16> =
+        i.env.get(HTTP_PORTS_ENV).map(|p| p.split(',').filter_map(|p| p.parse().ok()).collect()).unwrap_or_default();
     let runtime = (state == SimState::Running).then(|| {
-        let mut ports = Vec::new();
+        // As a real pod lists them: 22 as UDP first, then the private and public TCP mappings.
+        let mut ports = vec![
+            json!({"ip": "127.0.0.1", "isIpPublic": true, "privatePort": 22, "publicPort": 1, "type": "udp"}),
+            json!({"ip": "100.65.13.7", "isIpPublic": false, "privatePort": 22, "publicPort": 22, "type": "tcp"}),
+        ];
         if reachable {
             ports.push(json!({"ip": "127.0.0.1", "isIpPublic": true, "privatePort": 22, "publicPort": i.ssh_port, "type": "tcp"}));
         }
         for (private, public) in &i.port_map {
-            ports.push(json!({"ip": "127.0.0.1", "isIpPublic": true, "privatePort": private, "publicPort": public, "type": "http"}));
+            if http_ports.contains(private) {
+                // Served only through https://{pod}-{port}.proxy.runpod.net: no public address.
+                ports.push(json!({"ip": "100.65.13.7", "isIpPublic": false, "privatePort": private, "publicPort": private, "type": "http"}));
+            } else {
+                ports.push(json!({"ip": "127.0.0.1", "isIpPublic": true, "privatePort": private, "publicPort": public, "type": "tcp"}));
+            }
         }
         json!({
             "uptimeInSeconds": now.duration_since(i.created).as_secs(),

@@ -1,4 +1,9 @@
-//! TensorDock's REST v2 API, simulated under `/api/v2`.
+//! TensorDock's REST v2 API, simulated under `/api/v2`, in the shapes of
+//! docs/providers.md: countries by name, the GPU price apart from vCPU, RAM
+//! and storage prices, a 100 GB storage minimum, port 22 forwarded or refused,
+//! stale inventory refused inside an HTTP 200, the documented nested listing,
+//! and (fault `brokenDrivers`) VMs without a working driver unless cloud-init
+//! repairs it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,6 +29,29 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/api/v2/instances", get(list).post(create))
         .route("/api/v2/instances/{id}", get(show).delete(destroy))
         .with_state(sim)
+}
+
+/// Per-resource prices beside the GPU's.
+const PER_VCPU_HR: f64 = 0.003;
+const PER_GB_RAM_HR: f64 = 0.002;
+const PER_GB_STORAGE_HR: f64 = 0.0001;
+/// What the listed GPU price leaves out for a typical rent (4 vCPU, 16 GB per
+/// GPU, 100 GB storage), so that a client pricing all of it sees the host's price.
+fn extras_per_gpu() -> f64 {
+    4.0 * PER_VCPU_HR + 16.0 * PER_GB_RAM_HR + 100.0 * PER_GB_STORAGE_HR
+}
+
+/// TensorDock names countries; the market file gives codes.
+fn country_name(code: &str) -> String {
+    match code {
+        "US" => "United States".into(),
+        "CA" => "Canada".into(),
+        "DE" => "Germany".into(),
+        "CN" => "China".into(),
+        "GB" => "United Kingdom".into(),
+        "NL" => "Netherlands".into(),
+        other => celes::Country::from_alpha2(other).map(|c| c.long_name.to_string()).unwrap_or_else(|_| other.into()),
+    }
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -58,13 +86,14 @@ async fn locations(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response 
                 "id": h.id,
                 "city": parts.first().copied().unwrap_or(""),
                 "stateprovince": if parts.len() > 2 { parts[1] } else { "" },
-                "country": parts.last().copied().unwrap_or(""),
+                "country": country_name(parts.last().copied().unwrap_or("")),
                 "tier": 3,
                 "gpus": [{
                     "v0Name": v0_name(h),
                     "displayName": format!("NVIDIA {}", h.gpu),
-                    "count": h.available,
-                    "price_per_hr": h.price_per_hour / f64::from(h.gpu_count.max(1)),
+                    "max_count": h.available,
+                    "price_per_hr": (h.price_per_hour / f64::from(h.gpu_count.max(1)) - extras_per_gpu()).max(0.01),
+                    "pricing": {"per_vcpu_hr": PER_VCPU_HR, "per_gb_ram_hr": PER_GB_RAM_HR, "per_gb_storage_hr": PER_GB_STORAGE_HR},
                     "resources": {"max_vcpus": 32, "max_ram_gb": 128, "max_storage_gb": 2000},
                     "network_features": {"dedicated_ip_available": true, "port_forwarding_available": true},
                 }],
@@ -96,15 +125,34 @@ async fn create(State(sim): State<Arc<Sim>>, headers: HeaderMap, axum::Json(body
     if gpu != v0_name(&host) {
         return error(StatusCode::BAD_REQUEST, &format!("GPU {gpu} is not offered at this location"));
     }
+    let resources = &attributes["resources"];
+    let storage = resources["storage_gb"].as_u64().unwrap_or(0);
+    if storage < 100 {
+        // The validation-list shape cloud-gpu-shopper's `parseCreateError` reads.
+        let refusal = json!([{"code": "too_small", "message": "Storage must be at least 100 GB", "path": ["data", "attributes", "resources", "storage_gb"]}]);
+        return (StatusCode::BAD_REQUEST, axum::Json(refusal)).into_response();
+    }
+    let forwards_ssh = attributes["port_forwards"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|f| f["internal_port"].as_u64() == Some(22)));
+    if !forwards_ssh {
+        return error(StatusCode::BAD_REQUEST, "SSH port (22) must be forwarded for Ubuntu VMs");
+    }
     if faults.stale_inventory || faults.snatched_offers.contains(&location) || count > host.available {
-        return error(StatusCode::BAD_REQUEST, "No available nodes found");
+        // Seen: the refusal arrives as HTTP 200 with the error in the body.
+        return axum::Json(json!({"status": 400, "error": "No available nodes found"})).into_response();
     }
     if attributes["useDedicatedIp"] != Value::Bool(true) && faults.ignore_port_forwards {
         // Seen: the port forwards are accepted and ignored; SSH never answers.
         world.faults(P).unreachable_instances = true;
     }
     let key = attributes["ssh_key"].as_str().unwrap_or_default().to_string();
-    let per_gpu = host.price_per_hour / f64::from(host.gpu_count.max(1));
+    let per_gpu = (host.price_per_hour / f64::from(host.gpu_count.max(1)) - extras_per_gpu()).max(0.01);
+    let number = |v: &Value| v.as_f64().unwrap_or(0.0);
+    let hourly = per_gpu * f64::from(count)
+        + number(&resources["vcpu_count"]) * PER_VCPU_HR
+        + number(&resources["ram_gb"]) * PER_GB_RAM_HR
+        + storage as f64 * PER_GB_STORAGE_HR;
     let name = attributes["name"].as_str().unwrap_or_default().to_string();
     // The key reaches the machine through cloud-init runcmd (seen: the only way that works).
     let runcmd = attributes["cloud_init"]["runcmd"].as_array().cloned().unwrap_or_default();
@@ -113,13 +161,16 @@ async fn create(State(sim): State<Arc<Sim>>, headers: HeaderMap, axum::Json(body
         .filter_map(Value::as_str)
         .any(|c| !key.is_empty() && c.contains(key.trim()) && c.contains("authorized_keys"));
     let key = if injected { key } else { String::new() };
-    // A VM has no container env: the client exports it from cloud-init into /etc/environment.
+    // A VM has no container env: the client exports it from cloud-init into
+    // /etc/environment; the machine gets what a shell would write there.
     let env: BTreeMap<String, String> = runcmd
         .iter()
         .filter_map(Value::as_str)
-        .filter_map(|c| c.strip_prefix("echo '")?.split_once("' >> /etc/environment").map(|(kv, _)| kv.to_string()))
-        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .filter_map(|c| c.strip_prefix("printf '%s\\n' ")?.strip_suffix(" >> /etc/environment").map(shell_unquote))
+        .filter_map(|line| line.and_then(|l| environment_line(&l)))
         .collect();
+    let repairs_driver =
+        runcmd.iter().filter_map(Value::as_str).any(|c| c.contains("nvidia-smi") && c.contains("dkms"));
     let ports: Vec<u16> = attributes["port_forwards"]
         .as_array()
         .into_iter()
@@ -130,12 +181,13 @@ async fn create(State(sim): State<Arc<Sim>>, headers: HeaderMap, axum::Json(body
         provider: P,
         host: host.clone(),
         gpu_count: count,
-        price_per_hour: per_gpu * f64::from(count),
+        price_per_hour: hourly,
         label: name,
         ssh_public_key: key,
         image: "ubuntu2404".into(),
         env,
         ports,
+        driver_broken: faults.broken_drivers && !repairs_driver,
     });
     let Ok(instance) = created else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "could not start the simulated machine");
@@ -190,8 +242,44 @@ async fn list(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
         None => {}
     }
     let now = Instant::now();
-    let items: Vec<Value> = world.visible(P).map(|i| instance_json(&world, i, now)).collect();
-    axum::Json(json!({"data": items})).into_response()
+    // The documented list shape (API docs, getting started): nested under data.attributes.
+    let items: Vec<Value> = world
+        .visible(P)
+        .map(|i| {
+            let mut attributes = instance_json(&world, i, now);
+            let id = attributes.as_object_mut().and_then(|a| a.remove("id")).unwrap_or_default();
+            json!({"type": "virtualmachine", "id": id, "attributes": attributes})
+        })
+        .collect();
+    axum::Json(json!({"data": {"type": "list", "id": "instances", "attributes": {"instances": items}}})).into_response()
+}
+
+/// The text of one shell word quoted with single quotes (`'…'\''…'`).
+fn shell_unquote(word: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = word;
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix("\\'") {
+            out.push('\'');
+            rest = after;
+        } else {
+            let inner = rest.strip_prefix('\'')?;
+            let end = inner.find('\'')?;
+            out.push_str(&inner[..end]);
+            rest = &inner[end + 1..];
+        }
+    }
+    Some(out)
+}
+
+/// `NAME="value"` as pam_env reads /etc/environment: quotes removed, `\"` and `\\` unescaped.
+fn environment_line(line: &str) -> Option<(String, String)> {
+    let (name, value) = line.split_once('=')?;
+    let value = match value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+        Some(quoted) => quoted.replace("\\\"", "\"").replace("\\\\", "\\"),
+        None => value.to_string(),
+    };
+    Some((name.to_string(), value))
 }
 
 async fn show(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(id): Path<String>) -> Response {

@@ -1,4 +1,7 @@
-//! Vast.ai's REST API, simulated under `/api/v0`.
+//! Vast.ai's REST API, simulated under `/api/v0` (and the paged `/api/v1`
+//! listing), in the shapes of docs/providers.md: search is a POST with the
+//! query as body, cards report a little less memory than their name, a create
+//! may refuse while naming an instance it made, listings come in pages.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,9 +23,9 @@ const P: ProviderName = ProviderName::Vastai;
 
 pub fn router(sim: Arc<Sim>) -> Router {
     Router::new()
-        .route("/api/v0/bundles/", get(search))
+        .route("/api/v0/bundles/", post(search))
         .route("/api/v0/asks/{id}/", put(create))
-        .route("/api/v0/instances/", get(list))
+        .route("/api/v1/instances/", get(list))
         .route("/api/v0/instances/{id}/", get(show).delete(destroy))
         .route("/api/v0/instances/{id}/ssh/", post(attach_key))
         .with_state(sim)
@@ -34,6 +37,11 @@ fn ok(value: Value) -> Response {
 
 fn fail(status: StatusCode, error: &str, msg: &str) -> Response {
     (status, axum::Json(json!({"success": false, "error": error, "msg": msg}))).into_response()
+}
+
+/// What a card of `gb` reports: 24 -> 24564 MB (seen on real RTX 4090s).
+pub fn reported_vram_mb(gb: u32) -> u32 {
+    gb * 1024 - gb / 2
 }
 
 /// `{"gte": x}`-style operator check; a missing filter passes.
@@ -54,7 +62,8 @@ fn offer_json(host: &Host, bid: bool) -> Value {
         "host_id": 77,
         "gpu_name": host.gpu,
         "num_gpus": host.gpu_count,
-        "gpu_ram": host.vram_gb * 1024,
+        // Real cards report less than GB x 1024: a 24 GB card reports 24564 MB.
+        "gpu_ram": reported_vram_mb(host.vram_gb),
         "cuda_max_good": host.advertised_cuda.parse::<f64>().unwrap_or(0.0),
         "driver_version": host.driver,
         "dph_total": price,
@@ -69,19 +78,19 @@ fn offer_json(host: &Host, bid: bool) -> Value {
     })
 }
 
-async fn search(
-    State(sim): State<Arc<Sim>>,
-    headers: HeaderMap,
-    Query(params): Query<BTreeMap<String, String>>,
-) -> Response {
-    if let Err(response) = sim.gate(P, "GET", "/bundles/", bearer(&headers)).await {
+async fn search(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Err(response) = sim.gate(P, "POST", "/bundles/", bearer(&headers)).await {
         return response;
     }
-    let q: Value = match params.get("q").map(|q| serde_json::from_str(q)) {
-        Some(Ok(q)) => q,
-        Some(Err(_)) => return fail(StatusCode::BAD_REQUEST, "invalid_args", "q is not JSON"),
-        None => json!({}),
+    let q: Value = match serde_json::from_slice(&body) {
+        Ok(q @ Value::Object(_)) => q,
+        _ => return fail(StatusCode::BAD_REQUEST, "invalid_args", "the query must be a JSON object body"),
     };
+    let names: Option<Vec<String>> = q.get("gpu_name").and_then(|n| match (n.get("in"), n.get("eq")) {
+        (Some(Value::Array(list)), _) => Some(list.iter().filter_map(|v| v.as_str().map(String::from)).collect()),
+        (_, Some(Value::String(one))) => Some(vec![one.clone()]),
+        _ => None,
+    });
     let bid = q.get("type").and_then(Value::as_str) == Some("bid");
     let excluded: Vec<String> = q
         .get("geolocation")
@@ -101,6 +110,7 @@ async fn search(
                 .all(|field| passes(q.get(field), o[field].as_f64().unwrap_or(0.0)))
         })
         .filter(|o| !excluded.iter().any(|c| o["geolocation"].as_str().unwrap_or("").ends_with(c.as_str())))
+        .filter(|o| names.as_ref().is_none_or(|names| names.iter().any(|n| o["gpu_name"].as_str() == Some(n.as_str()))))
         .collect();
     offers.sort_by(|a, b| {
         a["dph_total"].as_f64().partial_cmp(&b["dph_total"].as_f64()).unwrap_or(std::cmp::Ordering::Equal)
@@ -140,6 +150,11 @@ fn create_now(sim: &Sim, id: &str, body: &Value) -> (Response, u64) {
         .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
         .unwrap_or_default();
     let bid = body.get("price").and_then(Value::as_f64);
+    if let Some(bid) = bid
+        && bid < host.min_bid_per_hour.unwrap_or(0.0)
+    {
+        return (fail(StatusCode::BAD_REQUEST, "invalid_price", "Your bid is below the minimum price."), 0);
+    }
     // Vast takes port mappings as docker flags in env: {"-p 8000:8000": "1"}.
     let ports: Vec<u16> =
         env.keys().filter_map(|k| k.strip_prefix("-p ")?.split(':').next_back()?.parse().ok()).collect();
@@ -154,10 +169,19 @@ fn create_now(sim: &Sim, id: &str, body: &Value) -> (Response, u64) {
         image: body.get("image").and_then(Value::as_str).unwrap_or_default().to_string(),
         env,
         ports,
+        driver_broken: false,
     });
     let Ok(instance) = instance else {
         return (fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", "could not start the simulated machine"), 0);
     };
+    let faults = world.faults(P);
+    if faults.refused_creates_with_instance > 0 {
+        faults.refused_creates_with_instance -= 1;
+        world.befall(&instance.id, super::world::Fate::Stop);
+        let id = instance.id.parse::<u64>().unwrap_or_default();
+        let refusal = json!({"success": false, "error": "outbid", "msg": "The bid was outbid at once; the instance is stopped.", "new_contract": id});
+        return (ok(refusal), 0);
+    }
     let faults = world.faults(P);
     if faults.lose_create_responses > 0 {
         faults.lose_create_responses -= 1;
@@ -209,10 +233,25 @@ fn port_json(i: &SimInstance) -> Value {
     Value::Object(ports)
 }
 
-async fn list(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
-    if let Err(response) = sim.gate(P, "GET", "/instances/", bearer(&headers)).await {
+/// `GET /api/v1/instances/`: pages of `limit` (JSON-encoded query args, as
+/// vast-cli sends them) ordered by id, `next_token` until the last page.
+async fn list(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> Response {
+    if let Err(response) = sim.gate(P, "GET", "/api/v1/instances/", bearer(&headers)).await {
         return response;
     }
+    let limit = params.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(25).clamp(1, 1000);
+    let after: Option<u64> = match params.get("after_token").map(|t| serde_json::from_str::<Value>(t)) {
+        None => None,
+        Some(Ok(Value::String(token))) => match token.parse() {
+            Ok(id) => Some(id),
+            Err(_) => return fail(StatusCode::BAD_REQUEST, "invalid_args", "after_token is not one we gave"),
+        },
+        Some(_) => return fail(StatusCode::BAD_REQUEST, "invalid_args", "after_token must be JSON-encoded"),
+    };
     let mut world = sim.world();
     match world.listing_fault(P) {
         Some(ListingFault::Unauthorized) => return fail(StatusCode::UNAUTHORIZED, "auth_error", "Invalid API key"),
@@ -222,8 +261,13 @@ async fn list(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
         None => {}
     }
     let now = Instant::now();
-    let items: Vec<Value> = world.visible(P).map(|i| instance_json(&world, i, now)).collect();
-    ok(json!({"instances": items}))
+    let mut all: Vec<&SimInstance> = world.visible(P).collect();
+    all.sort_by_key(|i| i.id.parse::<u64>().unwrap_or_default());
+    let rest: Vec<&SimInstance> =
+        all.into_iter().filter(|i| after.is_none_or(|a| i.id.parse::<u64>().unwrap_or_default() > a)).collect();
+    let page: Vec<Value> = rest.iter().take(limit).map(|i| instance_json(&world, i, now)).collect();
+    let next_token = (rest.len() > limit).then(|| rest[limit - 1].id.clone());
+    ok(json!({"instances": page, "next_token": next_token, "total_instances": rest.len()}))
 }
 
 async fn show(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(id): Path<String>) -> Response {

@@ -61,6 +61,14 @@ pub struct Faults {
     pub unreadable_listings: u32,
     /// Commands run over SSH print this many bytes of extra output (a machine whose output never ends).
     pub endless_output_bytes: u64,
+    /// Vast: the next N creates answer `success: false` yet make a stopped
+    /// instance and name it (seen on spot creates; it bills storage).
+    pub refused_creates_with_instance: u32,
+    /// TensorDock: VMs boot without a working NVIDIA driver unless their
+    /// cloud-init repairs it (seen live by cloud-gpu-shopper).
+    pub broken_drivers: bool,
+    /// Switches off the marketplace's published rate limits (on by default).
+    pub no_rate_limits: bool,
 }
 
 /// What a test makes happen to a running instance behind the operator's back.
@@ -121,6 +129,8 @@ pub struct NewInstance {
     pub env: BTreeMap<String, String>,
     /// Private ports to serve (an OpenAI-compatible model server on each).
     pub ports: Vec<u16>,
+    /// The VM came up without a working NVIDIA driver and nothing repaired it.
+    pub driver_broken: bool,
 }
 
 impl SimInstance {
@@ -189,6 +199,52 @@ pub struct World {
     pub ssh_logins: Arc<std::sync::atomic::AtomicU64>,
     /// Every instance's home directory lives here; removed with the world.
     homes: tempfile::TempDir,
+    /// The marketplaces' published rate limits, as they enforce them.
+    pub rate_limits: RateLimits,
+}
+
+/// Vast: a minimum interval per endpoint; TensorDock: 100 calls a minute per
+/// account (docs/providers.md). Calls refused with 429 count as `refused`.
+#[derive(Default)]
+pub struct RateLimits {
+    last_call: BTreeMap<(ProviderName, String), Instant>,
+    recent: BTreeMap<ProviderName, std::collections::VecDeque<Instant>>,
+    pub refused: BTreeMap<ProviderName, u64>,
+}
+
+/// The per-endpoint interval the simulated Vast enforces (the real one is unpublished).
+pub const VAST_ENDPOINT_INTERVAL: Duration = Duration::from_millis(20);
+/// TensorDock: "100 requests per minute per organization".
+pub const TENSORDOCK_CALLS_PER_MINUTE: usize = 100;
+
+impl RateLimits {
+    /// `Some(body)` when this call is over the marketplace's limit.
+    pub fn over(&mut self, provider: ProviderName, endpoint: &str, now: Instant) -> Option<&'static str> {
+        let over = match provider {
+            ProviderName::Vastai => {
+                let last = self.last_call.insert((provider, endpoint.to_string()), now);
+                last.is_some_and(|last| now.duration_since(last) < VAST_ENDPOINT_INTERVAL)
+                    .then_some("API requests too frequent: endpoint threshold=0.02")
+            }
+            ProviderName::Tensordock => {
+                let window = self.recent.entry(provider).or_default();
+                while window.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60)) {
+                    window.pop_front();
+                }
+                if window.len() >= TENSORDOCK_CALLS_PER_MINUTE {
+                    Some("Rate limit exceeded. Please try again later.")
+                } else {
+                    window.push_back(now);
+                    None
+                }
+            }
+            ProviderName::Runpod => None,
+        };
+        if over.is_some() {
+            *self.refused.entry(provider).or_default() += 1;
+        }
+        over
+    }
 }
 
 impl World {
@@ -202,6 +258,7 @@ impl World {
             ssh_logins: Arc::default(),
             servers: BTreeMap::new(),
             homes: tempfile::Builder::new().prefix("gpu-shopper-sim-").tempdir()?,
+            rate_limits: RateLimits::default(),
         })
     }
 
@@ -262,7 +319,7 @@ impl World {
             vram_mib: u64::from(new.host.vram_gb) * 1024,
             driver: new.host.driver.clone(),
             cuda: new.host.real_cuda().to_string(),
-            driver_missing: faults.driver_missing,
+            driver_missing: faults.driver_missing || new.driver_broken,
             env: new.env.clone(),
             users,
             home: home.clone(),
