@@ -54,6 +54,8 @@ enum Command {
     },
     /// The live market, ranked, from the configured marketplaces.
     Offers(gpu_shopper::cli::offers::OffersArgs),
+    /// Check every configured marketplace with the real credentials, read-only: run it first after install.
+    Doctor(gpu_shopper::cli::doctor::DoctorArgs),
     /// Log in to a session's machine with the key from its Secret (or print the ssh command).
     Ssh(gpu_shopper::cli::ssh::SshArgs),
     /// Accrued cost per session and consumer, from the sessions' status.
@@ -81,6 +83,7 @@ fn main() -> ExitCode {
         }
         Command::Simulate { market, port } => run_simulator(market, port),
         Command::Offers(args) => user_command(gpu_shopper::cli::offers::run(args)),
+        Command::Doctor(args) => user_command(gpu_shopper::cli::doctor::run(args)),
         Command::Cost(args) => user_command(gpu_shopper::cli::cost::run(args)),
         Command::Status(args) => user_command(gpu_shopper::cli::status::run(args)),
         Command::Ssh(args) => {

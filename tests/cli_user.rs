@@ -11,9 +11,10 @@ use kube::Api;
 use kube::api::PostParams;
 use serde_json::json;
 
-use gpu_shopper::crd::GpuSession;
 use gpu_shopper::crd::conditions::{find, types};
+use gpu_shopper::crd::{GpuSession, ProviderName};
 use gpu_shopper::simulator::market::Market;
+use gpu_shopper::simulator::world::Faults;
 use gpu_shopper::simulator::{self, SimulatorHandle};
 use support::*;
 
@@ -158,4 +159,31 @@ async fn status_ssh_and_cost_describe_a_running_session() {
     assert!(sim.instances().iter().all(|i| i.destroyed));
     drop(controller);
     delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_every_marketplace_read_only_and_names_the_one_that_refuses_the_key() {
+    let sim = fast_sim().await;
+    let env = sim.env();
+    let (code, stdout, stderr) = output(gpu_shopper(&env).args(["doctor"]));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    for name in ["vastai", "tensordock", "runpod"] {
+        let row = stdout.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} row: {stdout}"));
+        assert!(row.trim_end().ends_with("ok"), "{row}");
+    }
+    assert!(stdout.contains("90 calls per 60s"), "TensorDock's pacing is shown: {stdout}");
+    assert!(sim.instances().is_empty(), "doctor rents nothing");
+
+    sim.set_faults(ProviderName::Runpod, Faults { auth_failure: true, ..Default::default() });
+    let (code, stdout, stderr) = output(gpu_shopper(&env).args(["doctor", "--json"]));
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let key = &sim.sim.world().market.keys.runpod.clone();
+    assert!(!stderr.contains(key.as_str()), "the key never shows");
+    let json_start = stderr.find('{').unwrap();
+    let report: serde_json::Value = serde_json::from_str(&stderr[json_start..]).unwrap();
+    let runpod = report["marketplaces"].as_array().unwrap().iter().find(|m| m["provider"] == "runpod").unwrap();
+    assert_eq!(runpod["ok"], false);
+    assert!(runpod["searchError"].as_str().unwrap().contains("authentication failed"), "{runpod}");
+    let vast = report["marketplaces"].as_array().unwrap().iter().find(|m| m["provider"] == "vastai").unwrap();
+    assert_eq!(vast["ok"], true);
 }

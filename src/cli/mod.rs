@@ -2,6 +2,7 @@
 //! live market, SSH into a session, costs, and a readable session status.
 
 pub mod cost;
+pub mod doctor;
 pub mod offers;
 pub mod ssh;
 pub mod status;

@@ -59,7 +59,12 @@ fn parse_provider(text: &str) -> Result<ProviderName, String> {
 }
 
 fn providers() -> Result<Vec<Arc<dyn Provider>>, CliError> {
-    // The CLI needs no deployment id; everything else is read as the operator reads it.
+    Ok(configured_providers()?.0)
+}
+
+/// Clients for every marketplace with credentials, and the deployment id
+/// (`cli` when unset: the CLI needs none; everything else is read as the operator reads it).
+pub(super) fn configured_providers() -> Result<(Vec<Arc<dyn Provider>>, String), CliError> {
     let config = Config::from_lookup(|name| {
         std::env::var(name).ok().or_else(|| (name == crate::config::env::DEPLOYMENT_ID).then(|| "cli".to_string()))
     })
@@ -70,7 +75,7 @@ fn providers() -> Result<Vec<Arc<dyn Provider>>, CliError> {
             "no marketplace credentials: set VASTAI_API_KEY, TENSORDOCK_AUTH_ID + TENSORDOCK_API_TOKEN or RUNPOD_API_KEY".into(),
         ));
     }
-    Ok(providers)
+    Ok((providers, config.deployment_id.clone()))
 }
 
 pub async fn run(args: OffersArgs) -> Result<String, CliError> {
