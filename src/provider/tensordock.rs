@@ -360,8 +360,8 @@ impl Provider for TensorDock {
         // Refusals arrive as 4xx or inside a 200 (`{"status": 400, "error": ...}`).
         let refusal = if reply.status.is_success() { refusal_in_body(&reply.body) } else { None };
         if !reply.status.is_success() || refusal.is_some() {
-            let message =
-                refusal.unwrap_or_else(|| validation_messages(&reply.body)).chars().take(300).collect::<String>();
+            // `excerpt` bounds the text and removes the token.
+            let message = refusal.unwrap_or_else(|| validation_messages(&reply.body));
             let message = self.transport.excerpt(message.as_bytes());
             let lower = message.to_ascii_lowercase();
             return Err(if is_offer_specific(&message) {

@@ -245,9 +245,10 @@ const VAST_GPU_NAMES: &[&str] = &[
 pub fn vast_gpu_names(models: &[String]) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for model in models {
-        let wanted = gpu_model_key(&display_gpu_model(model));
+        let as_written = display_gpu_model(model);
+        let wanted = gpu_model_key(&as_written);
         let known = VAST_GPU_NAMES.iter().filter(|n| gpu_model_key(&display_gpu_model(n)) == wanted);
-        for name in known.map(|n| n.to_string()).chain(std::iter::once(display_gpu_model(model))) {
+        for name in known.map(|n| n.to_string()).chain(std::iter::once(as_written.clone())) {
             if !names.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
                 names.push(name);
             }
