@@ -72,6 +72,8 @@ async fn a_lost_machine_is_replaced_when_on_instance_loss_says_replace() {
     h.apply("s", spec).await;
     let first = h.wait_ready("s").await;
     let first_id = status(&first).instance_id.clone().unwrap();
+    // It runs a few seconds, so what it cost is measurable at the status's cent-hundredths.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(h.sim.befall(&first_id, Fate::Vanish));
     let again = h
         .wait_until("s", "Ready on another machine", |s| {
@@ -150,7 +152,11 @@ async fn a_create_that_lands_late_is_destroyed_as_a_stray_not_kept_beside_the_se
         (h.live_instances() == vec![kept.clone()] && h.sim.instances().len() == 2).then_some(())
     })
     .await;
-    assert!(!h.events("StrayDestroyed").await.is_empty());
+    // The Event follows the destroy once the marketplace confirms the machine gone.
+    wait_for("the StrayDestroyed Event", WAIT, || async {
+        (!h.events("StrayDestroyed").await.is_empty()).then_some(())
+    })
+    .await;
     let still = h.sessions.get("s").await.unwrap();
     assert_eq!(status(&still).instance_id.as_deref(), Some(kept.as_str()), "the session kept its own machine");
     h.finish().await;

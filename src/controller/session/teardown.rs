@@ -9,7 +9,7 @@ use kube::ResourceExt;
 
 use super::Step;
 use crate::crd::SessionPhase;
-use crate::crd::conditions::types;
+use crate::crd::conditions::{find, types};
 use crate::crd::session::after_stored;
 use crate::error::{Error, Result};
 use crate::metrics::ProviderLabels;
@@ -55,17 +55,33 @@ pub async fn release_at(step: &mut Step<'_>, billing_ended: Option<Timestamp>) -
     Ok(())
 }
 
-/// The last time the recorded machine is known to have been alive: the inventory's
-/// last sighting; when this process never saw it (it restarted since), the later of
-/// its rent and the last stored cost (counted while it was believed alive). This
-/// step's own cost refresh says nothing about the machine, so the stored one is used.
+/// The last time the recorded machine is known to have been alive: the later of the
+/// inventory's last sighting and the last stage this process proved on it (SSH, CUDA,
+/// the workload answered: each a login on the machine itself). When this process never
+/// saw it (it restarted since), the later of its rent and the last stored cost (counted
+/// while it was believed alive). This step's own cost refresh says nothing about the
+/// machine, so the stored one is used.
 pub fn last_known_alive(step: &Step<'_>) -> Option<Timestamp> {
     let (provider, id) = (step.status.provider?, step.status.instance_id.as_deref()?);
-    step.ctx.inventory.last_alive(provider, id).or_else(|| {
-        let rented = step.status.rented_at.as_ref().map(|t| t.0);
-        let costed = step.stored_status().accrued_cost_at.as_ref().map(|t| t.0);
-        rented.max(costed)
-    })
+    let proved = last_stage_proved(step);
+    match step.ctx.inventory.last_alive(provider, id) {
+        Some(listed) => Some(proved.map_or(listed, |p| p.max(listed))),
+        None => {
+            let rented = step.status.rented_at.as_ref().map(|t| t.0);
+            let costed = step.stored_status().accrued_cost_at.as_ref().map(|t| t.0);
+            rented.max(costed).max(proved)
+        }
+    }
+}
+
+/// When the latest proof stage on the current machine turned true.
+fn last_stage_proved(step: &Step<'_>) -> Option<Timestamp> {
+    [types::SSH_READY, types::CUDA_VERIFIED, types::WORKLOAD_READY]
+        .into_iter()
+        .filter_map(|type_| find(&step.status.conditions, type_))
+        .filter(|c| c.status == "True")
+        .map(|c| c.last_transition_time.0)
+        .max()
 }
 
 /// What the current machine has cost: price x time from rent to release (or now).
