@@ -187,3 +187,91 @@ async fn doctor_checks_every_marketplace_read_only_and_names_the_one_that_refuse
     let vast = report["marketplaces"].as_array().unwrap().iter().find(|m| m["provider"] == "vastai").unwrap();
     assert_eq!(vast["ok"], true);
 }
+
+/// The "$0.0012 at most" figure of a rent test's report.
+fn reported_cost(report: &str) -> f64 {
+    let line = report.lines().find(|l| l.starts_with("cost")).unwrap_or_else(|| panic!("a cost line: {report}"));
+    let amount = line.split('$').nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap();
+    amount.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_rent_test_refuses_without_a_budget_and_rents_nothing_it_cannot_afford() {
+    let sim = fast_sim().await;
+    let env = sim.env();
+    let (code, _, stderr) = output(gpu_shopper(&env).args(["doctor", "--rent-test"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--max-usd"), "the missing budget is named: {stderr}");
+    // The cheapest machine costs $0.29/h: an hour of it does not fit in a cent.
+    let (code, stdout, stderr) =
+        output(gpu_shopper(&env).args(["doctor", "--rent-test", "--max-usd", "0.01", "--timeout", "1h"]));
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stderr.contains("no on-demand offer costs at most $0.01"), "{stderr}");
+    assert!(sim.instances().is_empty(), "nothing was rented");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_rent_test_proves_a_machine_on_each_marketplace_then_leaves_nothing_billing() {
+    let sim = fast_sim().await;
+    let env = sim.env();
+    // TensorDock's VMs come without a working driver unless the client repairs it.
+    sim.set_faults(ProviderName::Tensordock, Faults { broken_drivers: true, ..Default::default() });
+    for provider in [ProviderName::Vastai, ProviderName::Tensordock, ProviderName::Runpod] {
+        let (code, stdout, stderr) = output(gpu_shopper(&env).args([
+            "doctor",
+            "--rent-test",
+            "--max-usd",
+            "2",
+            "--timeout",
+            "2m",
+            "--provider",
+            provider.as_str(),
+        ]));
+        assert_eq!(code, 0, "{provider}: {stdout}{stderr}");
+        assert!(stdout.contains("PASSED"), "{stdout}");
+        let smi = stdout.lines().find(|l| l.starts_with("nvidia-smi")).unwrap_or_else(|| panic!("{stdout}"));
+        assert!(smi.contains("CUDA") && smi.contains("host key unchanged"), "{smi}");
+        assert!(!format!("{stdout}{stderr}").contains("PRIVATE KEY"), "the test key never shows");
+        let rented: Vec<_> = sim.instances().into_iter().filter(|i| i.provider == provider).collect();
+        assert_eq!(rented.len(), 1, "{provider}: one machine rented: {rented:?}");
+        assert!(rented[0].destroyed, "{provider}: the machine is destroyed when the command returns");
+        let reported = reported_cost(&stdout);
+        assert!(
+            reported + 1e-4 >= rented[0].cost_usd,
+            "{provider}: reported ${reported}, billed ${}",
+            rented[0].cost_usd
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_rent_test_destroys_a_machine_that_never_answers_and_one_whose_create_answer_was_lost() {
+    let sim = fast_sim().await;
+    let env = sim.env();
+    let rent = |timeout: &str| {
+        output(gpu_shopper(&env).args([
+            "doctor",
+            "--rent-test",
+            "--max-usd",
+            "1",
+            "--timeout",
+            timeout,
+            "--provider",
+            "vastai",
+        ]))
+    };
+    sim.set_faults(ProviderName::Vastai, Faults { unreachable_instances: true, ..Default::default() });
+    let (code, stdout, stderr) = rent("15s");
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stderr.contains("not proved within --timeout 15s"), "{stderr}");
+    assert!(stderr.contains("nothing is left running"), "{stderr}");
+    assert!(sim.instances().iter().all(|i| i.destroyed), "{:?}", sim.instances());
+
+    // The create lands but its answer is lost: the label finds the machine, which is destroyed.
+    sim.set_faults(ProviderName::Vastai, Faults { lose_create_responses: 1, ..Default::default() });
+    let (code, stdout, stderr) = rent("2m");
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert_eq!(sim.instances().len(), 2, "{:?}", sim.instances());
+    assert!(sim.instances().iter().all(|i| i.destroyed), "{:?}", sim.instances());
+    assert!(stderr.contains("nothing is left running"), "{stderr}");
+}

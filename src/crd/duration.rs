@@ -47,9 +47,29 @@ pub fn parse(text: &str) -> Option<Duration> {
     Some(Duration::try_from_secs_f64(total).map_or(MAX, |d| d.min(MAX)))
 }
 
+/// Whole seconds written the way `parse` reads them: "1h2m3s", "15m", "0s".
+pub fn format(duration: Duration) -> String {
+    let total = duration.as_secs();
+    let (h, m, s) = (total / 3600, total % 3600 / 60, total % 60);
+    let mut out = String::new();
+    for (value, unit) in [(h, "h"), (m, "m"), (s, "s")] {
+        if value > 0 {
+            out.push_str(&format!("{value}{unit}"));
+        }
+    }
+    if out.is_empty() { "0s".into() } else { out }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_what_it_parses() {
+        for text in ["1h2m3s", "15m", "0s", "2h", "45s"] {
+            assert_eq!(format(parse(text).unwrap()), text);
+        }
+    }
 
     #[test]
     fn parses_go_style_durations() {

@@ -14,6 +14,7 @@ mod teardown;
 pub mod timeouts;
 
 pub use rekey::REKEY_ANNOTATION;
+pub use rent::DEFAULT_IMAGE;
 
 use std::sync::Arc;
 use std::time::Duration;

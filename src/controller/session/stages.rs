@@ -14,12 +14,13 @@ use super::secret::{self, SessionKey};
 use super::timeouts::{self, StageTimeouts};
 use super::{PROVISIONING_POLL, Step, teardown};
 use crate::crd::conditions::types;
-use crate::crd::session::{Attempt, SshEndpoint, VerifiedMachine};
+use crate::crd::session::{Attempt, SshEndpoint};
 use crate::crd::{SessionPhase, WorkloadKind};
 use crate::error::Result;
 use crate::keys;
 use crate::market::cuda_at_least;
 use crate::metrics::ProviderLabels;
+use crate::probe::nvidia;
 use crate::probe::ssh::{self, CommandOutput, SshError, Target};
 use crate::provider::{Instance, InstanceState};
 
@@ -162,30 +163,8 @@ async fn ssh_ready(step: &mut Step<'_>, key: &SessionKey, limits: &StageTimeouts
     }
 }
 
-/// What `nvidia-smi` says: (name, vram MiB, driver) per GPU, and the CUDA version.
-fn parse_nvidia_smi(stdout: &str) -> Option<VerifiedMachine> {
-    let gpus: Vec<(String, u64, String)> = stdout
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-            (fields.len() >= 3)
-                .then(|| Some((fields[0].to_string(), fields[1].parse().ok()?, fields[2].to_string())))?
-        })
-        .collect();
-    let cuda = stdout.split("CUDA Version:").nth(1)?.split_whitespace().next()?.trim_end_matches('|').to_string();
-    let (name, vram_mib, driver) = gpus.first()?.clone();
-    Some(VerifiedMachine {
-        gpu_name: name,
-        gpu_count: gpus.len() as u32,
-        vram_mib,
-        driver_version: driver,
-        cuda_version: cuda,
-    })
-}
-
 async fn cuda_verified(step: &mut Step<'_>, key: &SessionKey, limits: &StageTimeouts) -> Result<Action> {
-    let command = "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader,nounits && nvidia-smi";
-    let out = match run_on_machine(step, key, command).await {
+    let out = match run_on_machine(step, key, nvidia::QUERY).await {
         Ok(out) => out,
         Err(error) => {
             count_ssh_failure(step);
@@ -205,7 +184,7 @@ async fn cuda_verified(step: &mut Step<'_>, key: &SessionKey, limits: &StageTime
         };
         return host_failed(step, "DriverMissing", format!("{why} ({})", out.stderr.trim())).await;
     }
-    let Some(found) = parse_nvidia_smi(&out.stdout) else {
+    let Some(found) = nvidia::parse(&out.stdout) else {
         return host_failed(step, "CUDAUnverifiable", "nvidia-smi output could not be read".into()).await;
     };
     // The filter and the inline requirements together, as when shopping.
@@ -214,10 +193,7 @@ async fn cuda_verified(step: &mut Step<'_>, key: &SessionKey, limits: &StageTime
         Err(_) => step.session.spec.requirements.clone().unwrap_or_default(),
     };
     let needed = requirements.min_cuda_version.clone();
-    let summary = format!(
-        "{}x {} ({} MiB), driver {}, CUDA {}",
-        found.gpu_count, found.gpu_name, found.vram_mib, found.driver_version, found.cuda_version
-    );
+    let summary = nvidia::summary(&found);
     step.status.verified = Some(found.clone());
     if let Some(needed) = needed
         && !cuda_at_least(&found.cuda_version, &needed)
@@ -431,18 +407,6 @@ pub async fn host_failed(step: &mut Step<'_>, reason: &str, message: String) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_nvidia_smi_query_and_banner() {
-        let out = "NVIDIA RTX 4090, 24576, 550.54.15, 0\n+---+\n| NVIDIA-SMI 550.54.15   Driver Version: 550.54.15   CUDA Version: 12.8     |\n";
-        let found = parse_nvidia_smi(out).unwrap();
-        assert_eq!(
-            (found.gpu_name.as_str(), found.vram_mib, found.cuda_version.as_str()),
-            ("NVIDIA RTX 4090", 24576, "12.8")
-        );
-        assert_eq!(found.gpu_count, 1);
-        assert!(parse_nvidia_smi("bash: nvidia-smi: command not found").is_none());
-    }
 
     #[test]
     fn shell_quoting_survives_quotes() {

@@ -1,8 +1,10 @@
 //! `gpu-shopper doctor`: with the operator's credentials, checks each
 //! configured marketplace read-only (the key is accepted, search returns
 //! offers, the instance listing works, the pacing the client will use) and
-//! prints a table. The first thing to run after install. Renting a test
-//! machine (`--rent-test`) is not built yet.
+//! prints a table. The first thing to run after install. With `--rent-test
+//! --max-usd N` it also rents one machine end to end (see `rent_test`).
+
+mod rent_test;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,11 +17,37 @@ use crate::provider::{NextStep, OfferQuery, Provider, ProviderError, runpod, ten
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:
   gpu-shopper doctor
-  kubectl gpu doctor --json")]
+  kubectl gpu doctor --json
+  gpu-shopper doctor --rent-test --max-usd 0.50 --provider vastai --gpu 'RTX 4090'")]
 pub struct DoctorArgs {
     /// Print the checks as JSON.
     #[arg(long)]
     pub json: bool,
+    /// After the read-only checks, rent the cheapest machine that fits --max-usd, log in over SSH,
+    /// run nvidia-smi, destroy it and confirm it gone. Spends real money on real marketplaces.
+    #[arg(long, requires = "max_usd", conflicts_with = "json")]
+    pub rent_test: bool,
+    /// The most the rent test may spend, USD: only offers whose price for the whole --timeout fits are rented.
+    #[arg(long, value_name = "USD")]
+    pub max_usd: Option<f64>,
+    /// How long the rented machine is given to prove itself before it is destroyed anyway.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+    /// Rent only on this marketplace (repeatable; default: every configured one).
+    #[arg(long = "provider", value_name = "NAME", value_parser = parse_provider)]
+    pub providers: Vec<ProviderName>,
+    /// Rent only this GPU model (repeatable), for example "RTX 4090".
+    #[arg(long = "gpu", value_name = "MODEL")]
+    pub gpus: Vec<String>,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::crd::duration::parse(text).ok_or_else(|| format!("{text:?} is not a duration such as 90s, 10m or 1h"))
+}
+
+fn parse_provider(text: &str) -> Result<ProviderName, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_string()))
+        .map_err(|_| format!("{text:?} is not a marketplace: vastai, tensordock or runpod"))
 }
 
 struct Check {
@@ -80,7 +108,10 @@ fn cell<T: ToString>(result: &Result<T, ProviderError>) -> String {
 
 pub async fn run(args: DoctorArgs) -> Result<String, CliError> {
     let (providers, deployment_id) = super::offers::configured_providers()?;
-    let checks = futures::future::join_all(providers.into_iter().map(|p| check(p, deployment_id.clone()))).await;
+    if args.max_usd.is_some() && !args.rent_test {
+        return Err(CliError::Usage("--max-usd is the rent test's budget: add --rent-test".into()));
+    }
+    let checks = futures::future::join_all(providers.iter().cloned().map(|p| check(p, deployment_id.clone()))).await;
     let all_ok = checks.iter().all(Check::ok);
     let out = if args.json {
         let rows: Vec<_> = checks
@@ -122,5 +153,23 @@ pub async fn run(args: DoctorArgs) -> Result<String, CliError> {
         }
         out
     };
-    if all_ok { Ok(out) } else { Err(CliError::Failed(out)) }
+    if !all_ok {
+        return Err(CliError::Failed(out));
+    }
+    match (args.rent_test, args.max_usd) {
+        (true, Some(max_usd)) => {
+            let test = rent_test::RentTest {
+                max_usd,
+                timeout: args.timeout,
+                providers: args.providers,
+                gpu_models: args.gpus,
+            };
+            match rent_test::run(test, providers, &deployment_id).await {
+                Ok(rented) => Ok(format!("{}\n\n{rented}", out.trim_end())),
+                Err(CliError::Failed(rented)) => Err(CliError::Failed(format!("{}\n\n{rented}", out.trim_end()))),
+                Err(other) => Err(other),
+            }
+        }
+        _ => Ok(out),
+    }
 }
