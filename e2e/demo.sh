@@ -3,6 +3,12 @@
 # loopback, the CRDs, the operator, and the example resources; then shows what
 # `kubectl get` shows, deletes the sessions and shows that they went away
 # through the operator's cleanup step.
+#
+# It never spends money by accident: marketplace keys in the environment are
+# ignored (the simulated marketplaces run instead) unless
+# GPU_SHOPPER_DEMO_REAL_MARKETPLACES=yes; every demo session carries a budget
+# and a lifetime, and whatever way the script exits, the sessions are deleted
+# and their machines destroyed before the operator is stopped.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -25,9 +31,27 @@ k delete namespace "$ns" --ignore-not-found --wait=true --timeout=120s >/dev/nul
 k create namespace "$ns" >/dev/null
 
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
-if [[ -z ${VASTAI_API_KEY:-}${TENSORDOCK_API_TOKEN:-}${RUNPOD_API_KEY:-} ]]; then
-  say "no provider credentials given: starting the simulated marketplaces (gpu-shopper simulate)"
+operator_started=no
+cleanup() {
+  # Sessions first, while the operator runs: their finalizers destroy the machines.
+  if [[ $operator_started == yes ]]; then
+    k -n "$ns" delete gs --all --wait=true --timeout=300s >/dev/null 2>&1 ||
+      echo "WARNING: sessions in $ns did not finish their cleanup; check the marketplaces for machines labelled gpushopper.${DEPLOYMENT_ID}-*" >&2
+  fi
+  kill "${pids[@]}" 2>/dev/null || true
+}
+trap cleanup EXIT
+real=${GPU_SHOPPER_DEMO_REAL_MARKETPLACES:-no}
+if [[ $real == yes ]]; then
+  [[ -n ${VASTAI_API_KEY:-}${TENSORDOCK_API_TOKEN:-}${RUNPOD_API_KEY:-} ]] ||
+    { echo "GPU_SHOPPER_DEMO_REAL_MARKETPLACES=yes needs a marketplace key in the environment" >&2; exit 2; }
+  say "REAL MARKETPLACES: each demo session may spend up to its budget (\$1, 30 minutes at most)"
+else
+  if [[ -n ${VASTAI_API_KEY:-}${TENSORDOCK_API_TOKEN:-}${RUNPOD_API_KEY:-} ]]; then
+    say "marketplace keys found in the environment are NOT used (set GPU_SHOPPER_DEMO_REAL_MARKETPLACES=yes to rent real machines)"
+  fi
+  unset VASTAI_API_KEY TENSORDOCK_AUTH_ID TENSORDOCK_API_TOKEN RUNPOD_API_KEY
+  say "starting the simulated marketplaces (gpu-shopper simulate)"
   sim_env=$(mktemp -t gpu-shopper-sim.XXXXXX.env)
   target/debug/gpu-shopper simulate >"$sim_env" 2>/dev/null &
   pids+=($!)
@@ -41,9 +65,11 @@ fi
 port=$(( 20000 + RANDOM % 20000 ))
 log=$(mktemp -t gpu-shopper-demo.XXXXXX.log)
 say "starting the operator (log: $log)"
-KUBECONFIG=$kubeconfig DEPLOYMENT_ID=${DEPLOYMENT_ID:-demo} WATCH_NAMESPACE=$ns HTTP_ADDR=127.0.0.1:$port \
+DEPLOYMENT_ID=${DEPLOYMENT_ID:-demo}
+KUBECONFIG=$kubeconfig DEPLOYMENT_ID=$DEPLOYMENT_ID WATCH_NAMESPACE=$ns HTTP_ADDR=127.0.0.1:$port \
   target/debug/gpu-shopper controller >"$log" 2>&1 &
 pids+=($!)
+operator_started=yes
 for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
 curl -sS "http://127.0.0.1:$port/readyz"
 

@@ -13,6 +13,9 @@ pub mod env {
     pub const TENSORDOCK_API_TOKEN: &str = "TENSORDOCK_API_TOKEN";
     pub const RUNPOD_API_KEY: &str = "RUNPOD_API_KEY";
     pub const DEPLOYMENT_ID: &str = "DEPLOYMENT_ID";
+    /// This cluster's short id, folded into every instance label (default: read from the
+    /// `kube-system` namespace's UID at start). Set it only where that read is not allowed.
+    pub const CLUSTER_ID: &str = "CLUSTER_ID";
     pub const LOG_LEVEL: &str = "LOG_LEVEL";
     pub const LOG_FORMAT: &str = "LOG_FORMAT";
     pub const VASTAI_BASE_URL: &str = "VASTAI_BASE_URL";
@@ -53,6 +56,7 @@ pub mod env {
         TENSORDOCK_API_TOKEN,
         RUNPOD_API_KEY,
         DEPLOYMENT_ID,
+        CLUSTER_ID,
         LOG_LEVEL,
         LOG_FORMAT,
         VASTAI_BASE_URL,
@@ -91,6 +95,12 @@ pub enum ConfigError {
         "DEPLOYMENT_ID {0:?} is not valid: use 1 to 40 characters of a-z, 0-9 and '-', starting with a letter or digit"
     )]
     InvalidDeploymentId(String),
+    #[error(
+        "DEPLOYMENT_ID {0:?} is a placeholder or an example from the docs: every installation that shares a marketplace account needs its own id, so choose one that names this installation (for example <team>-<cluster>)"
+    )]
+    PlaceholderDeploymentId(String),
+    #[error("CLUSTER_ID {0:?} is not valid: use 1 to 12 characters of a-z and 0-9")]
+    InvalidClusterId(String),
     #[error("{set} is set but {missing} is not: TensorDock needs both (or neither, to leave TensorDock out)")]
     IncompleteTensorDock { set: &'static str, missing: &'static str },
     #[error("LOG_FORMAT {0:?} is not valid: use \"json\" or \"text\"")]
@@ -135,7 +145,10 @@ pub struct BaseUrls {
 
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// The human part of this installation's identity.
     pub deployment_id: String,
+    /// This cluster's short id; the controller fills it at start (see `controller::identity`).
+    pub cluster_id: Option<String>,
     pub credentials: ProviderCredentials,
     pub base_urls: BaseUrls,
     pub log_level: String,
@@ -193,6 +206,13 @@ impl Config {
         let deployment_id = get(env::DEPLOYMENT_ID).ok_or(ConfigError::MissingDeploymentId)?;
         if !valid_deployment_id(&deployment_id) {
             return Err(ConfigError::InvalidDeploymentId(deployment_id));
+        }
+        if PLACEHOLDER_DEPLOYMENT_IDS.contains(&deployment_id.as_str()) {
+            return Err(ConfigError::PlaceholderDeploymentId(deployment_id));
+        }
+        let cluster_id = get(env::CLUSTER_ID);
+        if let Some(id) = cluster_id.as_ref().filter(|id| !valid_cluster_id(id)) {
+            return Err(ConfigError::InvalidClusterId(id.clone()));
         }
 
         let tensordock = match (get(env::TENSORDOCK_AUTH_ID), get(env::TENSORDOCK_API_TOKEN)) {
@@ -267,6 +287,7 @@ impl Config {
             bad_host_ttl: duration(env::BAD_HOST_TTL, Duration::from_secs(3600))?,
             provider_call_timeout: duration(env::PROVIDER_CALL_TIMEOUT, Duration::from_secs(20))?,
             deployment_id,
+            cluster_id,
             credentials,
             base_urls,
             log_level: get(env::LOG_LEVEL).unwrap_or_else(|| "info".to_string()),
@@ -275,6 +296,38 @@ impl Config {
             instance_name: get(env::POD_NAME),
             watch_namespace: get(env::WATCH_NAMESPACE),
         })
+    }
+}
+
+/// Ids that the docs, examples and old defaults use: two installations that
+/// kept one would sweep each other's machines on a shared account.
+pub const PLACEHOLDER_DEPLOYMENT_IDS: &[&str] =
+    &["change-me", "changeme", "replace-me", "placeholder", "example", "default", "my-cluster"];
+
+fn valid_cluster_id(id: &str) -> bool {
+    (1..=12).contains(&id.len()) && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+}
+
+impl Config {
+    /// What this installation's instances are labelled with: the deployment id
+    /// and the cluster's short id, so that two clusters installed the same way
+    /// never take each other's machines for their own.
+    pub fn installation(&self) -> String {
+        match &self.cluster_id {
+            Some(cluster) => format!("{}-{cluster}", self.deployment_id),
+            None => self.deployment_id.clone(),
+        }
+    }
+
+    /// Every label this installation lists as its own: today's, then the one
+    /// instances rented before the cluster id was folded in still carry (the
+    /// sweeper destroys those only for sessions it can see; see docs/upgrading.md).
+    pub fn installations(&self) -> Vec<String> {
+        let mut all = vec![self.installation()];
+        if self.cluster_id.is_some() {
+            all.push(self.deployment_id.clone());
+        }
+        all
     }
 }
 
@@ -297,6 +350,30 @@ mod tests {
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn placeholder_ids_from_the_docs_are_refused() {
+        for placeholder in ["change-me", "my-cluster", "default"] {
+            let error = config(&[(env::DEPLOYMENT_ID, placeholder)]).unwrap_err();
+            assert_eq!(error, ConfigError::PlaceholderDeploymentId(placeholder.into()));
+            assert!(error.to_string().contains("placeholder"), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_installation_folds_the_cluster_into_the_deployment_id() {
+        let mut config = config(&[(env::DEPLOYMENT_ID, "team-a")]).unwrap();
+        assert_eq!(config.installations(), vec!["team-a".to_string()], "no cluster known yet");
+        config.cluster_id = Some("3f9a0c12".into());
+        assert_eq!(config.installation(), "team-a-3f9a0c12");
+        assert_eq!(config.installations(), vec!["team-a-3f9a0c12".to_string(), "team-a".to_string()]);
+        let refused = super::Config::from_lookup(|name| match name {
+            env::DEPLOYMENT_ID => Some("team-a".into()),
+            env::CLUSTER_ID => Some("Not.Valid".into()),
+            _ => None,
+        });
+        assert_eq!(refused.unwrap_err(), ConfigError::InvalidClusterId("Not.Valid".into()));
     }
 
     #[test]

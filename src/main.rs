@@ -187,6 +187,10 @@ async fn controller_main(config: Arc<Config>) -> Result<(), String> {
         .into_iter()
         .map(|p| gpu_shopper::provider::metered::Metered::wrap(p, metrics.clone()))
         .collect();
+    // Who this installation is: the deployment id and the cluster it runs in.
+    let cluster =
+        controller::identity::cluster_id(&client, config.cluster_id.as_deref()).await.map_err(|e| e.to_string())?;
+    let config = Arc::new(Config { cluster_id: Some(cluster), ..(*config).clone() });
     let ctx = Arc::new(Context::new(client, config, providers, metrics));
     tokio::select! {
         result = controller::run(ctx, health) => result.map_err(|e| e.to_string()),

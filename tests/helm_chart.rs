@@ -75,8 +75,6 @@ fn lint_and_template_with_default_and_custom_values() {
             "--set",
             "replicas=3",
             "--set",
-            "leaderElection.enabled=false",
-            "--set",
             "watchNamespace=ml",
             "--set",
             "providers.baseUrls.vastai=http://sim:18000/api/v0",
@@ -106,24 +104,21 @@ fn lint_and_template_with_default_and_custom_values() {
     for needed in ["DEPLOYMENT_ID", "VASTAI_API_KEY", "TENSORDOCK_AUTH_ID", "TENSORDOCK_API_TOKEN", "RUNPOD_API_KEY"] {
         assert!(names.contains(&needed), "the chart does not set {needed}");
     }
-    let custom = render(&["--set", "deploymentId=x", "--set", "replicas=3", "--set", "leaderElection.enabled=false"]);
+    let custom = render(&["--set", "deploymentId=x", "--set", "replicas=3"]);
     assert_eq!(kind(&custom, "Deployment")["spec"]["replicas"].as_i64(), Some(3));
-    assert!(custom.iter().all(|d| d["kind"].as_str() != Some("Role")), "no Lease role without leader election");
-
-    // Without a deploymentId, one stable per release: "<namespace>-<release>".
-    let defaulted = render(&["--namespace", "ml"]);
-    let env = kind(&defaulted, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
-        .as_sequence()
-        .unwrap()
-        .clone();
-    let id = env.iter().find(|e| e["name"].as_str() == Some("DEPLOYMENT_ID")).unwrap()["value"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_eq!(id, "ml-gs");
+    let single = render(&["--set", "deploymentId=x", "--set", "leaderElection.enabled=false"]);
+    assert!(single.iter().all(|d| d["kind"].as_str() != Some("Role")), "no Lease role without leader election");
+    // The cluster's identity is readable, and nothing else about namespaces.
+    let rules = serde_yaml::to_string(&kind(&custom, "ClusterRole")["rules"]).unwrap();
+    assert!(rules.contains("namespaces") && rules.contains("kube-system"), "{rules}");
 
     // Bad values fail at install time with a message (values.schema.json and the templates).
     for (args, expected) in [
+        (vec![], "deploymentId is required"),
+        (
+            vec!["--set", "deploymentId=x", "--set", "replicas=2", "--set", "leaderElection.enabled=false"],
+            "needs leaderElection",
+        ),
         (vec!["--set", "deploymentId=Prod_1"], "/deploymentId"),
         (vec!["--set", "replicas=0"], "/replicas"),
         (vec!["--set", "limits.orphanGracePeriod=10minutes"], "/limits/orphanGracePeriod"),

@@ -65,3 +65,32 @@ async fn the_api_server_accepts_the_base() {
         assert!(output.contains(object), "{object} not in: {output}");
     }
 }
+
+/// Every example session a user might apply as is (deploy/examples, and the demo's,
+/// which `make demo` applies to real marketplaces when asked to) is bounded in money
+/// and in time.
+#[test]
+fn every_example_session_carries_a_budget_and_a_lifetime() {
+    let mut sessions = 0;
+    for dir in ["deploy/examples", "e2e/demo"] {
+        for entry in std::fs::read_dir(format!("{ROOT}/{dir}")).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let value: serde_yaml::Value = serde::Deserialize::deserialize(doc).unwrap();
+                if value["kind"].as_str() != Some("GpuSession") {
+                    continue;
+                }
+                sessions += 1;
+                let spec = &value["spec"];
+                assert!(spec["budget"]["maxCostUsd"].as_f64().is_some(), "{}: no budget.maxCostUsd", path.display());
+                assert!(
+                    spec["lifetime"]["maxDuration"].as_str().is_some(),
+                    "{}: no lifetime.maxDuration",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(sessions >= 6, "found only {sessions} example sessions");
+}

@@ -59,7 +59,7 @@ async fn a_machine_destroyed_behind_the_operators_back_fails_the_session_and_its
     let bill: f64 = h.sim.instances().iter().filter(|i| i.id == id).map(|i| i.cost_usd).sum();
     let shown = st.accrued_cost_usd.unwrap();
     assert!(shown <= bill + 0.0001, "status says ${shown}, the marketplace billed ${bill}");
-    assert!(!h.events("InstanceLost").await.is_empty());
+    h.expect_event("InstanceLost").await;
     h.finish().await;
 }
 
@@ -123,7 +123,7 @@ async fn a_destroy_refused_inside_a_success_keeps_the_finalizer_until_the_machin
         assert!(session.is_some(), "{provider}: the finalizer went while the machine still exists");
     }
     assert_eq!(h.live_instances().len(), 3, "every refused machine is still there");
-    assert!(!h.events("DestroyFailed").await.is_empty());
+    h.expect_event("DestroyFailed").await;
     for provider in providers {
         h.sim.set_faults(provider, Faults::default());
     }
@@ -153,10 +153,7 @@ async fn a_create_that_lands_late_is_destroyed_as_a_stray_not_kept_beside_the_se
     })
     .await;
     // The Event follows the destroy once the marketplace confirms the machine gone.
-    wait_for("the StrayDestroyed Event", WAIT, || async {
-        (!h.events("StrayDestroyed").await.is_empty()).then_some(())
-    })
-    .await;
+    h.expect_event("StrayDestroyed").await;
     let still = h.sessions.get("s").await.unwrap();
     assert_eq!(status(&still).instance_id.as_deref(), Some(kept.as_str()), "the session kept its own machine");
     h.finish().await;
@@ -173,7 +170,7 @@ async fn a_failing_listing_never_reads_as_nothing_there() {
     h.apply("s", on("vastai")).await;
     h.wait_ready("s").await;
     assert_eq!(h.sim.instances().len(), 1, "no second machine was rented while listings failed");
-    assert!(!h.events("Adopted").await.is_empty());
+    h.expect_event("Adopted").await;
     h.finish().await;
 }
 

@@ -109,9 +109,12 @@ async fn every_client_searches_creates_gets_lists_by_label_and_destroys() {
         assert_eq!(ssh.host, "127.0.0.1");
 
         // Listing by label sees only this deployment's instances.
-        let listed = provider.list_instances("dep-a").await.unwrap();
+        let listed = provider.list_instances(&["dep-a".to_string()]).await.unwrap();
         assert_eq!(listed.iter().map(|i| i.id.clone()).collect::<Vec<_>>(), vec![mine.id.clone()], "{provider_name}");
-        assert!(provider.list_instances("dep").await.unwrap().is_empty(), "{provider_name}: 'dep' is not 'dep-a'");
+        assert!(
+            provider.list_instances(&["dep".to_string()]).await.unwrap().is_empty(),
+            "{provider_name}: 'dep' is not 'dep-a'"
+        );
 
         // Destroy is idempotent and the marketplace stops billing.
         provider.destroy_instance(&mine.id).await.unwrap();
@@ -260,7 +263,7 @@ async fn a_lost_create_response_is_not_retried_and_the_instance_is_found_by_labe
         let live: Vec<_> =
             sim.instances().into_iter().filter(|i| i.provider == provider_name && !i.destroyed).collect();
         assert_eq!(live.len(), 1, "{provider_name}: exactly one instance exists");
-        let found = provider.list_instances("dep-lost").await.unwrap();
+        let found = provider.list_instances(&["dep-lost".to_string()]).await.unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].label, Some(InstanceLabel::new("dep-lost", "uid-lost")));
         provider.destroy_instance(&found[0].id).await.unwrap();

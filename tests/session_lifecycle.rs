@@ -48,7 +48,7 @@ async fn interactive_session_reaches_ready_and_its_secret_key_logs_in() {
     assert_eq!(String::from_utf8(data["port"].0.clone()).unwrap(), ssh.port.to_string());
     let out = run_with(&ssh, &private, "nvidia-smi").await.unwrap();
     assert!(out.stdout.contains("CUDA Version: 12.8"));
-    assert!(!h.events("Rented").await.is_empty());
+    h.expect_event("Rented").await;
     assert_eq!(h.live_instances().len(), 1);
 
     // Observability, and no key material anywhere but the Secret.
@@ -239,7 +239,7 @@ async fn a_job_that_succeeds_or_fails_lands_in_status_and_destroys_its_instance(
     assert!(job.log_tail.contains("boom"));
     assert!(status(&failed).released_at.is_some(), "a failed job must not keep billing");
     assert!(h.live_instances().is_empty());
-    assert!(!h.events("JobFailed").await.is_empty());
+    h.expect_event("JobFailed").await;
     h.finish().await;
 }
 
@@ -254,7 +254,7 @@ async fn snatched_offer_falls_over_to_the_next_best() {
     assert_eq!(st.attempts.len(), 1);
     assert_eq!((st.attempts[0].offer_id.as_str(), st.attempts[0].reason.as_str()), ("4101", "OfferGone"));
     assert_eq!(st.offer_id.as_deref(), Some("4102"));
-    assert!(!h.events("AttemptFailed").await.is_empty());
+    h.expect_event("AttemptFailed").await;
     h.finish().await;
 }
 
@@ -290,7 +290,7 @@ async fn a_lost_create_response_is_adopted_not_doubled() {
     h.wait_ready("s").await;
     assert_eq!(h.live_instances().len(), 1, "exactly one instance");
     assert_eq!(h.sim.instances().len(), 1, "no second instance was ever created");
-    assert!(!h.events("Adopted").await.is_empty());
+    h.expect_event("Adopted").await;
     h.finish().await;
 }
 
@@ -374,7 +374,7 @@ async fn provider_down_during_deletion_holds_the_finalizer_until_it_is_back() {
     let held = h.sessions.get("s").await.expect("the finalizer holds the session");
     assert!(held.metadata.deletion_timestamp.is_some());
     assert_eq!(h.live_instances().len(), 1, "still there, and still tracked");
-    assert!(!h.events("DestroyFailed").await.is_empty());
+    h.expect_event("DestroyFailed").await;
     h.sim.set_faults(ProviderName::Vastai, Faults::default());
     wait_for("the session to go once the marketplace is back", WAIT, || async {
         h.sessions.get_opt("s").await.unwrap().is_none().then_some(())
@@ -385,7 +385,7 @@ async fn provider_down_during_deletion_holds_the_finalizer_until_it_is_back() {
 
 #[tokio::test]
 #[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
-async fn an_orphan_from_a_crashed_run_is_destroyed_and_another_deployments_instance_is_left_alone() {
+async fn an_orphan_from_a_crashed_run_is_destroyed_and_other_installations_instances_are_left_alone() {
     use gpu_shopper::provider::{CreateRequest, InstanceLabel, OfferQuery, Provider};
     let h = Harness::new("orphans", fast_market()).await;
     let keys = h.sim.sim.world().market.keys.clone();
@@ -410,15 +410,27 @@ async fn an_orphan_from_a_crashed_run_is_destroyed_and_another_deployments_insta
         disk_gb: 10,
         min_cuda_version: None,
     };
-    let orphan = vast.create_instance(&request(&h.ns)).await.unwrap();
+    let orphan = vast.create_instance(&request(&h.installation().await)).await.unwrap();
     let foreign = vast.create_instance(&request("another-deployment")).await.unwrap();
+    // The same deployment id in another cluster: the cluster id tells it apart.
+    let other_cluster = vast.create_instance(&request(&format!("{}-0ther0ne", h.ns))).await.unwrap();
+    // Labelled the old way (deployment id alone), of no session here: possibly another cluster's.
+    let unlabelled_cluster = vast.create_instance(&request(&h.ns)).await.unwrap();
     wait_for("the orphan to be destroyed", WAIT, || async {
         h.sim.instances().iter().find(|i| i.id == orphan.id).is_some_and(|i| i.destroyed).then_some(())
     })
     .await;
-    let foreign_state = h.sim.instances().into_iter().find(|i| i.id == foreign.id).unwrap();
-    assert!(!foreign_state.destroyed, "another deployment's instance is never touched");
-    assert!(!h.events("OrphanDestroyed").await.is_empty());
+    // Another sweep or two passes (interval 1s in these tests) without touching the others.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (id, whose) in [
+        (&foreign.id, "another deployment's"),
+        (&other_cluster.id, "another cluster's"),
+        (&unlabelled_cluster.id, "an old-style label's of no session here"),
+    ] {
+        let state = h.sim.instances().into_iter().find(|i| &i.id == id).unwrap();
+        assert!(!state.destroyed, "{whose} instance is never touched");
+    }
+    h.expect_event("OrphanDestroyed").await;
     let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", h.controller.http_port))
         .await
         .unwrap()
@@ -426,7 +438,9 @@ async fn an_orphan_from_a_crashed_run_is_destroyed_and_another_deployments_insta
         .await
         .unwrap();
     assert!(metrics.contains("gpu_orphans_detected_total{provider=\"vastai\"} 1"), "{metrics}");
-    vast.destroy_instance(&foreign.id).await.unwrap();
+    for id in [&foreign.id, &other_cluster.id, &unlabelled_cluster.id] {
+        vast.destroy_instance(id).await.unwrap();
+    }
     h.finish().await;
 }
 

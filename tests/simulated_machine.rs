@@ -285,6 +285,6 @@ async fn the_control_endpoint_shows_instances_and_switches_faults_and_utilisatio
     let faults = serde_json::json!({"authFailure": true});
     let set = http.put(format!("{}/faults/vastai", sim.control_url)).json(&faults).send().await.unwrap();
     assert_eq!(set.status(), 204);
-    let refused = vast.list_instances("ssh-test").await.unwrap_err();
+    let refused = vast.list_instances(&["ssh-test".to_string()]).await.unwrap_err();
     assert!(matches!(refused, gpu_shopper::provider::ProviderError::AuthFailed { .. }));
 }

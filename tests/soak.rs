@@ -145,10 +145,10 @@ async fn observe(
         }
     }
     // Read the marketplace after the API: a session seen gone had its instance destroyed before.
-    let prefix = format!("gpushopper.{ns}.");
+    let prefix = support::sessions::label_prefix(ns);
     let mut per_uid: HashMap<String, Vec<String>> = HashMap::new();
     for instance in sim.instances().into_iter().filter(|i| !i.destroyed && i.label.starts_with(&prefix)) {
-        let uid = instance.label[prefix.len()..].to_string();
+        let uid = instance.label.rsplit('.').next().unwrap_or_default().to_string();
         per_uid.entry(uid.clone()).or_default().push(instance.id.clone());
         if observer.gone.contains(&uid) {
             counts.deleted_but_alive.push(format!("instance {} of deleted session {uid}", instance.id));
@@ -318,7 +318,7 @@ async fn soak() {
         }
         if rng.random_bool(0.04) {
             // A machine dies or stops behind the operator's back.
-            let prefix = format!("gpushopper.{ns}.");
+            let prefix = support::sessions::label_prefix(&ns);
             let running: Vec<String> = sim
                 .instances()
                 .into_iter()
@@ -404,7 +404,7 @@ async fn soak() {
     // Give the sweeper its grace period to repair anything left behind, then look.
     tokio::time::sleep(Duration::from_secs(6)).await;
     observe(&sim, &sessions, &ns, &mut observer, &mut counts).await;
-    let prefix = format!("gpushopper.{ns}.");
+    let prefix = support::sessions::label_prefix(&ns);
     let alive: Vec<String> =
         sim.instances().into_iter().filter(|i| !i.destroyed && i.label.starts_with(&prefix)).map(|i| i.id).collect();
     if !alive.is_empty() {

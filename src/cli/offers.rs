@@ -62,9 +62,10 @@ fn providers() -> Result<Vec<Arc<dyn Provider>>, CliError> {
     Ok(configured_providers()?.0)
 }
 
-/// Clients for every marketplace with credentials, and the deployment id
-/// (`cli` when unset: the CLI needs none; everything else is read as the operator reads it).
-pub(super) fn configured_providers() -> Result<(Vec<Arc<dyn Provider>>, String), CliError> {
+/// Clients for every marketplace with credentials, and the configuration they
+/// came from (deployment id `cli` when unset: the CLI needs none; everything else
+/// is read as the operator reads it).
+pub(super) fn configured_providers() -> Result<(Vec<Arc<dyn Provider>>, Config), CliError> {
     let config = Config::from_lookup(|name| {
         std::env::var(name).ok().or_else(|| (name == crate::config::env::DEPLOYMENT_ID).then(|| "cli".to_string()))
     })
@@ -75,7 +76,7 @@ pub(super) fn configured_providers() -> Result<(Vec<Arc<dyn Provider>>, String),
             "no marketplace credentials: set VASTAI_API_KEY, TENSORDOCK_AUTH_ID + TENSORDOCK_API_TOKEN or RUNPOD_API_KEY".into(),
         ));
     }
-    Ok((providers, config.deployment_id.clone()))
+    Ok((providers, config))
 }
 
 pub async fn run(args: OffersArgs) -> Result<String, CliError> {

@@ -2,6 +2,7 @@
 //! create) and one for GpuOfferFilters, run side by side.
 
 pub mod context;
+pub mod identity;
 pub mod kube_client;
 pub mod leader;
 pub mod offer_filter;
@@ -94,7 +95,7 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
 
     let sweeper = tokio::spawn(sweeper::run(ctx.clone()));
     health.ready.store(true, Ordering::Relaxed);
-    tracing::info!(deployment_id = %ctx.config.deployment_id, "controllers running");
+    tracing::info!(deployment_id = %ctx.config.deployment_id, installation = %ctx.config.installation(), "controllers running");
     let lost = async {
         match leadership {
             Some(leadership) => leadership.lost().await,

@@ -44,7 +44,7 @@ async fn run_marketplace(ctx: Arc<Context>, provider: Arc<dyn Provider>) {
     let mut seen = Seen::new();
     loop {
         let name = provider.name();
-        match ctx.inventory.refresh(provider.as_ref(), &ctx.config.deployment_id).await {
+        match ctx.inventory.refresh(provider.as_ref(), &ctx.config.installations()).await {
             Ok(()) => sweep(&ctx, provider.as_ref(), &mut seen).await,
             // Kept as an error: a listing that failed is never "nothing there".
             Err(error) => {
@@ -65,6 +65,35 @@ enum Unowned {
     Orphan,
     /// Labelled for a live session that does not hold it.
     Stray,
+}
+
+/// Whose a labelled instance is, as far as this installation can tell.
+#[derive(Debug, PartialEq)]
+enum Ownership {
+    Ours,
+    /// Another installation's: never touched.
+    Foreign,
+    /// Labelled the old way (deployment id, no cluster) for no session here: it may be
+    /// another cluster's that uses the same deployment id, so it is never destroyed.
+    Undecidable,
+}
+
+fn ownership(
+    label: &InstanceLabel,
+    installation: &str,
+    deployment_id: &str,
+    sessions: &HashMap<String, &GpuSession>,
+) -> Ownership {
+    if label.installation == installation {
+        Ownership::Ours
+    } else if label.installation != deployment_id {
+        Ownership::Foreign
+    } else if sessions.contains_key(&label.session_uid) {
+        // Session UIDs are unique: an old label of a session here is this installation's.
+        Ownership::Ours
+    } else {
+        Ownership::Undecidable
+    }
 }
 
 /// Judges one listed instance against the live sessions (by uid).
@@ -115,11 +144,20 @@ pub async fn sweep(ctx: &Context, provider: &dyn Provider, seen: &mut Seen) {
         },
     };
     let by_uid: HashMap<String, &GpuSession> = sessions.iter().filter_map(|s| Some((s.uid()?, s.as_ref()))).collect();
+    let installation = ctx.config.installation();
     let mut still_unowned = HashSet::new();
     for instance in &snapshot.instances {
         let Some(label) = instance.label.clone() else { continue };
-        if label.deployment_id != ctx.config.deployment_id {
-            continue;
+        match ownership(&label, &installation, &ctx.config.deployment_id, &by_uid) {
+            Ownership::Ours => {}
+            Ownership::Foreign => continue,
+            Ownership::Undecidable => {
+                if seen.insert(instance.id.clone(), Instant::now()).is_none() {
+                    tracing::warn!(provider = %name, instance = %instance.id, %label, "instance labelled without a cluster id, of no session in this cluster: possibly another cluster's, so not destroyed; destroy it by hand if it is not (docs/upgrading.md)");
+                }
+                still_unowned.insert(instance.id.clone());
+                continue;
+            }
         }
         let Some(kind) = judge(instance, name, &by_uid) else { continue };
         still_unowned.insert(instance.id.clone());
@@ -259,6 +297,20 @@ mod tests {
         let mut session = GpuSession::new("s", Default::default());
         session.status = Some(status);
         session
+    }
+
+    #[test]
+    fn old_labels_are_ours_only_for_sessions_here_and_other_installations_never() {
+        let here = session(GpuSessionStatus::default());
+        let sessions: HashMap<String, &GpuSession> = [("uid-here".to_string(), &here)].into();
+        let owner = |installation: &str, uid: &str| {
+            ownership(&InstanceLabel::new(installation, uid), "team-a-3f9a0c12", "team-a", &sessions)
+        };
+        assert_eq!(owner("team-a-3f9a0c12", "uid-gone"), Ownership::Ours, "today's label: an orphan to sweep");
+        assert_eq!(owner("team-a", "uid-here"), Ownership::Ours, "an old label of a session here");
+        assert_eq!(owner("team-a", "uid-gone"), Ownership::Undecidable, "an old label of no session here");
+        assert_eq!(owner("team-a-0ther0ne", "uid-gone"), Ownership::Foreign, "same deployment id, other cluster");
+        assert_eq!(owner("team-b", "uid-here"), Ownership::Foreign);
     }
 
     #[test]

@@ -76,12 +76,12 @@ impl Inventory {
         Some(f(&mut entry))
     }
 
-    /// Lists `provider`'s instances of `deployment_id` and stores the result.
+    /// Lists `provider`'s instances of `installations` and stores the result.
     /// A failed listing keeps the previous snapshot and records the error: it
     /// never reads as "nothing there".
-    pub async fn refresh(&self, provider: &dyn Provider, deployment_id: &str) -> Result<(), ProviderError> {
+    pub async fn refresh(&self, provider: &dyn Provider, installations: &[String]) -> Result<(), ProviderError> {
         let started = Timestamp::now();
-        let result = provider.list_instances(deployment_id).await;
+        let result = provider.list_instances(installations).await;
         self.store(provider.name(), started, result)
     }
 

@@ -61,9 +61,9 @@ impl Provider for Metered {
         result
     }
 
-    async fn list_instances(&self, deployment_id: &str) -> Result<Vec<Instance>, ProviderError> {
+    async fn list_instances(&self, installations: &[String]) -> Result<Vec<Instance>, ProviderError> {
         let started = Instant::now();
-        let result = self.inner.list_instances(deployment_id).await;
+        let result = self.inner.list_instances(installations).await;
         self.record("list", started, &result);
         result
     }

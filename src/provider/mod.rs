@@ -46,8 +46,8 @@ pub trait Provider: Send + Sync {
     /// `None` when the marketplace does not know the id (any more).
     async fn get_instance(&self, id: &str) -> Result<Option<Instance>, ProviderError>;
 
-    /// Every instance labelled with this deployment id, and no other.
-    async fn list_instances(&self, deployment_id: &str) -> Result<Vec<Instance>, ProviderError>;
+    /// Every instance labelled for one of `installations`, and no other.
+    async fn list_instances(&self, installations: &[String]) -> Result<Vec<Instance>, ProviderError>;
 
     /// Idempotent: destroying an instance that is already gone succeeds.
     async fn destroy_instance(&self, id: &str) -> Result<(), ProviderError>;
@@ -58,6 +58,11 @@ pub trait Provider: Send + Sync {
     async fn ensure_ssh_key(&self, _id: &str, _ssh_public_key: &str) -> Result<(), ProviderError> {
         Ok(())
     }
+}
+
+/// Whether `instance` carries the label of one of `installations`.
+pub fn labelled_for_any(instance: &Instance, installations: &[String]) -> bool {
+    instance.label.as_ref().is_some_and(|l| installations.contains(&l.installation))
 }
 
 /// How an instance came to be gone.

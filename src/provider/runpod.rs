@@ -347,7 +347,7 @@ impl Provider for RunPod {
         Ok(data.get("pod").filter(|p| !p.is_null()).and_then(parse_pod))
     }
 
-    async fn list_instances(&self, deployment_id: &str) -> Result<Vec<Instance>, ProviderError> {
+    async fn list_instances(&self, installations: &[String]) -> Result<Vec<Instance>, ProviderError> {
         let query = format!("query Pods {{ myself {{ pods {{ {POD_FIELDS} }} }} }}");
         let data = self.graphql(&query, json!({}), Idempotency::Safe).await?;
         // A listing we cannot read is an error, never "no pods".
@@ -355,11 +355,7 @@ impl Provider for RunPod {
             data.get("myself").and_then(|m| m.get("pods")).and_then(Value::as_array).cloned().ok_or_else(|| {
                 ProviderError::BadResponse { provider: PROVIDER, status: 200, body: "myself.pods is missing".into() }
             })?;
-        Ok(pods
-            .iter()
-            .filter_map(parse_pod)
-            .filter(|i| i.label.as_ref().is_some_and(|l| l.deployment_id == deployment_id))
-            .collect())
+        Ok(pods.iter().filter_map(parse_pod).filter(|i| super::labelled_for_any(i, installations)).collect())
     }
 
     async fn destroy_instance(&self, id: &str) -> Result<(), ProviderError> {

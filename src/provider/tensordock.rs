@@ -397,7 +397,7 @@ impl Provider for TensorDock {
         parse_instance(&body).map(Some).ok_or_else(|| self.unexpected(&reply))
     }
 
-    async fn list_instances(&self, deployment_id: &str) -> Result<Vec<Instance>, ProviderError> {
+    async fn list_instances(&self, installations: &[String]) -> Result<Vec<Instance>, ProviderError> {
         let reply = self.call(Method::GET, "GET /instances", "/instances", None, Idempotency::Safe).await?;
         if !reply.status.is_success() {
             return Err(self.unexpected(&reply));
@@ -405,11 +405,7 @@ impl Provider for TensorDock {
         let body: Value = parse_json(&self.transport, &reply)?;
         // A listing we cannot read is an error, never "no instances".
         let items = listed_instances(&body).ok_or_else(|| self.unexpected(&reply))?;
-        Ok(items
-            .iter()
-            .filter_map(parse_instance)
-            .filter(|i| i.label.as_ref().is_some_and(|l| l.deployment_id == deployment_id))
-            .collect())
+        Ok(items.iter().filter_map(parse_instance).filter(|i| super::labelled_for_any(i, installations)).collect())
     }
 
     async fn destroy_instance(&self, id: &str) -> Result<(), ProviderError> {

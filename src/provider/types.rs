@@ -101,20 +101,22 @@ impl Instance {
     }
 }
 
-/// The name every instance is created with: `gpushopper.<deployment-id>.<session-uid>`.
-/// Deployment ids cannot contain '.', so one deployment's label is never a
-/// prefix match of another's.
+/// The name every instance is created with: `gpushopper.<installation>.<session-uid>`,
+/// where the installation is the deployment id and the cluster's short id
+/// (`prod-eu-1-3f9a0c12`; labels made before the cluster id was folded in carry
+/// the deployment id alone). Neither part can contain '.', so one installation's
+/// label is never a prefix match of another's.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct InstanceLabel {
-    pub deployment_id: String,
+    pub installation: String,
     pub session_uid: String,
 }
 
 const LABEL_PREFIX: &str = "gpushopper";
 
 impl InstanceLabel {
-    pub fn new(deployment_id: &str, session_uid: &str) -> Self {
-        InstanceLabel { deployment_id: deployment_id.to_string(), session_uid: session_uid.to_string() }
+    pub fn new(installation: &str, session_uid: &str) -> Self {
+        InstanceLabel { installation: installation.to_string(), session_uid: session_uid.to_string() }
     }
 
     /// Parses a label; anything not made by `Display` gives `None`.
@@ -130,7 +132,7 @@ impl InstanceLabel {
 
 impl fmt::Display for InstanceLabel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{LABEL_PREFIX}.{}.{}", self.deployment_id, self.session_uid)
+        write!(f, "{LABEL_PREFIX}.{}.{}", self.installation, self.session_uid)
     }
 }
 
@@ -182,7 +184,7 @@ mod tests {
         }
         // "prod" is a prefix of "prod-eu" as text, but not as a label.
         let eu = InstanceLabel::parse("gpushopper.prod-eu.uid").unwrap();
-        assert_ne!(eu.deployment_id, "prod");
+        assert_ne!(eu.installation, "prod");
     }
 
     #[test]

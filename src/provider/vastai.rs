@@ -448,9 +448,9 @@ impl Provider for VastAi {
         Ok(item.as_ref().and_then(parse_instance))
     }
 
-    async fn list_instances(&self, deployment_id: &str) -> Result<Vec<Instance>, ProviderError> {
+    async fn list_instances(&self, installations: &[String]) -> Result<Vec<Instance>, ProviderError> {
         let all = self.list_all().await?;
-        Ok(all.into_iter().filter(|i| i.label.as_ref().is_some_and(|l| l.deployment_id == deployment_id)).collect())
+        Ok(all.into_iter().filter(|i| super::labelled_for_any(i, installations)).collect())
     }
 
     async fn destroy_instance(&self, id: &str) -> Result<(), ProviderError> {

@@ -123,9 +123,9 @@ impl Harness {
         .await;
     }
 
-    /// Instances of this test (labelled with its deployment id) still alive.
+    /// Instances of this test (labelled with its deployment id, the namespace) still alive.
     pub fn live_instances(&self) -> Vec<String> {
-        let label = format!("gpushopper.{}.", self.ns);
+        let label = label_prefix(&self.ns);
         self.sim.instances().into_iter().filter(|i| !i.destroyed && i.label.starts_with(&label)).map(|i| i.id).collect()
     }
 
@@ -139,6 +139,23 @@ impl Harness {
             .into_iter()
             .filter(|e| e.reason.as_deref() == Some(reason))
             .collect()
+    }
+
+    /// Waits for an Event with `reason` in the test's namespace: Events are
+    /// recorded after what they report (a destroy once confirmed), not with it.
+    pub async fn expect_event(&self, reason: &str) -> Vec<Event> {
+        wait_for(&format!("a {reason} Event"), WAIT, || async {
+            let found = self.events(reason).await;
+            (!found.is_empty()).then_some(found)
+        })
+        .await
+    }
+
+    /// This test's installation as its operator labels instances: the deployment
+    /// id (the namespace) and the cluster's short id.
+    pub async fn installation(&self) -> String {
+        let cluster = gpu_shopper::controller::identity::cluster_id(&self.client, None).await.unwrap();
+        format!("{}-{cluster}", self.ns)
     }
 
     pub async fn finish(self) {
@@ -177,4 +194,10 @@ pub fn merge(base: &mut Value, extra: Value) {
 
 pub fn status(session: &GpuSession) -> &gpu_shopper::crd::GpuSessionStatus {
     session.status.as_ref().unwrap()
+}
+
+/// How every label of the installation with deployment id `ns` begins, whatever
+/// the cluster: `gpushopper.<ns>-<cluster>.` (test namespaces never prefix each other).
+pub fn label_prefix(ns: &str) -> String {
+    format!("gpushopper.{ns}-")
 }

@@ -32,7 +32,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{- define "gpu-shopper.deploymentId" -}}
-{{- $id := .Values.deploymentId | default (printf "%s-%s" .Release.Namespace .Release.Name | trunc 40 | trimSuffix "-") -}}
+{{- $id := required "deploymentId is required: it names this installation on the marketplaces (for example --set deploymentId=ml-platform-eu); an upgrade from a release that left it empty sets it to \"<namespace>-<release>\", the old default (docs/upgrading.md)" .Values.deploymentId -}}
 {{- if not (regexMatch "^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$" $id) -}}
 {{- fail "deploymentId must be 1-40 characters of a-z, 0-9 and '-', starting and ending with a letter or digit" -}}
 {{- end -}}

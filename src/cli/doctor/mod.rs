@@ -92,10 +92,10 @@ fn pacing(provider: ProviderName) -> String {
     if parts.is_empty() { "none published; slows down on 429".into() } else { parts.join(", ") }
 }
 
-async fn check(provider: Arc<dyn Provider>, deployment_id: String) -> Check {
+async fn check(provider: Arc<dyn Provider>, installations: Vec<String>) -> Check {
     let started = Instant::now();
     let search = provider.search_offers(&OfferQuery { limit: 200, ..Default::default() }).await.map(|o| o.len());
-    let listing = provider.list_instances(&deployment_id).await.map(|i| i.len());
+    let listing = provider.list_instances(&installations).await.map(|i| i.len());
     Check { provider: provider.name(), search, listing, took: started.elapsed() }
 }
 
@@ -106,12 +106,27 @@ fn cell<T: ToString>(result: &Result<T, ProviderError>) -> String {
     }
 }
 
+/// The cluster's short id as the operator computes it, when the kubeconfig
+/// reaches a cluster within a few seconds; the doctor works without one.
+async fn cluster_id_if_reachable(configured: Option<String>) -> Option<String> {
+    if configured.is_some() {
+        return configured;
+    }
+    let lookup = async {
+        let client = kube::Client::try_default().await.ok()?;
+        crate::controller::identity::cluster_id(&client, None).await.ok()
+    };
+    tokio::time::timeout(Duration::from_secs(5), lookup).await.ok().flatten()
+}
+
 pub async fn run(args: DoctorArgs) -> Result<String, CliError> {
-    let (providers, deployment_id) = super::offers::configured_providers()?;
+    let (providers, mut config) = super::offers::configured_providers()?;
+    config.cluster_id = cluster_id_if_reachable(config.cluster_id.take()).await;
+    let installations = config.installations();
     if args.max_usd.is_some() && !args.rent_test {
         return Err(CliError::Usage("--max-usd is the rent test's budget: add --rent-test".into()));
     }
-    let checks = futures::future::join_all(providers.iter().cloned().map(|p| check(p, deployment_id.clone()))).await;
+    let checks = futures::future::join_all(providers.iter().cloned().map(|p| check(p, installations.clone()))).await;
     let all_ok = checks.iter().all(Check::ok);
     let out = if args.json {
         let rows: Vec<_> = checks
@@ -164,7 +179,7 @@ pub async fn run(args: DoctorArgs) -> Result<String, CliError> {
                 providers: args.providers,
                 gpu_models: args.gpus,
             };
-            match rent_test::run(test, providers, &deployment_id).await {
+            match rent_test::run(test, providers, &config).await {
                 Ok(rented) => Ok(format!("{}\n\n{rented}", out.trim_end())),
                 Err(CliError::Failed(rented)) => Err(CliError::Failed(format!("{}\n\n{rented}", out.trim_end()))),
                 Err(other) => Err(other),

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use russh::keys::PrivateKey;
 
 use super::super::CliError;
+use crate::config::Config;
 use crate::crd::{OfferRequirements, ProviderName};
 use crate::keys;
 use crate::market;
@@ -77,7 +78,7 @@ fn worst_case_usd(price_per_hour: f64, hours: f64) -> f64 {
     (price_per_hour * hours * 100.0).ceil() / 100.0
 }
 
-pub async fn run(test: RentTest, providers: Vec<Arc<dyn Provider>>, deployment_id: &str) -> Result<String, CliError> {
+pub async fn run(test: RentTest, providers: Vec<Arc<dyn Provider>>, config: &Config) -> Result<String, CliError> {
     if !(test.max_usd.is_finite() && test.max_usd > 0.0) {
         return Err(CliError::Usage("--max-usd must be a positive amount of US dollars".into()));
     }
@@ -110,7 +111,15 @@ pub async fn run(test: RentTest, providers: Vec<Arc<dyn Provider>>, deployment_i
     let key = keys::generate("gpu-shopper-doctor").map_err(|e| CliError::Failed(e.to_string()))?;
     let private = Arc::new(keys::parse_private(&key.private_openssh).map_err(|e| CliError::Failed(e.to_string()))?);
     let uid = format!("doctor-{:08x}", rand::random::<u32>());
-    let label = InstanceLabel::new(deployment_id, &uid);
+    // The installation's own label: its orphan sweeper backs this command up if it is killed.
+    let label = InstanceLabel::new(&config.installation(), &uid);
+    if config.cluster_id.is_none() {
+        report.add(
+            "label",
+            true,
+            "no cluster reachable and CLUSTER_ID unset: no operator's sweeper would destroy this machine if this command were killed",
+        );
+    }
     let started = Instant::now();
     let mut rented: Option<(Arc<dyn Provider>, Offer, Instance)> = None;
     let mut ambiguous: Vec<Arc<dyn Provider>> = Vec::new();
@@ -283,7 +292,7 @@ async fn sweep_label(
     for provider in providers {
         let deadline = Instant::now() + wait;
         loop {
-            match provider.list_instances(&label.deployment_id).await {
+            match provider.list_instances(std::slice::from_ref(&label.installation)).await {
                 Ok(instances) => {
                     let live: Vec<&Instance> = instances
                         .iter()

@@ -247,7 +247,7 @@ fn create_request(step: &Step<'_>, offer: &Offer, key: &SessionKey, requirements
     }
     CreateRequest {
         offer: offer.clone(),
-        label: InstanceLabel::new(&step.ctx.config.deployment_id, &step.session.uid().unwrap_or_default()),
+        label: InstanceLabel::new(&step.ctx.config.installation(), &step.session.uid().unwrap_or_default()),
         ssh_public_key: key.public_openssh.clone(),
         image: spec.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.to_string()),
         // The operator runs the start script itself over SSH, the same way on every marketplace.
