@@ -157,7 +157,10 @@ fn run_controller() -> ExitCode {
     };
     telemetry::init(&config.log_level, config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    match runtime.block_on(controller_main(config)) {
+    let outcome = runtime.block_on(controller_main(config));
+    // Nothing left over (a marketplace call, an SSH login) may keep a stopped leader alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             tracing::error!("{message}");

@@ -105,3 +105,96 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
     drop(survivor);
     delete_namespace(&client, &ns).await;
 }
+
+/// The leader's own view of its lease: when it was last renewed.
+async fn renewed_at(leases: &Api<Lease>, name: &str) -> jiff::Timestamp {
+    leases.get(name).await.unwrap().spec.unwrap().renew_time.unwrap().0
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn a_leader_cut_off_from_the_api_server_stops_before_its_lease_can_expire() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, "fenced").await;
+    let mut market = Market::builtin();
+    market.timings.created_ms = 50;
+    market.timings.loading_ms = 100;
+    let sim = simulator::start(market, 0).await.unwrap();
+    let proxy = support::proxy::CuttableProxy::start(&ns).await;
+    let lease_duration = format!("{LEASE_SECONDS}s");
+    let mut env: Vec<(&str, String)> = sim.env();
+    env.push(("POD_NAME", "replica-a".into()));
+    env.push(("LEASE_DURATION", lease_duration.clone()));
+    env.push(("KUBECONFIG", proxy.kubeconfig.to_string_lossy().into_owned()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut leader = ControllerProcess::start_with_env_named(&ns, "replica-a", &env);
+    leader.wait_ready().await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let lease = format!("gpu-shopper-{ns}");
+    wait_for("replica-a to lead", Duration::from_secs(30), || async {
+        holder(&leases, &lease).await.filter(|h| h == "replica-a")
+    })
+    .await;
+    let sessions: Api<GpuSession> = Api::namespaced(client.clone(), &ns);
+    sessions.create(&PostParams::default(), &session("before")).await.unwrap();
+    wait_ready(&sessions, "before").await;
+
+    // A partition: the leader cannot renew. It must be gone before its lease can expire.
+    proxy.cut();
+    let cut = jiff::Timestamp::now();
+    let expires = renewed_at(&leases, &lease).await + jiff::SignedDuration::from_secs(LEASE_SECONDS as i64);
+    let status = leader.exited_within(Duration::from_secs(LEASE_SECONDS * 3)).await;
+    let exited = jiff::Timestamp::now();
+    assert!(status.is_some_and(|s| !s.success()), "the cut-off leader exits with an error: {status:?}");
+    println!("cut at {cut}, exited at {exited}, the lease could expire at {expires}");
+    assert!(exited < expires, "exited at {exited}, after the lease could expire at {expires}");
+    let log = leader.log();
+    assert!(log.contains("no longer sure to lead"), "the reason is logged");
+
+    // A standby takes over only after that, and carries on.
+    let mut env: Vec<(&str, String)> = sim.env();
+    env.push(("POD_NAME", "replica-b".into()));
+    env.push(("LEASE_DURATION", lease_duration));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let standby = ControllerProcess::start_with_env_named(&ns, "replica-b", &env);
+    standby.wait_ready().await;
+    sessions.create(&PostParams::default(), &session("after")).await.unwrap();
+    wait_ready(&sessions, "after").await;
+    sessions.delete_collection(&Default::default(), &Default::default()).await.unwrap();
+    wait_for("sessions gone", Duration::from_secs(60), || async {
+        sessions.list(&Default::default()).await.ok()?.items.is_empty().then_some(())
+    })
+    .await;
+    assert!(sim.instances().iter().all(|i| i.destroyed));
+    drop(standby);
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn a_leader_stopped_by_sigterm_releases_its_lease() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, "sigterm").await;
+    let sim = simulator::start(Market::builtin(), 0).await.unwrap();
+    let mut env: Vec<(&str, String)> = sim.env();
+    env.push(("POD_NAME", "replica-a".into()));
+    // A long lease: only a release, not its expiry, frees it within the test's wait.
+    env.push(("LEASE_DURATION", "60s".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut leader = ControllerProcess::start_with_env_named(&ns, "replica-a", &env);
+    leader.wait_ready().await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let lease = format!("gpu-shopper-{ns}");
+    wait_for("replica-a to lead", Duration::from_secs(30), || async {
+        holder(&leases, &lease).await.filter(|h| h == "replica-a")
+    })
+    .await;
+    leader.terminate();
+    let status = leader.exited_within(Duration::from_secs(20)).await;
+    assert!(status.is_some_and(|s| s.success()), "a graceful stop exits 0: {status:?}");
+    let held_by = holder(&leases, &lease).await;
+    assert_eq!(held_by, None, "the lease is released, not left to expire");
+    delete_namespace(&client, &ns).await;
+}

@@ -18,6 +18,7 @@ use crate::inventory::Inventory;
 use crate::market::{BadHosts, OfferCache};
 use crate::metrics::{ControllerLabels, ErrorLabels, Metrics};
 use crate::provider::Provider;
+use crate::provider::gate::{Gate, Gated};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::Store;
 
@@ -56,8 +57,10 @@ pub const CONTROLLER_NAME: &str = "gpu-shopper";
 pub struct Context {
     pub client: Client,
     pub config: Arc<Config>,
-    /// A client per marketplace with credentials.
+    /// A client per marketplace with credentials, each behind `marketplace_gate`.
     pub providers: Vec<Arc<dyn Provider>>,
+    /// Closed when this replica can no longer be sure it leads: no marketplace call passes.
+    pub marketplace_gate: Arc<Gate>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     /// Hosts that failed verification, avoided when shopping.
@@ -88,10 +91,13 @@ impl Context {
         let bad_hosts = BadHosts::new(config.bad_host_ttl);
         let inventory = Inventory::new(providers.iter().map(|p| p.name()));
         let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
+        let marketplace_gate = Arc::new(Gate::default());
+        let providers = providers.into_iter().map(|p| Gated::wrap(p, marketplace_gate.clone())).collect();
         Context {
             client,
             config,
             providers,
+            marketplace_gate,
             metrics,
             recorder,
             bad_hosts,

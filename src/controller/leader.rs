@@ -1,38 +1,84 @@
 //! Leader election through a `coordination.k8s.io/v1` Lease: replicas wait as
-//! standbys; only the holder reconciles. A leader that loses the lease exits
-//! at once (its replacement starts from what the API server holds), so no
-//! session is ever reconciled by two replicas.
+//! standbys; only the holder reconciles. Fencing, as controller-runtime does it:
+//! the lease is renewed when half of it remains, and a leader that cannot see
+//! its own renewal within the renew deadline (three quarters of the lease)
+//! closes the marketplace gate and exits, a quarter of a lease before any
+//! standby may take over. On a graceful stop the lease is released.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use kube::Client;
-use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::provider::gate::Gate;
+
+/// How leadership ended while this process held it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Loss {
+    /// Another replica holds the lease.
+    Lost,
+    /// This replica could not confirm its renewal in time: it stops before the lease can expire.
+    Fenced,
+}
+
+/// The timing of one lease, all derived from its duration.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Timing {
+    /// Whole seconds: the Lease keeps seconds.
+    pub duration: Duration,
+    /// Renew when this much of the lease remains.
+    pub grace: Duration,
+    /// The longest a leader acts without seeing its renewal.
+    pub renew_deadline: Duration,
+    /// How often the leader reads its Lease back.
+    pub check_every: Duration,
+}
+
+impl Timing {
+    pub fn new(duration: Duration) -> Self {
+        let seconds = duration.as_secs().max(2);
+        let duration = Duration::from_secs(seconds);
+        Timing {
+            duration,
+            grace: Duration::from_secs(seconds.div_ceil(2)),
+            renew_deadline: duration * 3 / 4,
+            check_every: (duration / 6).max(Duration::from_millis(250)),
+        }
+    }
+}
 
 /// Holds leadership while alive.
 pub struct Leadership {
     receiver: watch::Receiver<bool>,
-    _task: tokio::task::JoinHandle<Result<kube_lease_manager::LeaseManager, LeaseManagerError>>,
+    manager: JoinHandle<Result<LeaseManager, LeaseManagerError>>,
+    fenced: watch::Receiver<bool>,
+    watchdog: JoinHandle<()>,
 }
 
-/// Waits until this process holds the lease `name` in `namespace`.
+/// Waits until this process holds the lease `name` in `namespace`; from then on,
+/// `gate` is closed as soon as the renewal cannot be confirmed in time.
 pub async fn acquire(
     client: Client,
     name: &str,
     namespace: &str,
     identity: &str,
     duration: Duration,
+    gate: Arc<Gate>,
 ) -> Result<Leadership, LeaseManagerError> {
-    let seconds = duration.as_secs().max(2);
-    let manager = LeaseManagerBuilder::new(client, name)
+    let timing = Timing::new(duration);
+    let manager = LeaseManagerBuilder::new(client.clone(), name)
         .with_namespace(namespace)
         .with_identity(identity)
-        .with_duration(seconds)
-        .with_grace((seconds / 3).max(1))
+        .with_duration(timing.duration.as_secs())
+        .with_grace(timing.grace.as_secs())
         .with_field_manager("gpu-shopper-leader-election")
         .build()
         .await?;
-    let (mut receiver, task) = manager.watch().await;
+    let (mut receiver, manager) = manager.watch().await;
     tracing::info!(lease = %name, %namespace, %identity, "waiting to become the leader");
     while !*receiver.borrow_and_update() {
         if receiver.changed().await.is_err() {
@@ -40,19 +86,98 @@ pub async fn acquire(
         }
     }
     tracing::info!(lease = %name, %identity, "acquired leadership");
-    Ok(Leadership { receiver, _task: task })
+    let (fence, fenced) = watch::channel(false);
+    let leases: Api<Lease> = Api::namespaced(client, namespace);
+    let watchdog = tokio::spawn(watch_renewals(leases, name.to_string(), identity.to_string(), timing, gate, fence));
+    Ok(Leadership { receiver, manager, fenced, watchdog })
 }
 
 impl Leadership {
-    /// Resolves when leadership is lost.
-    pub async fn lost(mut self) {
+    /// Resolves when leadership is lost or fenced.
+    pub async fn lost(&mut self) -> Loss {
         loop {
-            if !*self.receiver.borrow_and_update() {
-                return;
+            if *self.fenced.borrow_and_update() {
+                return Loss::Fenced;
             }
-            if self.receiver.changed().await.is_err() {
-                return;
+            if !*self.receiver.borrow_and_update() {
+                return Loss::Lost;
+            }
+            tokio::select! {
+                changed = self.receiver.changed() => if changed.is_err() { return Loss::Lost },
+                changed = self.fenced.changed() => if changed.is_err() { return Loss::Fenced },
             }
         }
+    }
+
+    /// Gives the lease up (a graceful stop), so a standby need not wait for it to expire.
+    pub async fn release(self) {
+        self.watchdog.abort();
+        // Dropping the last receiver tells the manager to release the lease and stop.
+        drop(self.receiver);
+        match tokio::time::timeout(Duration::from_secs(5), self.manager).await {
+            Ok(Ok(Ok(_))) => tracing::info!("released the leader lease"),
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "could not release the leader lease; it expires on its own"),
+            _ => tracing::warn!("could not release the leader lease in time; it expires on its own"),
+        }
+    }
+}
+
+/// Reads the Lease back every `check_every`: while it names this replica, the
+/// deadline moves to its renewal time plus the renew deadline; when it names
+/// another, or the deadline passes unconfirmed (the API server unreachable, the
+/// renewal failing), the gate closes and `fence` says so.
+async fn watch_renewals(
+    leases: Api<Lease>,
+    name: String,
+    identity: String,
+    timing: Timing,
+    gate: Arc<Gate>,
+    fence: watch::Sender<bool>,
+) {
+    // Acquired just now: the renewal behind it is at most this old.
+    let mut deadline = Instant::now() + timing.renew_deadline;
+    let why = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break format!("the lease's renewal was not confirmed within {:?}", timing.renew_deadline);
+        }
+        tokio::time::sleep(timing.check_every.min(left)).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            continue;
+        }
+        let Ok(Ok(lease)) = tokio::time::timeout(timing.check_every.min(left), leases.get(&name)).await else {
+            continue; // unconfirmed: the deadline stands
+        };
+        let spec = lease.spec.unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(identity.as_str()) {
+            break format!("the lease is held by {:?}", spec.holder_identity.unwrap_or_default());
+        }
+        if let Some(renewed) = spec.renew_time {
+            let age = jiff::Timestamp::now().duration_since(renewed.0).try_into().unwrap_or(Duration::ZERO);
+            deadline = Instant::now() + timing.renew_deadline.saturating_sub(age);
+        }
+    };
+    gate.close();
+    tracing::error!(lease = %name, %identity, reason = %why, "no longer sure to lead: marketplace calls stopped; exiting before the lease can expire");
+    let _ = fence.send(true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_leader_renews_at_half_and_fences_before_any_standby_may_take_over() {
+        for seconds in [2, 3, 4, 15, 60] {
+            let t = Timing::new(Duration::from_secs(seconds));
+            let renews_after = t.duration - t.grace;
+            assert!(
+                renews_after + t.check_every < t.renew_deadline,
+                "{t:?}: a normal renewal is seen before the deadline"
+            );
+            assert!(t.renew_deadline < t.duration, "{t:?}: fenced before the lease can expire");
+        }
+        assert_eq!(Timing::new(Duration::from_secs(15)).renew_deadline, Duration::from_millis(11_250));
     }
 }

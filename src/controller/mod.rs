@@ -41,6 +41,10 @@ pub enum StartError {
     LeaderElection(String),
     #[error("lost leadership; exiting so that only the new leader reconciles")]
     LostLeadership,
+    #[error(
+        "could not confirm the leader lease's renewal in time (is the API server reachable?); stopped calling marketplaces and exiting before the lease can expire"
+    )]
+    Fenced,
 }
 
 /// Runs both controllers until SIGTERM or Ctrl-C.
@@ -61,6 +65,7 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
                 &election.lease_namespace,
                 &identity,
                 election.lease_duration,
+                ctx.marketplace_gate.clone(),
             )
             .await
             .map_err(|e| StartError::LeaderElection(e.to_string()))?;
@@ -96,19 +101,29 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
     let sweeper = tokio::spawn(sweeper::run(ctx.clone()));
     health.ready.store(true, Ordering::Relaxed);
     tracing::info!(deployment_id = %ctx.config.deployment_id, installation = %ctx.config.installation(), "controllers running");
-    let lost = async {
-        match leadership {
-            Some(leadership) => leadership.lost().await,
-            None => futures::future::pending().await,
+    let mut leadership = leadership;
+    let outcome = {
+        let lost = async {
+            match leadership.as_mut() {
+                Some(leadership) => leadership.lost().await,
+                None => futures::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = async { futures::join!(sessions, filters) } => Ok(()),
+            loss = lost => Err(match loss {
+                leader::Loss::Lost => StartError::LostLeadership,
+                leader::Loss::Fenced => StartError::Fenced,
+            }),
         }
-    };
-    let outcome = tokio::select! {
-        _ = async { futures::join!(sessions, filters) } => Ok(()),
-        _ = lost => Err(StartError::LostLeadership),
     };
     sweeper.abort();
     health.ready.store(false, Ordering::Relaxed);
     tracing::info!("controllers stopped");
+    // A graceful stop hands the lease over at once; a lost or fenced one is not ours to release.
+    if let (Ok(()), Some(leadership)) = (&outcome, leadership) {
+        leadership.release().await;
+    }
     outcome
 }
 

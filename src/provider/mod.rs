@@ -2,6 +2,7 @@
 //! marketplace. Nothing outside a client knows a marketplace's field names.
 
 pub mod error;
+pub mod gate;
 pub mod http;
 pub mod json;
 pub mod metered;

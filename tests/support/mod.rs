@@ -2,6 +2,7 @@
 //! kube-apiserver started by `tests/control-plane/start.sh`.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod proxy;
 pub mod sessions;
 
 use std::future::Future;
@@ -196,6 +197,25 @@ impl ControllerProcess {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; its exit status if it did.
+    pub async fn exited_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    /// SIGTERM, as the kubelet sends on a rollout or a drain.
+    pub fn terminate(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
     }
 
     /// The operating-system pid of the running process.
