@@ -9,9 +9,9 @@ demo:
 	e2e/demo.sh
 
 ## test: everything: formatting, clippy, unit tests, and the integration tests against a real API server
+## (a control plane it starts is stopped afterwards; KEEP_CONTROL_PLANE=1 keeps it for the next run)
 test: setup lint
-	kubeconfig=$$($(CONTROL_PLANE)/start.sh) && helm=$$(tests/helm/build.sh) && \
-	GPU_SHOPPER_TEST_KUBECONFIG=$$kubeconfig GPU_SHOPPER_HELM=$$helm cargo test --all-targets -- --include-ignored
+	tests/run.sh
 
 setup:
 	scripts/setup.sh

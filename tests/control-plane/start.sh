@@ -18,7 +18,9 @@ ready() {
     "https://127.0.0.1:$(cat "$state/apiserver.port")/readyz" >/dev/null 2>&1
 }
 
-if alive etcd && alive kube-apiserver && [[ -f $kubeconfig ]] && ready; then
+# A control plane started by another version of this script (other flags) is replaced.
+version=$(sha256sum "$0" | cut -c1-16)
+if alive etcd && alive kube-apiserver && [[ -f $kubeconfig ]] && [[ $(cat "$state/started-by" 2>/dev/null) == "$version" ]] && ready; then
   log "reusing the control plane in $state"
   echo "$kubeconfig"
   exit 0
@@ -99,6 +101,7 @@ launch kube-apiserver "$bin/kube-apiserver" \
   --service-account-issuer=https://kubernetes.default.svc \
   --service-cluster-ip-range=10.0.0.0/24 --allow-privileged=true \
   --authorization-mode=RBAC --disable-admission-plugins=ServiceAccount \
+  --enable-admission-plugins=OwnerReferencesPermissionEnforcement \
   --cert-dir="$state/pki"
 
 deadline=$(( $(date +%s) + 120 ))
@@ -116,6 +119,7 @@ launch kube-controller-manager "$bin/kube-controller-manager" \
   --controllers=garbagecollector,namespace
 
 echo "$bin" >"$state/bin.path"
+echo "$version" >"$state/started-by"
 elapsed_ms=$(( $(date +%s%N) / 1000000 - start_ms ))
 log "control plane ready in $((elapsed_ms / 1000)).$(printf '%03d' $((elapsed_ms % 1000)))s: kube-apiserver https://127.0.0.1:$api_port, state in $state"
 echo "$kubeconfig"

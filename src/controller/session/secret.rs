@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use secrecy::SecretString;
@@ -63,7 +64,12 @@ pub async fn ensure(session: &GpuSession, ctx: &Context) -> Result<std::result::
         return read(&existing, &name).map(|key| Ok((key, false)));
     }
     let pair = new_pair(session)?;
-    let owner = session.controller_owner_ref(&()).expect("a stored GpuSession has a name and uid");
+    // Like controller-runtime's SetControllerReference: a foreground deletion of the
+    // session waits for its key. Needs `update` on gpusessions/finalizers (the chart's RBAC).
+    let owner = OwnerReference {
+        block_owner_deletion: Some(true),
+        ..session.controller_owner_ref(&()).expect("a stored GpuSession has a name and uid")
+    };
     let mut data = BTreeMap::new();
     data.insert(
         PRIVATE_KEY.to_string(),
