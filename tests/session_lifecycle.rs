@@ -232,12 +232,19 @@ async fn a_job_that_succeeds_or_fails_lands_in_status_and_destroys_its_instance(
     assert!(job.log_tail.contains("training on run-7"), "{}", job.log_tail);
     assert_eq!(status(&done).reason.as_deref(), Some("JobSucceeded"));
     assert!(status(&done).released_at.is_some());
+    // A terminal condition tools can wait on, as for a Kubernetes Job.
+    let complete = find(&status(&done).conditions, types::COMPLETE).expect("a Complete condition");
+    assert_eq!((complete.status.as_str(), complete.reason.as_str()), ("True", "JobSucceeded"));
+    assert!(find(&status(&done).conditions, types::FAILED).is_none());
 
     let failed = h.wait_phase("train-bad", SessionPhase::Failed).await;
     let job = status(&failed).job.clone().unwrap();
     assert_eq!(job.exit_code, 3);
     assert!(job.log_tail.contains("boom"));
     assert!(status(&failed).released_at.is_some(), "a failed job must not keep billing");
+    let terminal = find(&status(&failed).conditions, types::FAILED).expect("a Failed condition");
+    assert_eq!((terminal.status.as_str(), terminal.reason.as_str()), ("True", "JobFailed"));
+    assert_eq!(find(&status(&failed).conditions, types::READY).unwrap().status, "False", "failed: Ready is False");
     assert!(h.live_instances().is_empty());
     h.expect_event("JobFailed").await;
     h.finish().await;
@@ -323,6 +330,14 @@ async fn ssh_that_never_works_times_out_and_destroys_the_instance() {
     let h = Harness::new("nossh", fast_market()).await;
     h.sim.set_faults(ProviderName::Vastai, Faults { key_delay_ms: 3_600_000, ..Default::default() });
     h.apply("s", rtx_4090(json!({"timeouts": {"sshReady": "3s"}, "maxAttempts": 1}))).await;
+    // While the machine is being proven, readiness is not known yet: neither True nor False.
+    let proving = h
+        .wait_until("s", "the machine being proven", |s| {
+            s.status.as_ref().is_some_and(|st| st.phase == Some(SessionPhase::Verifying))
+        })
+        .await;
+    let ready = find(&status(&proving).conditions, types::READY).expect("a Ready condition");
+    assert_eq!(ready.status, "Unknown", "progressing is Unknown, not False: {ready:?}");
     let failed = h.wait_phase("s", SessionPhase::Failed).await;
     let st = status(&failed);
     assert_eq!(st.reason.as_deref(), Some("AttemptsExhausted"));

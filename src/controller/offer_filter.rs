@@ -14,7 +14,7 @@ use kube::{Resource, ResourceExt};
 
 use super::context::Context;
 use super::status;
-use crate::crd::conditions::{self, ConditionUpdate, types};
+use crate::crd::conditions::{self, ConditionUpdate, Status, types};
 use crate::crd::{GpuOfferFilter, GpuOfferFilterStatus, OfferSummary};
 use crate::error::{Error, Result};
 use crate::market::{self, MarketView};
@@ -43,7 +43,7 @@ pub async fn reconcile(filter: Arc<GpuOfferFilter>, ctx: Arc<Context>) -> Result
     let condition = if ctx.providers.is_empty() {
         ConditionUpdate {
             type_: types::MARKET_SEARCHED,
-            status: false,
+            status: Status::False,
             reason: "NoProvidersConfigured",
             message: "no marketplace credentials are configured in the operator, so no market can be searched".into(),
         }
@@ -94,7 +94,7 @@ fn searched_condition(view: &MarketView) -> ConditionUpdate<'static> {
     if failures.is_empty() {
         return ConditionUpdate {
             type_: types::MARKET_SEARCHED,
-            status: true,
+            status: Status::True,
             reason: "AllSearched",
             message: format!("searched {}: {} matching offers", searched.join(", "), view.offers.len()),
         };
@@ -106,7 +106,7 @@ fn searched_condition(view: &MarketView) -> ConditionUpdate<'static> {
     };
     ConditionUpdate {
         type_: types::MARKET_SEARCHED,
-        status: false,
+        status: Status::False,
         reason,
         message: format!("{head}: {}", failures.join("; ")),
     }

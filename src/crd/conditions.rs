@@ -12,13 +12,42 @@ pub mod types {
     pub const WORKLOAD_READY: &str = "WorkloadReady";
     /// Written on a GpuOfferFilter: could every allowed provider be searched?
     pub const MARKET_SEARCHED: &str = "MarketSearched";
+    /// Terminal, True once a session ended as intended (as a Job's `Complete`).
+    pub const COMPLETE: &str = "Complete";
+    /// Terminal, True once a session ended without a working machine or its Job failed.
+    pub const FAILED: &str = "Failed";
+}
+
+/// A condition's status. `Unknown` is "not yet": a session still shopping or
+/// being proven is neither ready nor failed (the kstatus convention).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    True,
+    False,
+    Unknown,
+}
+
+impl From<bool> for Status {
+    fn from(value: bool) -> Self {
+        if value { Status::True } else { Status::False }
+    }
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::True => "True",
+            Status::False => "False",
+            Status::Unknown => "Unknown",
+        }
+    }
 }
 
 /// Desired state of one condition.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConditionUpdate<'a> {
     pub type_: &'a str,
-    pub status: bool,
+    pub status: Status,
     pub reason: &'a str,
     pub message: String,
 }
@@ -26,7 +55,7 @@ pub struct ConditionUpdate<'a> {
 /// Sets `update` in `conditions`, replacing a condition of the same type.
 /// The transition time moves only when the status flips.
 pub fn set(conditions: &mut Vec<Condition>, update: ConditionUpdate<'_>, generation: Option<i64>, now: Time) {
-    let status = if update.status { "True" } else { "False" }.to_string();
+    let status = update.status.as_str().to_string();
     let last_transition_time = conditions
         .iter()
         .find(|c| c.type_ == update.type_ && c.status == status)
@@ -60,7 +89,7 @@ mod tests {
     }
 
     fn update(status: bool, reason: &str) -> ConditionUpdate<'_> {
-        ConditionUpdate { type_: types::READY, status, reason, message: format!("because {reason}") }
+        ConditionUpdate { type_: types::READY, status: status.into(), reason, message: format!("because {reason}") }
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub struct GpuOfferFilterStatus {
 
     /// Standard conditions. `MarketSearched` says whether every allowed marketplace could be searched, and why not.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 
     /// Number of offers that matched at the last refresh.

@@ -294,8 +294,11 @@ pub struct GpuSessionStatus {
     /// The `metadata.generation` of the spec this status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Readiness stages: InstanceRunning, SSHReady, CUDAVerified, WorkloadReady, and Ready when all passed.
+    /// Readiness stages: InstanceRunning, SSHReady, CUDAVerified, WorkloadReady, and Ready when all
+    /// passed (Unknown while shopping or proving, False when it cannot be ready); Complete or Failed
+    /// once the session has ended.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 
     /// Marketplace the machine is rented from.

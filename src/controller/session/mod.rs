@@ -29,7 +29,7 @@ use kube::{Resource, ResourceExt};
 
 use super::context::Context;
 use super::status;
-use crate::crd::conditions::{self, ConditionUpdate, types};
+use crate::crd::conditions::{self, ConditionUpdate, Status, types};
 use crate::crd::{GpuSession, GpuSessionStatus, SessionPhase};
 use crate::error::{Error, Result};
 
@@ -177,9 +177,10 @@ impl<'a> Step<'a> {
         Time(self.now)
     }
 
-    pub fn condition(&mut self, type_: &str, status: bool, reason: &str, message: impl Into<String>) {
+    pub fn condition(&mut self, type_: &str, status: impl Into<Status>, reason: &str, message: impl Into<String>) {
         let generation = self.session.meta().generation;
-        let update = ConditionUpdate { type_, status, reason, message: limits::for_status(message.into()) };
+        let update =
+            ConditionUpdate { type_, status: status.into(), reason, message: limits::for_status(message.into()) };
         let now = self.time();
         conditions::set(&mut self.status.conditions, update, generation, now);
     }

@@ -13,7 +13,7 @@ use super::secret::SessionKey;
 use super::teardown;
 use super::{PROVISIONING_POLL, Step};
 use crate::controller::context::cached_or_get;
-use crate::crd::conditions::types;
+use crate::crd::conditions::{Status, types};
 use crate::crd::session::{Attempt, CreateIntent};
 use crate::crd::{GpuOfferFilter, OfferRequirements, ProviderName, SessionPhase, WorkloadKind};
 use crate::error::Result;
@@ -117,7 +117,7 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
                 names.join(", ")
             );
             step.phase(SessionPhase::Provisioning, "CreateOutcomeUnknown", message.clone());
-            step.condition(types::READY, false, "CreateOutcomeUnknown", message);
+            step.condition(types::READY, Status::Unknown, "CreateOutcomeUnknown", message);
             return Ok(Action::requeue(PROVISIONING_POLL));
         }
         let failures: Vec<String> = view.failures.iter().map(|f| f.error.to_string()).collect();
@@ -297,7 +297,7 @@ fn record_rented(step: &mut Step<'_>, provider: ProviderName, instance: &Instanc
         format!("instance {id} was created; waiting for it to run"),
     );
     for stage in [types::SSH_READY, types::CUDA_VERIFIED, types::WORKLOAD_READY] {
-        step.condition(stage, false, "Waiting", "waiting for the previous stage");
+        step.condition(stage, Status::Unknown, "Waiting", "waiting for the previous stage");
     }
-    step.condition(types::READY, false, "Verifying", "the machine is being proven");
+    step.condition(types::READY, Status::Unknown, "Verifying", "the machine is being proven");
 }

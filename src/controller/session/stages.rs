@@ -13,7 +13,7 @@ use kube::runtime::controller::Action;
 use super::secret::{self, SessionKey};
 use super::timeouts::{self, StageTimeouts};
 use super::{PROVISIONING_POLL, Step, teardown};
-use crate::crd::conditions::types;
+use crate::crd::conditions::{Status, types};
 use crate::crd::session::{Attempt, SshEndpoint};
 use crate::crd::{SessionPhase, WorkloadKind};
 use crate::error::Result;
@@ -157,7 +157,7 @@ async fn ssh_ready(step: &mut Step<'_>, key: &SessionKey, limits: &StageTimeouts
                 let message = format!("no SSH login within {}s: {error}", limits.ssh_ready.as_secs());
                 return host_failed(step, "SSHUnreachable", message).await;
             }
-            step.condition(types::SSH_READY, false, "Waiting", format!("not yet: {error}"));
+            step.condition(types::SSH_READY, Status::Unknown, "Waiting", format!("not yet: {error}"));
             Ok(Action::requeue(PROVISIONING_POLL))
         }
     }
@@ -172,7 +172,7 @@ async fn cuda_verified(step: &mut Step<'_>, key: &SessionKey, limits: &StageTime
             if step.seconds_since(since) > limits.cuda_verified.as_secs_f64() {
                 return host_failed(step, "SSHUnreachable", format!("lost SSH while verifying CUDA: {error}")).await;
             }
-            step.condition(types::CUDA_VERIFIED, false, "Waiting", format!("not yet: {error}"));
+            step.condition(types::CUDA_VERIFIED, Status::Unknown, "Waiting", format!("not yet: {error}"));
             return Ok(Action::requeue(PROVISIONING_POLL));
         }
     };
@@ -242,7 +242,12 @@ fn launcher(step: &Step<'_>) -> String {
 async fn workload_ready(step: &mut Step<'_>, key: &SessionKey, limits: &StageTimeouts) -> Result<Action> {
     if let Err(error) = run_on_machine(step, key, &launcher(step)).await {
         count_ssh_failure(step);
-        step.condition(types::WORKLOAD_READY, false, "Waiting", format!("could not start the workload yet: {error}"));
+        step.condition(
+            types::WORKLOAD_READY,
+            Status::Unknown,
+            "Waiting",
+            format!("could not start the workload yet: {error}"),
+        );
         return workload_deadline(step, limits, &error.to_string()).await;
     }
     match step.session.spec.workload.kind {
@@ -397,9 +402,10 @@ pub async fn host_failed(step: &mut Step<'_>, reason: &str, message: String) -> 
     s.expires_at = None;
     s.idle_since = None;
     for stage in [types::INSTANCE_RUNNING, types::SSH_READY, types::CUDA_VERIFIED, types::WORKLOAD_READY] {
-        step.condition(stage, false, "Reshopping", format!("previous host failed: {reason}"));
+        step.condition(stage, Status::Unknown, "Reshopping", format!("previous host failed: {reason}"));
     }
-    step.condition(types::READY, false, reason, message.clone());
+    // Not a failure of the session: it shops again, so readiness is not known yet.
+    step.condition(types::READY, Status::Unknown, reason, message.clone());
     step.phase(SessionPhase::Provisioning, reason, format!("{message}; trying another offer"));
     Ok(Action::requeue(super::NEXT_STAGE))
 }

@@ -109,6 +109,9 @@ pub async fn end(step: &mut Step<'_>, phase: SessionPhase, reason: &str, message
     settle_cost(step);
     step.status.pending_creates.clear(); // a late landing is the stray reaper's
     step.condition(types::READY, false, reason, message.clone());
+    // A terminal condition tools can wait on (`kubectl wait --for=condition=Complete`).
+    let terminal = if phase == SessionPhase::Failed { types::FAILED } else { types::COMPLETE };
+    step.condition(terminal, true, reason, message.clone());
     step.phase(phase, reason, message.clone());
     step.event(phase == SessionPhase::Failed, reason, message);
     Ok(())
