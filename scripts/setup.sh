@@ -3,13 +3,15 @@
 # missing: openssl and curl (control plane certificates and readiness checks),
 # the OpenSSH client (the demo logs in with the session key),
 # Go (to build the real Kubernetes control plane; Go fetches the toolchain
-# version go.mod asks for through the module proxy), rustfmt and clippy.
+# version go.mod asks for through the module proxy), Lua 5.4 (the Argo CD
+# health checks are tested in a real Lua interpreter), rustfmt and clippy.
 set -euo pipefail
 need=()
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl ca-certificates)
 command -v ssh >/dev/null || need+=(openssh-client)
 command -v go >/dev/null || need+=(golang-go)
+command -v lua5.4 >/dev/null || need+=(lua5.4)
 if ((${#need[@]})); then
   echo "setup.sh: installing ${need[*]}" >&2
   sudo_cmd=""
