@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use gpu_shopper::config::Config;
 use gpu_shopper::controller::{self, Context};
@@ -18,11 +18,24 @@ use gpu_shopper::{crd, simulator, telemetry};
     name = "gpu-shopper",
     version,
     propagate_version = true,
-    after_help = "Installed as `kubectl-gpu` on PATH, it is also the kubectl plugin `kubectl gpu ...`."
+    after_help = "Installed as `kubectl-gpu_shopper` on PATH, it is also the kubectl plugin `kubectl gpu-shopper ...`."
 )]
 struct Cli {
+    #[command(flatten)]
+    globals: gpu_shopper::cli::GlobalFlags,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The name this binary was run as, for help and completions: `kubectl gpu-shopper`
+/// when kubectl runs it as its plugin `kubectl-gpu_shopper`.
+fn invoked_as() -> String {
+    let arg0 = std::env::args_os().next().unwrap_or_default();
+    let file = std::path::Path::new(&arg0).file_name().and_then(|f| f.to_str()).unwrap_or("gpu-shopper");
+    match file.strip_prefix("kubectl-") {
+        Some(plugin) => format!("kubectl {}", plugin.replace('_', "-")),
+        None => "gpu-shopper".into(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -56,6 +69,15 @@ enum Command {
     Offers(gpu_shopper::cli::offers::OffersArgs),
     /// Check every configured marketplace with the real credentials, read-only: run it first after install.
     Doctor(gpu_shopper::cli::doctor::DoctorArgs),
+    /// Wait until a session is Ready (or, with --for complete, has finished); exit 1 if it fails.
+    Wait(gpu_shopper::cli::wait::WaitArgs),
+    /// Print a shell completion script: bash, zsh, fish, elvish or powershell.
+    ///
+    /// Example: gpu-shopper completion bash > /etc/bash_completion.d/gpu-shopper
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Log in to a session's machine with the key from its Secret (or print the ssh command).
     Ssh(gpu_shopper::cli::ssh::SshArgs),
     /// Accrued cost per session and consumer, from the sessions' status.
@@ -71,7 +93,21 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let name = invoked_as();
+    let matches = Cli::command().bin_name(&name).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    gpu_shopper::cli::set_globals(cli.globals);
+    match cli.command {
+        Command::Completion { shell } => {
+            // Completions complete the executable's own name (kubectl completes its plugins itself).
+            let executable = std::env::args_os()
+                .next()
+                .and_then(|a| std::path::Path::new(&a).file_name().map(|f| f.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "gpu-shopper".into());
+            clap_complete::generate(shell, &mut Cli::command(), executable, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Wait(args) => user_command(gpu_shopper::cli::wait::run(args)),
         Command::Crds => {
             print!("{}", crd::crds_yaml());
             ExitCode::SUCCESS

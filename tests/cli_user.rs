@@ -114,7 +114,7 @@ async fn status_ssh_and_cost_describe_a_running_session() {
     // The same binary as a kubectl plugin.
     let plugin_dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kubectl-plugin");
     std::fs::create_dir_all(&plugin_dir).unwrap();
-    let link = plugin_dir.join("kubectl-gpu");
+    let link = plugin_dir.join("kubectl-gpu_shopper");
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_gpu-shopper"), &link).unwrap();
     let bin_dir = std::fs::read_to_string(kubeconfig_path().with_file_name("bin.path")).unwrap();
@@ -122,12 +122,42 @@ async fn status_ssh_and_cost_describe_a_running_session() {
     let path = format!("{}:{}", plugin_dir.display(), std::env::var("PATH").unwrap_or_default());
     let (code, stdout, stderr) = output(
         Command::new(kubectl)
-            .args(["gpu", "status", "box", "-n", &ns])
-            .env("PATH", path)
+            .args(["gpu-shopper", "status", "box", "-n", &ns, "-o", "yaml"])
+            .env("PATH", &path)
             .env("KUBECONFIG", kubeconfig_path()),
     );
-    assert_eq!(code, 0, "kubectl gpu: {stderr}");
-    assert!(stdout.contains("Running (Ready)"), "{stdout}");
+    assert_eq!(code, 0, "kubectl gpu-shopper: {stderr}");
+    let as_yaml: serde_json::Value = serde_saphyr::from_str(&stdout).unwrap();
+    assert_eq!(as_yaml["status"]["phase"], "Running", "{stdout}");
+    let (_, help, _) = output(Command::new(&link).arg("--help"));
+    assert!(help.contains("Usage: kubectl gpu-shopper"), "help names the plugin as kubectl runs it: {help}");
+
+    // kubectl's connection flags instead of the environment; a context that does not exist is named.
+    let kubeconfig_flag = kubeconfig_path().display().to_string();
+    let (code, stdout, stderr) =
+        output(gpu_shopper(&[]).args(["status", "box", "-n", &ns, "--kubeconfig", &kubeconfig_flag, "-o", "json"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["metadata"]["name"], "box");
+    let (code, _, stderr) = output(gpu_shopper(&[]).args([
+        "status",
+        "box",
+        "-n",
+        &ns,
+        "--kubeconfig",
+        &kubeconfig_flag,
+        "--context",
+        "nope",
+    ]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("nope"), "{stderr}");
+
+    // wait: Ready now; a session that cannot get there times out with exit 1 and says where it is.
+    let (code, stdout, stderr) = output(gpu_shopper(&kube_env).args(["wait", "box", "-n", &ns, "--timeout", "30s"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("Running"), "{stdout}");
+    let (code, _, stderr) = output(gpu_shopper(&kube_env).args(["wait", "lost", "-n", &ns, "--timeout", "3s"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("timed out after 3s") && stderr.contains("OfferFilterNotFound"), "{stderr}");
 
     let (_, stdout, _) = output(gpu_shopper(&kube_env).args(["status", "lost", "-n", &ns]));
     assert!(stdout.contains("next: create the GpuOfferFilter"), "{stdout}");
@@ -139,9 +169,45 @@ async fn status_ssh_and_cost_describe_a_running_session() {
     let (code, stdout, stderr) = output(gpu_shopper(&kube_env).args(["ssh", "box", "-n", &ns, "--", "nvidia-smi"]));
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("CUDA Version: 12.8"), "{stdout}");
+    // The cached key of a session that is gone is removed on the next run; this one's stays.
+    let port = kubeconfig_path_port();
+    let cache = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(".cache/gpu-shopper/ssh")
+        .join(format!("127.0.0.1_{port}"))
+        .join(&ns);
+    assert!(cache.join("box").exists(), "the key is cached per cluster and namespace");
+    std::fs::write(cache.join("gone"), "old key").unwrap();
+    std::fs::write(cache.join("gone.known_hosts"), "old host").unwrap();
     let (code, stdout, _) = output(gpu_shopper(&kube_env).args(["ssh", "box", "-n", &ns, "--print"]));
     assert_eq!(code, 0);
     assert!(stdout.starts_with("ssh -i ") && stdout.contains("StrictHostKeyChecking=yes"), "{stdout}");
+    assert!(
+        !cache.join("gone").exists() && !cache.join("gone.known_hosts").exists(),
+        "a gone session's key is removed"
+    );
+    assert!(cache.join("box").exists());
+
+    // offers --filter on a machine without marketplace keys: the filter's status is the market.
+    let filters: Api<gpu_shopper::crd::GpuOfferFilter> = Api::namespaced(client.clone(), &ns);
+    let filter: gpu_shopper::crd::GpuOfferFilter = serde_json::from_value(json!({
+        "apiVersion": "gpushopper.dev/v1alpha1", "kind": "GpuOfferFilter", "metadata": {"name": "cheap"},
+        "spec": {"requirements": {"gpuModels": ["RTX 4090"]}},
+    }))
+    .unwrap();
+    filters.create(&PostParams::default(), &filter).await.unwrap();
+    wait_for("the filter's market", Duration::from_secs(30), || async {
+        filters.get("cheap").await.ok()?.status?.matching_offers.filter(|n| *n > 0)
+    })
+    .await;
+    let (code, stdout, stderr) =
+        output(gpu_shopper(&kube_env).args(["offers", "--filter", "cheap", "-n", &ns, "-o", "json"]));
+    assert_eq!(code, 0, "{stderr}");
+    let offers: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(offers["source"], "filter status", "{stdout}");
+    assert!(offers["offers"].as_array().is_some_and(|o| !o.is_empty()), "{stdout}");
+    let (code, stdout, _) = output(gpu_shopper(&kube_env).args(["offers", "--filter", "cheap", "-n", &ns]));
+    assert_eq!(code, 0);
+    assert!(stdout.contains("from the filter's status"), "{stdout}");
 
     let (code, stdout, _) = output(gpu_shopper(&kube_env).args(["cost", "-n", &ns, "--json"]));
     assert_eq!(code, 0);
@@ -274,4 +340,11 @@ async fn doctor_rent_test_destroys_a_machine_that_never_answers_and_one_whose_cr
     assert_eq!(sim.instances().len(), 2, "{:?}", sim.instances());
     assert!(sim.instances().iter().all(|i| i.destroyed), "{:?}", sim.instances());
     assert!(stderr.contains("nothing is left running"), "{stderr}");
+}
+
+/// The test API server's port, from its kubeconfig.
+fn kubeconfig_path_port() -> String {
+    let text = std::fs::read_to_string(kubeconfig_path()).unwrap();
+    let server = text.lines().find_map(|l| l.trim().strip_prefix("server: ")).unwrap().to_string();
+    server.rsplit(':').next().unwrap().to_string()
 }

@@ -7,6 +7,7 @@ use jiff::Timestamp;
 use kube::Api;
 use kube::api::ListParams;
 
+use super::output::Format;
 use super::{CliError, table};
 use crate::crd::GpuSession;
 
@@ -26,7 +27,8 @@ pub struct CostArgs {
     /// Every namespace.
     #[arg(short = 'A', long)]
     pub all_namespaces: bool,
-    #[arg(long)]
+    /// Same as -o json.
+    #[arg(long, hide = true)]
     pub json: bool,
 }
 
@@ -75,18 +77,16 @@ pub async fn run(args: CostArgs) -> Result<String, CliError> {
         ));
     }
     let total: f64 = per_consumer.values().sum();
-    if args.json {
+    let format = Format::chosen(args.json);
+    if !format.is_table() {
         let sessions: Vec<_> = rows
             .iter()
             .map(|(ns, name, consumer, phase, provider, cost)| {
                 serde_json::json!({"namespace": ns, "name": name, "consumer": consumer, "phase": phase, "provider": provider, "costUsd": cost})
             })
             .collect();
-        return Ok(serde_json::to_string_pretty(
-            &serde_json::json!({"sessions": sessions, "consumers": per_consumer, "totalUsd": total}),
-        )
-        .expect("json")
-            + "\n");
+        let value = serde_json::json!({"sessions": sessions, "consumers": per_consumer, "totalUsd": total});
+        return Ok(format.structured(&value).unwrap_or_default());
     }
     let table_rows: Vec<Vec<String>> = rows
         .iter()

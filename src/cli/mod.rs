@@ -1,14 +1,47 @@
-//! The commands users run (also as the kubectl plugin `kubectl-gpu`): the
-//! live market, SSH into a session, costs, and a readable session status.
+//! The commands users run (also as the kubectl plugin `kubectl gpu-shopper`):
+//! the live market, SSH into a session, costs, a readable session status, and
+//! waiting for a session. They take kubectl's flags (`--context`,
+//! `--kubeconfig`, `-n`, `-o`).
 
 pub mod cost;
 pub mod doctor;
 pub mod offers;
+pub mod output;
 pub mod ssh;
 pub mod status;
 mod table;
+pub mod wait;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// kubectl's own flags, accepted before or after any command.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct GlobalFlags {
+    /// The kubeconfig context to use (default: the current context).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+    /// The kubeconfig file to use (default: $KUBECONFIG, else ~/.kube/config).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum)]
+    pub output: Option<output::Format>,
+}
+
+static GLOBALS: OnceLock<GlobalFlags> = OnceLock::new();
+
+/// Records the global flags (once, before a command runs).
+pub fn set_globals(flags: GlobalFlags) {
+    let _ = GLOBALS.set(flags);
+}
+
+fn globals() -> &'static GlobalFlags {
+    GLOBALS.get_or_init(GlobalFlags::default)
+}
 
 /// A failure a user can act on; printed as "gpu-shopper: <message>".
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +67,32 @@ impl From<kube::Error> for CliError {
     }
 }
 
+/// The cluster connection as kubectl would make it from `--kubeconfig` and `--context`.
+async fn kube_config() -> Result<kube::Config, CliError> {
+    let flags = globals();
+    let options = KubeConfigOptions { context: flags.context.clone(), ..Default::default() };
+    let config = match &flags.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path)
+                .map_err(|e| CliError::Cluster(format!("cannot read {}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options).await
+        }
+        None if flags.context.is_some() => kube::Config::from_kubeconfig(&options).await,
+        None => return kube::Config::infer().await.map_err(|e| CliError::Cluster(e.to_string())),
+    };
+    config.map_err(|e| CliError::Cluster(e.to_string()))
+}
+
+/// The API server's address as a file name ("10.0.0.1_6443"): per-cluster caches
+/// never mix two clusters' sessions of the same name.
+pub async fn cluster_dir_name() -> Result<String, CliError> {
+    let config = kube_config().await?;
+    let authority = config.cluster_url.authority().map(|a| a.to_string()).unwrap_or_else(|| "cluster".into());
+    Ok(authority.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect())
+}
+
 pub async fn client() -> Result<Client, CliError> {
-    Client::try_default().await.map_err(|e| CliError::Cluster(e.to_string()))
+    Client::try_from(kube_config().await?).map_err(|e| CliError::Cluster(e.to_string()))
 }
 
 /// The namespace to use: the flag, else the kubeconfig context's, else "default".
@@ -43,5 +100,5 @@ pub async fn namespace(flag: Option<String>) -> String {
     if let Some(ns) = flag {
         return ns;
     }
-    kube::Config::infer().await.map(|c| c.default_namespace).unwrap_or_else(|_| "default".into())
+    kube_config().await.map(|c| c.default_namespace).unwrap_or_else(|_| "default".into())
 }

@@ -1,13 +1,15 @@
 //! `gpu-shopper ssh SESSION`: log in with the session's key from its Secret,
 //! insisting on the host key the operator pinned.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
+use kube::api::ListParams;
 
 use super::CliError;
 use crate::crd::GpuSession;
@@ -65,10 +67,26 @@ fn pinned_host_key(host: &str, port: u16, fingerprint: &str) -> Result<String, C
     )))
 }
 
+/// Removes the cached keys and host keys of sessions that no longer exist in
+/// this namespace; a failed listing removes nothing.
+async fn prune_gone_sessions(dir: &Path, sessions: &Api<GpuSession>) {
+    let Ok(list) = sessions.list_metadata(&ListParams::default()).await else { return };
+    let alive: HashSet<String> = list.items.into_iter().filter_map(|s| s.metadata.name).collect();
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let session = name.strip_suffix(".known_hosts").unwrap_or(&name);
+        if !alive.contains(session) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 pub async fn run(args: SshArgs) -> Result<i32, CliError> {
     let namespace = super::namespace(args.namespace.clone()).await;
     let client = super::client().await?;
-    let session = Api::<GpuSession>::namespaced(client.clone(), &namespace).get(&args.session).await?;
+    let sessions = Api::<GpuSession>::namespaced(client.clone(), &namespace);
+    let session = sessions.get(&args.session).await?;
     let status = session.status.unwrap_or_default();
     let Some(endpoint) = status.ssh else {
         return Err(CliError::Usage(format!(
@@ -84,9 +102,11 @@ pub async fn run(args: SshArgs) -> Result<i32, CliError> {
         .and_then(|d| d.get("ssh-privatekey"))
         .ok_or_else(|| CliError::Failed(format!("Secret {secret_name} has no ssh-privatekey")))?;
 
-    let dir = key_dir();
+    // One folder per cluster and namespace, holding only sessions that still exist.
+    let dir = key_dir().join(super::cluster_dir_name().await?).join(&namespace);
     std::fs::create_dir_all(&dir).map_err(|e| CliError::Failed(format!("cannot create {}: {e}", dir.display())))?;
-    let stem = format!("{namespace}-{}", args.session);
+    prune_gone_sessions(&dir, &sessions).await;
+    let stem = args.session.clone();
     let key_path = dir.join(&stem);
     write_private(&key_path, &key.0)
         .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", key_path.display())))?;

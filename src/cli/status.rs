@@ -3,13 +3,14 @@
 
 use kube::Api;
 
+use super::output::Format;
 use super::{CliError, table};
 use crate::crd::GpuSession;
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:
   gpu-shopper status llama-inference -n ml
-  kubectl gpu status finetune-job")]
+  kubectl gpu-shopper status finetune-job")]
 pub struct StatusArgs {
     /// Name of the GpuSession.
     pub session: String,
@@ -67,6 +68,9 @@ pub async fn run(args: StatusArgs) -> Result<String, CliError> {
     let namespace = super::namespace(args.namespace).await;
     let sessions: Api<GpuSession> = Api::namespaced(super::client().await?, &namespace);
     let session = sessions.get(&args.session).await?;
+    if let Some(structured) = Format::chosen(false).structured(&serde_json::to_value(&session).unwrap_or_default()) {
+        return Ok(structured);
+    }
     let Some(status) = session.status else {
         return Ok(format!("{namespace}/{}: no status yet (is the operator running?)\n", args.session));
     };

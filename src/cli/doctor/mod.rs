@@ -9,6 +9,7 @@ mod rent_test;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::output::Format;
 use super::{CliError, table};
 use crate::crd::ProviderName;
 use crate::provider::pacing::Limits;
@@ -17,15 +18,15 @@ use crate::provider::{NextStep, OfferQuery, Provider, ProviderError, runpod, ten
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:
   gpu-shopper doctor
-  kubectl gpu doctor --json
+  kubectl gpu-shopper doctor -o json
   gpu-shopper doctor --rent-test --max-usd 0.50 --provider vastai --gpu 'RTX 4090'")]
 pub struct DoctorArgs {
-    /// Print the checks as JSON.
-    #[arg(long)]
+    /// Same as -o json.
+    #[arg(long, hide = true)]
     pub json: bool,
     /// After the read-only checks, rent the cheapest machine that fits --max-usd, log in over SSH,
     /// run nvidia-smi, destroy it and confirm it gone. Spends real money on real marketplaces.
-    #[arg(long, requires = "max_usd", conflicts_with = "json")]
+    #[arg(long, requires = "max_usd")]
     pub rent_test: bool,
     /// The most the rent test may spend, USD: only offers whose price for the whole --timeout fits are rented.
     #[arg(long, value_name = "USD")]
@@ -128,7 +129,11 @@ pub async fn run(args: DoctorArgs) -> Result<String, CliError> {
     }
     let checks = futures::future::join_all(providers.iter().cloned().map(|p| check(p, installations.clone()))).await;
     let all_ok = checks.iter().all(Check::ok);
-    let out = if args.json {
+    let format = Format::chosen(args.json);
+    if args.rent_test && !format.is_table() {
+        return Err(CliError::Usage("the rent test reports as a table: leave out -o".into()));
+    }
+    let out = if !format.is_table() {
         let rows: Vec<_> = checks
             .iter()
             .map(|c| {
@@ -144,7 +149,7 @@ pub async fn run(args: DoctorArgs) -> Result<String, CliError> {
                 })
             })
             .collect();
-        serde_json::to_string_pretty(&serde_json::json!({"ok": all_ok, "marketplaces": rows})).unwrap_or_default()
+        format.structured(&serde_json::json!({"ok": all_ok, "marketplaces": rows})).unwrap_or_default()
     } else {
         let rows: Vec<Vec<String>> = checks
             .iter()

@@ -1,0 +1,150 @@
+//! `gpu-shopper wait SESSION`: blocks until the session is Ready (or, with
+//! `--for complete`, has ended as intended), showing each change of phase on a
+//! terminal; exits non-zero when the session fails, ends otherwise, vanishes
+//! or the timeout passes, as `kubectl wait` does.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use kube::Api;
+
+use super::CliError;
+use super::output::Format;
+use crate::crd::conditions::{find, types};
+use crate::crd::{GpuSession, SessionPhase};
+
+const POLL: Duration = Duration::from_secs(2);
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Goal {
+    /// The machine is proven and handed over (condition Ready=True).
+    Ready,
+    /// The session ended as intended (condition Complete=True), for Jobs.
+    Complete,
+}
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  gpu-shopper wait interactive-4090
+  kubectl gpu-shopper wait finetune --for complete --timeout 2h -o yaml")]
+pub struct WaitArgs {
+    /// Name of the GpuSession.
+    pub session: String,
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// What to wait for.
+    #[arg(long = "for", value_enum, default_value = "ready")]
+    pub goal: Goal,
+    /// Give up after this long (exit 1), for example 90s, 30m or 2h.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::crd::duration::parse(text).ok_or_else(|| format!("{text:?} is not a duration such as 90s, 30m or 2h"))
+}
+
+/// Where a session stands with respect to `goal`.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    Reached,
+    /// It can no longer get there: why.
+    Unreachable(String),
+    Waiting,
+}
+
+fn judge(session: &GpuSession, goal: Goal) -> Verdict {
+    let Some(status) = session.status.as_ref() else { return Verdict::Waiting };
+    let is_true = |type_| find(&status.conditions, type_).is_some_and(|c| c.status == "True");
+    let why =
+        || format!("{} ({})", status.message.clone().unwrap_or_default(), status.reason.clone().unwrap_or_default());
+    match (goal, status.phase) {
+        (Goal::Ready, _) if is_true(types::READY) => Verdict::Reached,
+        (Goal::Complete, _) if is_true(types::COMPLETE) => Verdict::Reached,
+        (_, Some(SessionPhase::Failed)) => Verdict::Unreachable(format!("the session failed: {}", why())),
+        (Goal::Ready, Some(SessionPhase::Succeeded)) => {
+            Verdict::Unreachable(format!("the session ended without being ready now: {}", why()))
+        }
+        _ => Verdict::Waiting,
+    }
+}
+
+/// "Verifying (InstanceRunning): instance 123 runs; logging in".
+fn progress_line(session: &GpuSession) -> String {
+    let Some(status) = session.status.as_ref() else { return "waiting for the operator".into() };
+    format!(
+        "{} ({}): {}",
+        status.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "Pending".into()),
+        status.reason.clone().unwrap_or_default(),
+        status.message.clone().unwrap_or_default()
+    )
+}
+
+pub async fn run(args: WaitArgs) -> Result<String, CliError> {
+    let namespace = super::namespace(args.namespace.clone()).await;
+    let sessions: Api<GpuSession> = Api::namespaced(super::client().await?, &namespace);
+    let format = Format::chosen(false);
+    let show_progress = std::io::stderr().is_terminal();
+    let deadline = Instant::now() + args.timeout;
+    let mut last_line = String::new();
+    loop {
+        let Some(session) = sessions.get_opt(&args.session).await? else {
+            return Err(CliError::Failed(format!("{namespace}/{} does not exist (any more)", args.session)));
+        };
+        let line = progress_line(&session);
+        if show_progress && line != last_line {
+            eprintln!("{}: {line}", args.session);
+        }
+        last_line = line;
+        match judge(&session, args.goal) {
+            Verdict::Reached => {
+                let done = match format.structured(&serde_json::to_value(&session).unwrap_or_default()) {
+                    Some(structured) => structured,
+                    None => format!("{namespace}/{}: {last_line}\n", args.session),
+                };
+                return Ok(done);
+            }
+            Verdict::Unreachable(why) => return Err(CliError::Failed(format!("{namespace}/{}: {why}", args.session))),
+            Verdict::Waiting => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError::Failed(format!(
+                "{namespace}/{}: timed out after {}; still {last_line}",
+                args.session,
+                crate::crd::duration::format(args.timeout)
+            )));
+        }
+        tokio::time::sleep(POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::conditions::{ConditionUpdate, Status, set};
+    use crate::crd::session::GpuSessionStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn session(phase: SessionPhase, conditions: &[(&'static str, bool)]) -> GpuSession {
+        let mut status = GpuSessionStatus { phase: Some(phase), ..Default::default() };
+        for (type_, value) in conditions {
+            let update = ConditionUpdate { type_, status: Status::from(*value), reason: "R", message: String::new() };
+            set(&mut status.conditions, update, None, Time(jiff::Timestamp::now()));
+        }
+        let mut s = GpuSession::new("s", Default::default());
+        s.status = Some(status);
+        s
+    }
+
+    #[test]
+    fn ready_and_complete_are_reached_failure_and_an_early_end_are_not() {
+        assert_eq!(judge(&session(SessionPhase::Running, &[(types::READY, true)]), Goal::Ready), Verdict::Reached);
+        assert_eq!(judge(&session(SessionPhase::Verifying, &[]), Goal::Ready), Verdict::Waiting);
+        assert!(matches!(judge(&session(SessionPhase::Failed, &[]), Goal::Ready), Verdict::Unreachable(_)));
+        assert!(matches!(judge(&session(SessionPhase::Succeeded, &[]), Goal::Ready), Verdict::Unreachable(_)));
+        let done = session(SessionPhase::Succeeded, &[(types::COMPLETE, true)]);
+        assert_eq!(judge(&done, Goal::Complete), Verdict::Reached);
+        // A running Job is ready, not complete.
+        assert_eq!(judge(&session(SessionPhase::Running, &[(types::READY, true)]), Goal::Complete), Verdict::Waiting);
+    }
+}
