@@ -152,8 +152,8 @@ async fn controller_run(client: &Client, n: usize) -> Value {
         "leaseRequestsPerHour": (delta("gpu_shopper_kube_requests_total", "resource=\"leases\"")) / hours,
         // Half the sessions have an idle timeout (checked over SSH); the others need no login at all.
         "sshLoginsPerIdleCheckedMachineHour": logins as f64 / (n / 2).max(1) as f64 / hours,
-        "providerCallsPerInventoryInterval": delta("gpu_provider_call_duration_seconds_count", "") / (window.as_secs_f64() / 30.0),
-        "providerCallsPerSessionHour": per_session_hour(delta("gpu_provider_call_duration_seconds_count", "")),
+        "providerCallsPerInventoryInterval": delta("gpu_shopper_provider_call_duration_seconds_count", "") / (window.as_secs_f64() / 30.0),
+        "providerCallsPerSessionHour": per_session_hour(delta("gpu_shopper_provider_call_duration_seconds_count", "")),
         "reconcilesPerSessionHour": per_session_hour(delta("gpu_shopper_reconciliations_total", "controller=\"gpusession\"")),
         "rssMiB": proc_figures(pid).0,
     });
@@ -186,7 +186,7 @@ async fn controller_run(client: &Client, n: usize) -> Value {
         "apiWritesPerSession": per(metric_sum(&metrics, "gpu_shopper_kube_requests_total", "kind=\"write\"")),
         "apiReadsPerSession": per(metric_sum(&metrics, "gpu_shopper_kube_requests_total", "kind=\"read\"")),
         "apiWatchRequests": metric_sum(&metrics, "gpu_shopper_kube_requests_total", "kind=\"watch\""),
-        "providerCallsPerSession": per(metric_sum(&metrics, "gpu_provider_call_duration_seconds_count", "")),
+        "providerCallsPerSession": per(metric_sum(&metrics, "gpu_shopper_provider_call_duration_seconds_count", "")),
         "reconcilesPerSession": per(metric_sum(&metrics, "gpu_shopper_reconciliations_total", "controller=\"gpusession\"")),
         "peakRssMiB": rss_mib,
         "rssAtReadyMiB": rss_at_ready,

@@ -7,6 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
@@ -43,6 +44,18 @@ pub struct KubeRequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpendLabels {
+    pub provider: String,
+    /// The session's namespace (not `namespace`, which scrapes set to the operator's own).
+    pub session_namespace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
     pub phase: String,
     pub provider: String,
@@ -54,15 +67,30 @@ pub mod names {
     pub const GPU_SHOPPER_RECONCILE_ERRORS: &str = "gpu_shopper_reconcile_errors";
     pub const GPU_SHOPPER_RECONCILE_DURATION_SECONDS: &str = "gpu_shopper_reconcile_duration_seconds";
     pub const GPU_SHOPPER_PROVIDERS_CONFIGURED: &str = "gpu_shopper_providers_configured";
-    pub const GPU_SESSIONS_ACTIVE: &str = "gpu_sessions_active";
-    pub const GPU_ORPHANS_DETECTED: &str = "gpu_orphans_detected";
-    pub const GPU_DESTROY_FAILURES: &str = "gpu_destroy_failures";
-    pub const GPU_SSH_VERIFY_FAILURES: &str = "gpu_ssh_verify_failures";
-    pub const GPU_PROVIDER_API_ERRORS: &str = "gpu_provider_api_errors";
-    pub const GPU_PROVIDER_CALL_DURATION_SECONDS: &str = "gpu_provider_call_duration_seconds";
-    pub const GPU_SESSION_TIME_TO_READY_SECONDS: &str = "gpu_session_time_to_ready_seconds";
-    pub const GPU_ACCRUED_COST_USD: &str = "gpu_accrued_cost_usd";
+    pub const GPU_SESSIONS_ACTIVE: &str = "gpu_shopper_sessions_active";
+    pub const GPU_ORPHANS_DETECTED: &str = "gpu_shopper_orphans_detected";
+    pub const GPU_DESTROY_FAILURES: &str = "gpu_shopper_destroy_failures";
+    pub const GPU_SSH_VERIFY_FAILURES: &str = "gpu_shopper_ssh_verify_failures";
+    pub const GPU_PROVIDER_API_ERRORS: &str = "gpu_shopper_provider_api_errors";
+    pub const GPU_PROVIDER_CALL_DURATION_SECONDS: &str = "gpu_shopper_provider_call_duration_seconds";
+    pub const GPU_SESSION_TIME_TO_READY_SECONDS: &str = "gpu_shopper_session_time_to_ready_seconds";
+    pub const GPU_ACCRUED_COST_USD: &str = "gpu_shopper_accrued_cost_usd";
     pub const GPU_SHOPPER_KUBE_REQUESTS: &str = "gpu_shopper_kube_requests";
+    pub const GPU_SHOPPER_SPEND_USD: &str = "gpu_shopper_spend_usd";
+    pub const GPU_SHOPPER_BUILD: &str = "gpu_shopper_build";
+    pub const GPU_SHOPPER_LEADER: &str = "gpu_shopper_leader";
+    pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "process_resident_memory_bytes";
+    pub const PROCESS_CPU_SECONDS: &str = "process_cpu_seconds";
+    pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+    pub const PROCESS_START_TIME_SECONDS: &str = "process_start_time_seconds";
+    /// The names before every metric moved under `gpu_shopper_`, still exported as
+    /// aliases of the same series for one release so that existing alerts keep working.
+    pub const DEPRECATED_ALIASES: &[(&str, &str)] = &[
+        ("gpu_sessions_active", GPU_SESSIONS_ACTIVE),
+        ("gpu_orphans_detected", GPU_ORPHANS_DETECTED),
+        ("gpu_destroy_failures", GPU_DESTROY_FAILURES),
+        ("gpu_ssh_verify_failures", GPU_SSH_VERIFY_FAILURES),
+    ];
     /// Counters: Prometheus shows them with a `_total` suffix.
     pub const COUNTERS: &[&str] = &[
         GPU_SHOPPER_RECONCILIATIONS,
@@ -72,6 +100,11 @@ pub mod names {
         GPU_SSH_VERIFY_FAILURES,
         GPU_PROVIDER_API_ERRORS,
         GPU_SHOPPER_KUBE_REQUESTS,
+        GPU_SHOPPER_SPEND_USD,
+        PROCESS_CPU_SECONDS,
+        "gpu_orphans_detected",
+        "gpu_destroy_failures",
+        "gpu_ssh_verify_failures",
     ];
     pub const ALL: &[&str] = &[
         GPU_SHOPPER_RECONCILIATIONS,
@@ -87,6 +120,17 @@ pub mod names {
         GPU_SESSION_TIME_TO_READY_SECONDS,
         GPU_ACCRUED_COST_USD,
         GPU_SHOPPER_KUBE_REQUESTS,
+        GPU_SHOPPER_SPEND_USD,
+        GPU_SHOPPER_BUILD,
+        GPU_SHOPPER_LEADER,
+        PROCESS_RESIDENT_MEMORY_BYTES,
+        PROCESS_CPU_SECONDS,
+        PROCESS_OPEN_FDS,
+        PROCESS_START_TIME_SECONDS,
+        "gpu_sessions_active",
+        "gpu_orphans_detected",
+        "gpu_destroy_failures",
+        "gpu_ssh_verify_failures",
     ];
 }
 
@@ -106,6 +150,20 @@ pub struct Metrics {
     pub time_to_ready: Histogram,
     pub accrued_cost: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub kube_requests: Family<KubeRequestLabels, Counter>,
+    /// Money spent, only ever growing: it survives the sessions' deletion.
+    pub spend_usd: Family<SpendLabels, Counter<f64, AtomicU64>>,
+    /// 1 while this replica leads (or runs without election), 0 on a standby.
+    pub leader: Gauge,
+    process: ProcessGauges,
+}
+
+/// This process as the usual `process_*` series, read from /proc at each scrape.
+#[derive(Default)]
+struct ProcessGauges {
+    resident_memory_bytes: Gauge,
+    cpu_seconds: Counter<f64, AtomicU64>,
+    open_fds: Gauge,
+    start_time_seconds: Gauge,
 }
 
 impl Default for Metrics {
@@ -127,6 +185,9 @@ impl Default for Metrics {
             time_to_ready: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             accrued_cost: Gauge::default(),
             kube_requests: Family::default(),
+            spend_usd: Family::default(),
+            leader: Gauge::default(),
+            process: ProcessGauges::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -191,6 +252,41 @@ impl Default for Metrics {
             "Requests this operator sent to the Kubernetes API server, by kind (read, watch, write)",
             m.kube_requests.clone(),
         );
+        registry.register(
+            names::GPU_SHOPPER_SPEND_USD,
+            "Money spent on rented machines, USD, by marketplace and namespace (never decreases)",
+            m.spend_usd.clone(),
+        );
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
+        registry.register(names::GPU_SHOPPER_BUILD, "The running build (always 1)", build);
+        registry.register(names::GPU_SHOPPER_LEADER, "1 while this replica leads, 0 on a standby", m.leader.clone());
+        registry.register(
+            names::PROCESS_RESIDENT_MEMORY_BYTES,
+            "Resident memory size in bytes",
+            m.process.resident_memory_bytes.clone(),
+        );
+        registry.register(
+            names::PROCESS_CPU_SECONDS,
+            "User and system CPU time spent in seconds",
+            m.process.cpu_seconds.clone(),
+        );
+        registry.register(names::PROCESS_OPEN_FDS, "Number of open file descriptors", m.process.open_fds.clone());
+        registry.register(
+            names::PROCESS_START_TIME_SECONDS,
+            "Start time of the process since the Unix epoch in seconds",
+            m.process.start_time_seconds.clone(),
+        );
+        for (old, new) in names::DEPRECATED_ALIASES {
+            let help = format!("Deprecated alias of {new}, removed in the next release");
+            match *new {
+                names::GPU_SESSIONS_ACTIVE => registry.register(*old, help, m.sessions_active.clone()),
+                names::GPU_ORPHANS_DETECTED => registry.register(*old, help, m.orphans_detected.clone()),
+                names::GPU_DESTROY_FAILURES => registry.register(*old, help, m.destroy_failures.clone()),
+                names::GPU_SSH_VERIFY_FAILURES => registry.register(*old, help, m.ssh_verify_failures.clone()),
+                _ => {}
+            }
+        }
         Metrics { registry, ..metrics }
     }
 }
@@ -198,8 +294,53 @@ impl Default for Metrics {
 impl Metrics {
     /// The registry in Prometheus text format.
     pub fn encode(&self) -> String {
+        self.process.refresh();
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
     }
+}
+
+impl ProcessGauges {
+    /// Reads /proc/self (Linux); elsewhere the series stay at 0.
+    fn refresh(&self) {
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status")
+            && let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<i64>().ok())
+        {
+            self.resident_memory_bytes.set(kb * 1024);
+        }
+        if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds.set(entries.count() as i64);
+        }
+        let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return };
+        // Fields after the command name (which may hold spaces) in parentheses.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = clock_ticks_per_second();
+        let number = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+        // utime and stime are fields 14 and 15 of stat, 11 and 12 after the name; starttime is 22 (19).
+        if let (Some(user), Some(system)) = (number(11), number(12)) {
+            let total = (user + system) / ticks;
+            let counted = self.cpu_seconds.get();
+            if total > counted {
+                self.cpu_seconds.inc_by(total - counted);
+            }
+        }
+        if let (Some(started), Some(boot)) = (number(19), boot_time_seconds()) {
+            self.start_time_seconds.set((boot + started / ticks) as i64);
+        }
+    }
+}
+
+/// USER_HZ: 100 on every Linux this runs on (the kernel's ABI constant for /proc).
+fn clock_ticks_per_second() -> f64 {
+    100.0
+}
+
+fn boot_time_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()
 }

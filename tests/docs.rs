@@ -24,9 +24,11 @@ fn every_counter_is_a_counter() {
     metrics.reconciliations.get_or_create(&gpu_shopper::metrics::ControllerLabels { controller: "x" }).inc();
     let text = metrics.encode();
     assert!(
-        text.contains("# TYPE gpu_orphans_detected counter")
-            && text.contains("gpu_orphans_detected_total{provider=\"x\"} 1")
+        text.contains("# TYPE gpu_shopper_orphans_detected counter")
+            && text.contains("gpu_shopper_orphans_detected_total{provider=\"x\"} 1")
     );
+    // The old name, kept as an alias for one release, is the same series.
+    assert!(text.contains("gpu_orphans_detected_total{provider=\"x\"} 1"), "{text}");
     assert!(text.contains("# TYPE gpu_shopper_reconciliations counter"));
 }
 
@@ -42,14 +44,20 @@ fn the_metrics_reference_lists_every_metric() {
 
 #[test]
 fn the_dashboard_only_queries_metrics_that_exist() {
-    let text = std::fs::read_to_string(format!("{ROOT}/docs/grafana-dashboard.json")).unwrap();
+    let text = std::fs::read_to_string(format!("{ROOT}/charts/gpu-shopper/dashboards/gpu-shopper.json")).unwrap();
     let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
     let metrics = exported_metrics();
     let panels = dashboard["panels"].as_array().unwrap();
     assert!(panels.len() >= 8);
-    for panel in panels {
-        let expr = panel["targets"][0]["expr"].as_str().unwrap();
-        for token in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|t| t.starts_with("gpu_")) {
+    let exprs = panels.iter().flat_map(|p| p["targets"].as_array().unwrap().iter().map(move |t| (p, t)));
+    for (panel, target) in exprs {
+        let expr = target["expr"].as_str().unwrap();
+        assert!(
+            expr.contains("job=~\"$job\"") && expr.contains("namespace=~\"$namespace\""),
+            "{expr}: filtered by the variables"
+        );
+        let tokens = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+        for token in tokens.filter(|t| t.starts_with("gpu_") || t.starts_with("process_")) {
             let base = token.trim_end_matches("_bucket").trim_end_matches("_count").trim_end_matches("_sum");
             assert!(
                 metrics.iter().any(|m| m == base),

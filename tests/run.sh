@@ -15,4 +15,6 @@ if [[ $was_running == no && ${KEEP_CONTROL_PLANE:-0} != 1 ]]; then
   trap 'tests/control-plane/stop.sh' EXIT
 fi
 helm=$(tests/helm/build.sh)
-GPU_SHOPPER_TEST_KUBECONFIG=$kubeconfig GPU_SHOPPER_HELM=$helm cargo test --all-targets -- --include-ignored
+promtool=$(tests/promtool/build.sh)
+GPU_SHOPPER_TEST_KUBECONFIG=$kubeconfig GPU_SHOPPER_HELM=$helm GPU_SHOPPER_PROMTOOL=$promtool \
+  cargo test --all-targets -- --include-ignored

@@ -59,10 +59,14 @@ async fn interactive_session_reaches_ready_and_its_secret_key_logs_in() {
         .await
         .unwrap();
     for expected in [
+        "gpu_shopper_sessions_active{phase=\"Running\",provider=\"vastai\"} 1",
         "gpu_sessions_active{phase=\"Running\",provider=\"vastai\"} 1",
-        "gpu_session_time_to_ready_seconds_count 1",
-        "gpu_provider_call_duration_seconds_count{provider=\"vastai\",operation=\"create\"} 1",
-        "gpu_accrued_cost_usd",
+        "gpu_shopper_session_time_to_ready_seconds_count 1",
+        "gpu_shopper_provider_call_duration_seconds_count{provider=\"vastai\",operation=\"create\"} 1",
+        "gpu_shopper_accrued_cost_usd",
+        "gpu_shopper_leader 1",
+        "gpu_shopper_build{version=",
+        "process_resident_memory_bytes",
     ] {
         assert!(metrics.contains(expected), "{expected} in {metrics}");
     }
@@ -221,7 +225,7 @@ async fn inference_session_is_ready_only_when_the_model_answers() {
 async fn a_job_that_succeeds_or_fails_lands_in_status_and_destroys_its_instance() {
     let h = Harness::new("job", fast_market()).await;
     let ok = rtx_4090(
-        json!({"workload": {"kind": "Job", "command": "echo training on $GPU_SHOPPER_RUN; echo done"}, "env": [{"name": "GPU_SHOPPER_RUN", "value": "run-7"}]}),
+        json!({"workload": {"kind": "Job", "command": "echo training on $GPU_SHOPPER_RUN; sleep 3; echo done"}, "env": [{"name": "GPU_SHOPPER_RUN", "value": "run-7"}]}),
     );
     let bad = rtx_4090(json!({"workload": {"kind": "Job", "command": "echo boom >&2; exit 3"}}));
     h.apply("train-ok", ok).await;
@@ -242,11 +246,38 @@ async fn a_job_that_succeeds_or_fails_lands_in_status_and_destroys_its_instance(
     assert_eq!(job.exit_code, 3);
     assert!(job.log_tail.contains("boom"));
     assert!(status(&failed).released_at.is_some(), "a failed job must not keep billing");
+    let spent_by_sessions: f64 = [&done, &failed].iter().map(|s| status(s).accrued_cost_usd.unwrap_or_default()).sum();
     let terminal = find(&status(&failed).conditions, types::FAILED).expect("a Failed condition");
     assert_eq!((terminal.status.as_str(), terminal.reason.as_str()), ("True", "JobFailed"));
     assert_eq!(find(&status(&failed).conditions, types::READY).unwrap().status, "False", "failed: Ready is False");
     assert!(h.live_instances().is_empty());
     h.expect_event("JobFailed").await;
+    // What they spent outlives them: the spend counter keeps it after the sessions are deleted.
+    h.sessions.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
+    wait_for("both sessions to go", WAIT, || async {
+        h.sessions.list(&ListParams::default()).await.ok()?.items.is_empty().then_some(())
+    })
+    .await;
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", h.controller.http_port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("gpu_shopper_spend_usd_total{{provider=\"vastai\",session_namespace=\"{}\"}} ", h.ns);
+    let counted: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .unwrap_or_else(|| {
+            panic!(
+                "no {series}(the sessions spent {spent_by_sessions}) in {}",
+                metrics.lines().filter(|l| l.contains("spend")).collect::<Vec<_>>().join("\n")
+            )
+        })
+        .parse()
+        .unwrap();
+    assert!(spent_by_sessions > 0.0);
+    assert!((counted - spent_by_sessions).abs() < 1e-6, "counted ${counted}, the sessions said ${spent_by_sessions}");
     h.finish().await;
 }
 
@@ -452,7 +483,7 @@ async fn an_orphan_from_a_crashed_run_is_destroyed_and_other_installations_insta
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("gpu_orphans_detected_total{provider=\"vastai\"} 1"), "{metrics}");
+    assert!(metrics.contains("gpu_shopper_orphans_detected_total{provider=\"vastai\"} 1"), "{metrics}");
     for id in [&foreign.id, &other_cluster.id, &unlabelled_cluster.id] {
         vast.destroy_instance(id).await.unwrap();
     }

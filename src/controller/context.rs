@@ -71,7 +71,9 @@ pub struct Context {
     /// Sessions the inventory wants reconciled now (their machine changed, or a pending create can be settled).
     wake: tokio::sync::mpsc::UnboundedSender<ObjectRef<GpuSession>>,
     woken: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ObjectRef<GpuSession>>>>,
-    /// Phase and provider of each session seen, for the `gpu_sessions_active` gauge.
+    /// What each session seen had cost per marketplace, for the spend counter's increments.
+    spend_seen: Mutex<HashMap<String, HashMap<String, f64>>>,
+    /// Phase and provider of each session seen, for the `gpu_shopper_sessions_active` gauge.
     session_phases: Mutex<HashMap<String, (String, String, f64)>>,
     /// SSH sessions open at once, across every session: memory does not grow with the
     /// number of machines being verified.
@@ -106,6 +108,7 @@ impl Context {
             wake,
             woken: Mutex::new(Some(woken)),
             session_phases: Mutex::default(),
+            spend_seen: Mutex::default(),
             machine_checks: Mutex::default(),
             stores: std::sync::OnceLock::new(),
             ssh_permits: tokio::sync::Semaphore::new(MAX_CONCURRENT_SSH),
@@ -184,6 +187,29 @@ impl Context {
             self.metrics.sessions_active.get_or_create(&crate::metrics::PhaseLabels { phase, provider }).set(count);
         }
         self.metrics.accrued_cost.set(phases.values().map(|(_, _, cost)| cost).sum());
+    }
+
+    /// Adds what a session spent since it was last seen to the spend counter. A
+    /// session first seen by this process (a restart, a new leader) only sets the
+    /// baseline: its earlier spend was counted by the process that saw it, so a
+    /// restart never counts it twice.
+    pub fn track_spend(&self, uid: &str, namespace: &str, per_provider: HashMap<String, f64>) {
+        let mut seen = self.spend_seen.lock().expect("spend map poisoned");
+        let first_sight = !seen.contains_key(uid);
+        let known = seen.entry(uid.to_string()).or_default();
+        for (provider, cost) in per_provider {
+            let before = known.insert(provider.clone(), cost);
+            let delta = cost - before.unwrap_or(if first_sight { cost } else { 0.0 });
+            if delta > 0.0 && delta.is_finite() {
+                let labels = crate::metrics::SpendLabels { provider, session_namespace: namespace.to_string() };
+                self.metrics.spend_usd.get_or_create(&labels).inc_by(delta);
+            }
+        }
+    }
+
+    /// Forgets a session's spend baseline once it is gone (the counter keeps what it spent).
+    pub fn forget_spend(&self, uid: &str) {
+        self.spend_seen.lock().expect("spend map poisoned").remove(uid);
     }
 
     fn failed<K: Resource<DynamicType = ()>>(&self, obj: &K) -> u32 {

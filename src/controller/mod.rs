@@ -55,7 +55,10 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
     ensure_crd_served::<GpuOfferFilter>(&client, namespace, "GpuOfferFilter").await?;
 
     let leadership = match &ctx.config.leader_election {
-        None => None,
+        None => {
+            ctx.metrics.leader.set(1);
+            None
+        }
         Some(election) => {
             health.standby.store(true, Ordering::Relaxed);
             let identity = ctx.config.instance_name.clone().unwrap_or_else(random_identity);
@@ -70,6 +73,7 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
             .await
             .map_err(|e| StartError::LeaderElection(e.to_string()))?;
             health.standby.store(false, Ordering::Relaxed);
+            ctx.metrics.leader.set(1);
             Some(leadership)
         }
     };

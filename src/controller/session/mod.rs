@@ -16,6 +16,7 @@ pub mod timeouts;
 pub use rekey::REKEY_ANNOTATION;
 pub use rent::DEFAULT_IMAGE;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -257,6 +258,26 @@ fn track(step: &Step<'_>) {
     let cost = step.status.accrued_cost_usd.unwrap_or(0.0);
     let uid = step.session.uid().unwrap_or_default();
     step.ctx.track_session(&uid, Some((phase, provider, cost)));
+    track_spend(step);
+}
+
+/// What the session's machines cost so far, per marketplace: each earlier
+/// attempt's settled cost, and the current machine's share of the accrued cost.
+fn track_spend(step: &Step<'_>) {
+    let mut per_provider: HashMap<String, f64> = HashMap::new();
+    let mut earlier = 0.0;
+    for attempt in &step.status.attempts {
+        if let (Some(provider), Some(cost)) = (attempt.provider, attempt.cost_usd) {
+            *per_provider.entry(provider.as_str().to_string()).or_default() += cost;
+            earlier += cost;
+        }
+    }
+    if let Some(provider) = step.status.provider {
+        let current = (step.status.accrued_cost_usd.unwrap_or(0.0) - earlier).max(0.0);
+        *per_provider.entry(provider.as_str().to_string()).or_default() += current;
+    }
+    let uid = step.session.uid().unwrap_or_default();
+    step.ctx.track_spend(&uid, &step.session.namespace().unwrap_or_default(), per_provider);
 }
 
 /// The next step of the session's life.
@@ -338,6 +359,8 @@ async fn cleanup(session: &GpuSession, api: &Api<GpuSession>, ctx: &Context) -> 
     };
     step.event(false, "CleanupComplete", note);
     step.announce().await;
+    track_spend(&step);
+    ctx.forget_spend(&session.uid().unwrap_or_default());
     ctx.track_session(&session.uid().unwrap_or_default(), None);
     ctx.forget_machine_checks(&session.uid().unwrap_or_default());
     tracing::info!(session = %session.name_any(), namespace = ?session.namespace(), "cleanup complete; finalizer released");
