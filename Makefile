@@ -33,7 +33,7 @@ stop-control-plane:
 ## crds: regenerate crds/ (and the chart's and deploy/base's copies) from the Rust types
 crds:
 	cargo run --quiet -- crds > crds/gpushopper.dev.yaml
-	cp crds/gpushopper.dev.yaml charts/gpu-shopper/crds/gpushopper.dev.yaml
+	cp crds/gpushopper.dev.yaml charts/gpu-shopper/files/crds.yaml
 	cp crds/gpushopper.dev.yaml deploy/base/crds.yaml
 
 ## manifests: regenerate deploy/base from the chart's defaults

@@ -71,6 +71,8 @@ enum Command {
     Doctor(gpu_shopper::cli::doctor::DoctorArgs),
     /// Wait until a session is Ready (or, with --for complete, has finished); exit 1 if it fails.
     Wait(gpu_shopper::cli::wait::WaitArgs),
+    /// Exit 1 while any GpuSession exists (the chart's pre-delete hook: uninstall sessions first).
+    UninstallGuard(gpu_shopper::cli::guard::GuardArgs),
     /// Print a shell completion script: bash, zsh, fish, elvish or powershell.
     ///
     /// Example: gpu-shopper completion bash > /etc/bash_completion.d/gpu-shopper
@@ -108,6 +110,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Wait(args) => user_command(gpu_shopper::cli::wait::run(args)),
+        Command::UninstallGuard(args) => user_command(gpu_shopper::cli::guard::run(args)),
         Command::Crds => {
             print!("{}", crd::crds_yaml());
             ExitCode::SUCCESS

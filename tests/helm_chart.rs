@@ -11,7 +11,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use kube::Api;
+use kube::{Api, ResourceExt};
 use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
 
@@ -26,7 +26,7 @@ const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/gpu-shopper");
 #[test]
 fn the_charts_crds_are_the_repos_crds() {
     let repo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/gpushopper.dev.yaml")).unwrap();
-    let chart = std::fs::read_to_string(format!("{CHART}/crds/gpushopper.dev.yaml")).unwrap();
+    let chart = std::fs::read_to_string(format!("{CHART}/files/crds.yaml")).unwrap();
     assert!(repo == chart, "charts/gpu-shopper/crds/ differs from crds/: run `make crds`");
 }
 
@@ -158,9 +158,13 @@ fn lint_and_template_with_default_and_custom_values() {
     );
 }
 
+/// The tests that change the cluster's CRDs run one at a time.
+static CRDS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 #[ignore = "needs helm and a real API server: run `make test`"]
 async fn helm_install_creates_everything_and_the_chart_rbac_runs_a_whole_session() {
+    let _crds = CRDS.lock().await;
     let client = client().await;
     let ns = namespace(&client, "helm").await;
     let release = ns.as_str(); // cluster-scoped names stay unique per run
@@ -176,6 +180,12 @@ async fn helm_install_creates_everything_and_the_chart_rbac_runs_a_whole_session
         &format!("deploymentId={ns}"),
         "--set",
         &format!("watchNamespace={ns}"),
+        // The CRDs are shared by every test (the upgrade test has Helm own them); the
+        // guard is a Job, and this control plane runs no pods.
+        "--set",
+        "crds.install=false",
+        "--set",
+        "uninstallGuard.enabled=false",
     ]));
     assert!(ok, "helm install: {stdout}{stderr}");
     let name = format!("{release}-gpu-shopper");
@@ -272,4 +282,137 @@ fn impersonating_kubeconfig(user: &str, ns: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kubeconfig-{ns}"));
     std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
     path
+}
+
+#[tokio::test]
+#[ignore = "needs helm and a real API server: run `make test`"]
+async fn helm_upgrade_upgrades_the_crds_and_uninstall_keeps_them() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Patch, PatchParams};
+    let _crds = CRDS.lock().await;
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, "crd-upgrade").await;
+    let release = ns.as_str();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let names = ["gpusessions.gpushopper.dev", "gpuofferfilters.gpushopper.dev"];
+    // CRDs installed before (by crds/ or by hand) are adopted as docs/upgrading.md says.
+    for name in names {
+        let adopt = json!({"metadata": {
+            "labels": {"app.kubernetes.io/managed-by": "Helm"},
+            "annotations": {"meta.helm.sh/release-name": release, "meta.helm.sh/release-namespace": &ns},
+        }});
+        crds.patch(name, &PatchParams::default(), &Patch::Merge(&adopt)).await.unwrap();
+    }
+    let helm_in = |chart: &str, verb: &str| {
+        let kubeconfig = kubeconfig_path().display().to_string();
+        run(Command::new(helm()).args([
+            verb,
+            release,
+            chart,
+            "--namespace",
+            &ns,
+            "--kubeconfig",
+            &kubeconfig,
+            "--set",
+            &format!("deploymentId={ns}"),
+            "--set",
+            "uninstallGuard.enabled=false",
+        ]))
+    };
+    let (ok, stdout, stderr) = helm_in(CHART, "install");
+    assert!(ok, "helm install: {stdout}{stderr}");
+    let sessions_crd = crds.get(names[0]).await.unwrap();
+    assert_eq!(sessions_crd.annotations().get("helm.sh/resource-policy").map(String::as_str), Some("keep"));
+
+    // A new chart version whose CRD has one more printer column: `helm upgrade` applies it.
+    let newer = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("chart-{ns}"));
+    let _ = std::fs::remove_dir_all(&newer);
+    copy_dir(std::path::Path::new(CHART), &newer);
+    let crd_file = newer.join("files/crds.yaml");
+    let text = std::fs::read_to_string(&crd_file).unwrap();
+    assert!(!text.contains("UpgradeTest"));
+    let changed = text.replace(
+        "  - additionalPrinterColumns:\n",
+        "  - additionalPrinterColumns:\n    - jsonPath: .metadata.name\n      name: UpgradeTest\n      type: string\n",
+    );
+    std::fs::write(&crd_file, changed).unwrap();
+    let (ok, stdout, stderr) = helm_in(newer.to_str().unwrap(), "upgrade");
+    assert!(ok, "helm upgrade: {stdout}{stderr}");
+    let columns = |crd: CustomResourceDefinition| -> Vec<String> {
+        crd.spec.versions[0]
+            .additional_printer_columns
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.name)
+            .collect()
+    };
+    assert!(columns(crds.get(names[0]).await.unwrap()).contains(&"UpgradeTest".to_string()), "the CRD was upgraded");
+    // And back: the upgrade to the chart as it is restores the CRDs every other test uses.
+    let (ok, stdout, stderr) = helm_in(CHART, "upgrade");
+    assert!(ok, "helm upgrade back: {stdout}{stderr}");
+    assert!(!columns(crds.get(names[0]).await.unwrap()).contains(&"UpgradeTest".to_string()));
+
+    // Uninstall keeps the CRDs: deleting them would delete every session and orphan its machine.
+    let kubeconfig = kubeconfig_path().display().to_string();
+    let (ok, _, stderr) =
+        run(Command::new(helm()).args(["uninstall", release, "--namespace", &ns, "--kubeconfig", &kubeconfig]));
+    assert!(ok, "helm uninstall: {stderr}");
+    for name in names {
+        assert!(crds.get_opt(name).await.unwrap().is_some(), "{name} was kept");
+    }
+    install_crds(&client).await;
+    delete_namespace(&client, &ns).await;
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real API server: run `make test`"]
+async fn the_uninstall_guard_refuses_while_a_session_exists_and_the_chart_runs_it_before_delete() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, "guard").await;
+    let guard = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_gpu-shopper"))
+            .args(["uninstall-guard", "--watch-namespace", &ns])
+            .env_clear()
+            .env("KUBECONFIG", kubeconfig_path())
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert_eq!(guard().0, Some(0), "nothing to protect: uninstall may go on");
+    let sessions: Api<GpuSession> = Api::namespaced(client.clone(), &ns);
+    let session: GpuSession = serde_json::from_value(json!({
+        "apiVersion": "gpushopper.dev/v1alpha1", "kind": "GpuSession", "metadata": {"name": "busy"},
+        "spec": {"requirements": {"gpuModels": ["RTX 4090"]}},
+    }))
+    .unwrap();
+    sessions.create(&PostParams::default(), &session).await.unwrap();
+    let (code, stderr) = guard();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("{ns}/busy")) && stderr.contains("keep billing"), "{stderr}");
+    sessions.delete("busy", &DeleteParams::default()).await.unwrap();
+    delete_namespace(&client, &ns).await;
+
+    // The chart runs exactly that as a pre-delete hook, as the operator's ServiceAccount.
+    let docs = render(&["--set", "deploymentId=x", "--set", "watchNamespace=ml"]);
+    let job = kind(&docs, "Job");
+    assert_eq!(job["metadata"]["annotations"]["helm.sh/hook"].as_str(), Some("pre-delete"));
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["containers"][0]["args"][0].as_str(), Some("uninstall-guard"));
+    assert_eq!(pod["serviceAccountName"], kind(&docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]);
 }

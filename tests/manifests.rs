@@ -29,6 +29,10 @@ fn the_base_is_the_charts_default_rendering() {
             "gpu-shopper",
             "--set",
             "deploymentId=change-me",
+            "--set",
+            "crds.install=false",
+            "--set",
+            "uninstallGuard.enabled=false",
             "--skip-crds",
         ])
         .output()

@@ -5,6 +5,7 @@
 
 pub mod cost;
 pub mod doctor;
+pub mod guard;
 pub mod offers;
 pub mod output;
 pub mod ssh;

@@ -59,3 +59,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
     resources: ["events"]
     verbs: ["create", "patch"]
 {{- end }}
+
+{{/* A hash of the marketplace credentials the pod reads: the chart's own Secret, or the existing one as the cluster holds it now. */}}
+{{- define "gpu-shopper.providersChecksum" -}}
+{{- if .Values.providers.create -}}
+{{- .Values.providers.credentials | toJson | sha256sum | trunc 16 -}}
+{{- else -}}
+{{- $secret := lookup "v1" "Secret" .Release.Namespace .Values.providers.existingSecret -}}
+{{- (get (default dict $secret) "data") | toJson | sha256sum | trunc 16 -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The leader-election Lease, as the operator names it. */}}
+{{- define "gpu-shopper.leaseName" -}}
+{{- printf "gpu-shopper-%s" (include "gpu-shopper.deploymentId" .) -}}
+{{- end -}}
