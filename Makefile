@@ -40,10 +40,10 @@ crds:
 manifests: crds
 	scripts/render-manifests.sh
 
-## image: build the container image where docker or podman exists (not needed to build or test)
+## image: build the OCI image without a container engine and push it: make image IMAGE=registry.example.com/gpu-shopper:0.1.0
+IMAGE ?= localhost:5000/gpu-shopper:dev
 image:
-	@engine=$$(command -v docker || command -v podman) || { echo "no docker or podman here: the image is optional; cargo builds the binary"; exit 1; }; \
-	$$engine build -t gpu-shopper:dev .
+	scripts/image.sh $(IMAGE)
 
 ## soak: the long fault-injection soak (the short one runs in `make test`)
 SOAK_SECONDS ?= 1800
