@@ -22,7 +22,7 @@ pub mod env {
     pub const TENSORDOCK_BASE_URL: &str = "TENSORDOCK_BASE_URL";
     pub const RUNPOD_BASE_URL: &str = "RUNPOD_BASE_URL";
     pub const HTTP_ADDR: &str = "HTTP_ADDR";
-    /// Watch only this namespace instead of the whole cluster (unset: all namespaces).
+    /// Watch only these namespaces, comma-separated, instead of the whole cluster (unset: all namespaces).
     pub const WATCH_NAMESPACE: &str = "WATCH_NAMESPACE";
     /// Operator-wide hard maximum of a session's lifetime (default 12h).
     pub const MAX_SESSION_DURATION: &str = "MAX_SESSION_DURATION";
@@ -155,8 +155,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub http_addr: SocketAddr,
     pub instance_name: Option<String>,
-    /// `None` watches every namespace.
-    pub watch_namespace: Option<String>,
+    /// The namespaces watched; empty watches every namespace.
+    pub watch_namespaces: Vec<String>,
     pub max_session_duration: Duration,
     pub orphan_sweep_interval: Duration,
     pub orphan_grace_period: Duration,
@@ -265,13 +265,14 @@ impl Config {
                 Some(value) => crate::crd::duration::parse(&value).ok_or(ConfigError::InvalidDuration { name, value }),
             }
         };
+        let watch_namespaces = namespace_list(get(env::WATCH_NAMESPACE).as_deref());
         let leader_election = match get(env::LEADER_ELECTION).as_deref().map(str::to_ascii_lowercase).as_deref() {
             Some("false") | Some("0") | Some("off") => None,
             _ => Some(LeaderElection {
                 lease_name: format!("gpu-shopper-{deployment_id}"),
                 lease_namespace: get(env::LEASE_NAMESPACE)
                     .or_else(|| get(env::POD_NAMESPACE))
-                    .or_else(|| get(env::WATCH_NAMESPACE))
+                    .or_else(|| watch_namespaces.first().cloned())
                     .unwrap_or_else(|| "default".into()),
                 lease_duration: duration(env::LEASE_DURATION, Duration::from_secs(15))?,
             }),
@@ -294,7 +295,7 @@ impl Config {
             log_format,
             http_addr,
             instance_name: get(env::POD_NAME),
-            watch_namespace: get(env::WATCH_NAMESPACE),
+            watch_namespaces,
         })
     }
 }
@@ -303,6 +304,17 @@ impl Config {
 /// kept one would sweep each other's machines on a shared account.
 pub const PLACEHOLDER_DEPLOYMENT_IDS: &[&str] =
     &["change-me", "changeme", "replace-me", "placeholder", "example", "default", "my-cluster"];
+
+/// "a, b,,c" -> [a, b, c]: a comma-separated list, blanks dropped, each once.
+pub fn namespace_list(text: Option<&str>) -> Vec<String> {
+    let mut namespaces: Vec<String> = Vec::new();
+    for namespace in text.unwrap_or_default().split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if !namespaces.iter().any(|n| n == namespace) {
+            namespaces.push(namespace.to_string());
+        }
+    }
+    namespaces
+}
 
 fn valid_cluster_id(id: &str) -> bool {
     (1..=12).contains(&id.len()) && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())

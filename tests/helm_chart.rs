@@ -167,6 +167,8 @@ async fn helm_install_creates_everything_and_the_chart_rbac_runs_a_whole_session
     let _crds = CRDS.lock().await;
     let client = client().await;
     let ns = namespace(&client, "helm").await;
+    // A second watched namespace: its sessions work through a Role of its own.
+    let team = namespace(&client, "helm-team").await;
     let release = ns.as_str(); // cluster-scoped names stay unique per run
     let (ok, stdout, stderr) = run(Command::new(helm()).args([
         "install",
@@ -179,7 +181,7 @@ async fn helm_install_creates_everything_and_the_chart_rbac_runs_a_whole_session
         "--set",
         &format!("deploymentId={ns}"),
         "--set",
-        &format!("watchNamespace={ns}"),
+        &format!("watchNamespaces={{{ns},{team}}}"),
         // The CRDs are shared by every test (the upgrade test has Helm own them); the
         // guard is a Job, and this control plane runs no pods.
         "--set",
@@ -210,6 +212,7 @@ async fn helm_install_creates_everything_and_the_chart_rbac_runs_a_whole_session
     let mut env: Vec<(&str, String)> = sim.env();
     env.push(("KUBECONFIG", kubeconfig.to_string_lossy().into_owned()));
     env.push(("POD_NAMESPACE", ns.clone()));
+    env.push(("WATCH_NAMESPACE", format!("{ns},{team}")));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let controller = ControllerProcess::start_with_env_named(&ns, "as-chart-sa", &env);
     controller.wait_ready().await;
@@ -221,9 +224,16 @@ async fn helm_install_creates_everything_and_the_chart_rbac_runs_a_whole_session
     }))
     .unwrap();
     sessions.create(&PostParams::default(), &session).await.unwrap();
+    let team_sessions: Api<GpuSession> = Api::namespaced(client.clone(), &team);
+    team_sessions.create(&PostParams::default(), &session).await.unwrap();
     let done = wait_for("the job session to succeed under the chart's RBAC", Duration::from_secs(60), || async {
         let s = sessions.get("rbac").await.ok()?;
         (s.status.as_ref()?.reason.as_deref() == Some("JobSucceeded")).then_some(s)
+    })
+    .await;
+    wait_for("the other namespace's session too", Duration::from_secs(60), || async {
+        let s = team_sessions.get("rbac").await.ok()?;
+        (s.status.as_ref()?.reason.as_deref() == Some("JobSucceeded")).then_some(())
     })
     .await;
     assert!(find(&done.status.as_ref().unwrap().conditions, types::CUDA_VERIFIED).is_some_and(|c| c.status == "True"));
@@ -249,8 +259,10 @@ async fn helm_install_creates_everything_and_the_chart_rbac_runs_a_whole_session
     assert!(matches!(denied, Err(kube::Error::Api(ref s)) if s.code == 403), "{denied:?}");
 
     sessions.delete("rbac", &DeleteParams::default()).await.unwrap();
-    wait_for("the session to go", Duration::from_secs(60), || async {
-        sessions.get_opt("rbac").await.unwrap().is_none().then_some(())
+    team_sessions.delete("rbac", &DeleteParams::default()).await.unwrap();
+    wait_for("the sessions to go", Duration::from_secs(60), || async {
+        (sessions.get_opt("rbac").await.unwrap().is_none() && team_sessions.get_opt("rbac").await.unwrap().is_none())
+            .then_some(())
     })
     .await;
     assert!(sim.instances().iter().all(|i| i.destroyed));
@@ -264,6 +276,7 @@ async fn helm_install_creates_everything_and_the_chart_rbac_runs_a_whole_session
         kubeconfig_path().to_str().unwrap(),
     ]));
     assert!(ok, "helm uninstall: {stderr}");
+    delete_namespace(&client, &team).await;
     delete_namespace(&client, &ns).await;
 }
 

@@ -10,23 +10,27 @@ use crate::crd::GpuSession;
 
 #[derive(clap::Args, Debug)]
 pub struct GuardArgs {
-    /// Only this namespace (the chart passes its watchNamespace); default: every namespace.
+    /// Only these namespaces, comma-separated (the chart passes its watched ones); default: every namespace.
     #[arg(long, env = "WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
 }
 
 pub async fn run(args: GuardArgs) -> Result<String, CliError> {
     let client = super::client().await?;
-    let sessions: Api<GpuSession> = match args.watch_namespace.as_deref().filter(|n| !n.is_empty()) {
-        Some(namespace) => Api::namespaced(client, namespace),
-        None => Api::all(client),
+    let namespaces = crate::config::namespace_list(args.watch_namespace.as_deref());
+    let apis: Vec<Api<GpuSession>> = if namespaces.is_empty() {
+        vec![Api::all(client)]
+    } else {
+        namespaces.iter().map(|ns| Api::namespaced(client.clone(), ns)).collect()
     };
-    let list = sessions.list_metadata(&ListParams::default()).await?;
-    if list.items.is_empty() {
+    let mut items = Vec::new();
+    for api in apis {
+        items.extend(api.list_metadata(&ListParams::default()).await?.items);
+    }
+    if items.is_empty() {
         return Ok("no GpuSession exists: the operator may be uninstalled\n".into());
     }
-    let names: Vec<String> = list
-        .items
+    let names: Vec<String> = items
         .iter()
         .map(|s| {
             format!(

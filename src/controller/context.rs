@@ -22,13 +22,45 @@ use crate::provider::gate::{Gate, Gated};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::Store;
 
-/// The caches the controllers' watches keep, read instead of asking the API server again.
+/// The caches one namespace's watches keep (or the whole cluster's: `namespace` None).
 #[derive(Clone)]
-pub struct Stores {
+pub struct NamespaceStores {
+    pub namespace: Option<String>,
     pub sessions: Store<GpuSession>,
     pub filters: Store<GpuOfferFilter>,
     /// Only the Secrets this operator manages (its label), which is every key Secret it made.
     pub secrets: Store<Secret>,
+}
+
+/// The caches the controllers' watches keep, read instead of asking the API server again.
+#[derive(Clone, Default)]
+pub struct Stores(pub Vec<NamespaceStores>);
+
+impl Stores {
+    fn of(&self, namespace: &str) -> Option<&NamespaceStores> {
+        self.0.iter().find(|s| s.namespace.as_deref().is_none_or(|n| n == namespace))
+    }
+
+    pub fn secrets(&self, namespace: &str) -> Option<&Store<Secret>> {
+        self.of(namespace).map(|s| &s.secrets)
+    }
+
+    pub fn filters(&self, namespace: &str) -> Option<&Store<GpuOfferFilter>> {
+        self.of(namespace).map(|s| &s.filters)
+    }
+
+    /// Every watched session, once every session cache has listed everything.
+    pub fn sessions_if_ready(&self) -> Option<Vec<Arc<GpuSession>>> {
+        use futures::FutureExt;
+        let mut all = Vec::new();
+        for stores in &self.0 {
+            if stores.sessions.wait_until_ready().now_or_never().is_none_or(|r| r.is_err()) {
+                return None;
+            }
+            all.extend(stores.sessions.state());
+        }
+        Some(all)
+    }
 }
 
 /// `name` in `namespace` from a watch's cache when it holds it, else from the API

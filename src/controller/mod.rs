@@ -13,7 +13,7 @@ pub mod sweeper;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
@@ -50,9 +50,16 @@ pub enum StartError {
 /// Runs both controllers until SIGTERM or Ctrl-C.
 pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartError> {
     let client = ctx.client.clone();
-    let namespace = ctx.config.watch_namespace.as_deref();
-    ensure_crd_served::<GpuSession>(&client, namespace, "GpuSession").await?;
-    ensure_crd_served::<GpuOfferFilter>(&client, namespace, "GpuOfferFilter").await?;
+    // One set of controllers per watched namespace (each needs only that namespace's
+    // Role), or one for the whole cluster.
+    let namespaces: Vec<Option<String>> = match ctx.config.watch_namespaces.as_slice() {
+        [] => vec![None],
+        list => list.iter().cloned().map(Some).collect(),
+    };
+    for namespace in &namespaces {
+        ensure_crd_served::<GpuSession>(&client, namespace.as_deref(), "GpuSession").await?;
+        ensure_crd_served::<GpuOfferFilter>(&client, namespace.as_deref(), "GpuOfferFilter").await?;
+    }
 
     let leadership = match &ctx.config.leader_election {
         None => {
@@ -78,29 +85,48 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
         }
     };
 
-    // The Secrets the operator made are watched once: the watch triggers the session
-    // controller and fills the cache the reconciler reads keys from.
-    let owned_secrets = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
-    let (secret_store, secret_writer) = reflector::store::<Secret>();
-    let secret_stream =
-        reflector(secret_writer, watcher(scoped::<Secret>(&client, namespace), owned_secrets)).touched_objects();
-    let session_controller = Controller::new(scoped::<GpuSession>(&client, namespace), watcher::Config::default())
-        .owns_stream(secret_stream)
-        .reconcile_on(ctx.woken_sessions())
-        .shutdown_on_signal();
-    let filter_controller =
-        Controller::new(scoped::<GpuOfferFilter>(&client, namespace), watcher::Config::default()).shutdown_on_signal();
-    ctx.set_stores(context::Stores {
-        sessions: session_controller.store(),
-        filters: filter_controller.store(),
-        secrets: secret_store,
-    });
-    let sessions = session_controller
-        .run(session::reconcile, context::error_policy, ctx.clone())
-        .for_each(|result| async move { context::log_outcome("gpusession", result) });
-    let filters = filter_controller
-        .run(offer_filter::reconcile, context::error_policy, ctx.clone())
-        .for_each(|result| async move { context::log_outcome("gpuofferfilter", result) });
+    // Sessions the inventory wants reconciled now go to their namespace's controller.
+    let mut wake_routes = std::collections::HashMap::new();
+    let mut stores = Vec::new();
+    let mut controllers = Vec::new();
+    for namespace in &namespaces {
+        let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
+        wake_routes.insert(namespace.clone(), wake);
+        let woken = futures::stream::unfold(woken, |mut woken| async move { Some((woken.recv().await?, woken)) });
+        // The Secrets the operator made are watched once: the watch triggers the session
+        // controller and fills the cache the reconciler reads keys from.
+        let owned_secrets = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+        let (secret_store, secret_writer) = reflector::store::<Secret>();
+        let scope = namespace.as_deref();
+        let secret_stream =
+            reflector(secret_writer, watcher(scoped::<Secret>(&client, scope), owned_secrets)).touched_objects();
+        let session_controller = Controller::new(scoped::<GpuSession>(&client, scope), watcher::Config::default())
+            .owns_stream(secret_stream)
+            .reconcile_on(woken)
+            .shutdown_on_signal();
+        let filter_controller =
+            Controller::new(scoped::<GpuOfferFilter>(&client, scope), watcher::Config::default()).shutdown_on_signal();
+        stores.push(context::NamespaceStores {
+            namespace: namespace.clone(),
+            sessions: session_controller.store(),
+            filters: filter_controller.store(),
+            secrets: secret_store,
+        });
+        controllers.push(
+            session_controller
+                .run(session::reconcile, context::error_policy, ctx.clone())
+                .for_each(|result| async move { context::log_outcome("gpusession", result) })
+                .boxed(),
+        );
+        controllers.push(
+            filter_controller
+                .run(offer_filter::reconcile, context::error_policy, ctx.clone())
+                .for_each(|result| async move { context::log_outcome("gpuofferfilter", result) })
+                .boxed(),
+        );
+    }
+    ctx.set_stores(context::Stores(stores));
+    let router = tokio::spawn(route_wakes(ctx.woken_sessions(), wake_routes));
 
     let sweeper = tokio::spawn(sweeper::run(ctx.clone()));
     health.ready.store(true, Ordering::Relaxed);
@@ -114,7 +140,7 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
             }
         };
         tokio::select! {
-            _ = async { futures::join!(sessions, filters) } => Ok(()),
+            _ = futures::future::join_all(controllers) => Ok(()),
             loss = lost => Err(match loss {
                 leader::Loss::Lost => StartError::LostLeadership,
                 leader::Loss::Fenced => StartError::Fenced,
@@ -122,6 +148,7 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
         }
     };
     sweeper.abort();
+    router.abort();
     health.ready.store(false, Ordering::Relaxed);
     tracing::info!("controllers stopped");
     // A graceful stop hands the lease over at once; a lost or fenced one is not ours to release.
@@ -129,6 +156,23 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
         leadership.release().await;
     }
     outcome
+}
+
+/// Hands each session to wake to the controller of its namespace.
+async fn route_wakes(
+    woken: impl futures::Stream<Item = kube::runtime::reflector::ObjectRef<GpuSession>>,
+    routes: std::collections::HashMap<
+        Option<String>,
+        tokio::sync::mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<GpuSession>>,
+    >,
+) {
+    futures::pin_mut!(woken);
+    while let Some(session) = woken.next().await {
+        let route = routes.get(&None).or_else(|| routes.get(&session.namespace));
+        if let Some(route) = route {
+            let _ = route.send(session);
+        }
+    }
 }
 
 fn random_identity() -> String {

@@ -15,8 +15,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
-
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::runtime::events::{Event as RecordedEvent, EventType};
 use kube::{Api, Resource, ResourceExt};
@@ -122,21 +120,11 @@ fn judge(instance: &Instance, provider: ProviderName, sessions: &HashMap<String,
 pub async fn sweep(ctx: &Context, provider: &dyn Provider, seen: &mut Seen) {
     let name = provider.name();
     let Some(snapshot) = ctx.inventory.snapshot(name) else { return };
-    let api: Api<GpuSession> = match &ctx.config.watch_namespace {
-        Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
-        None => Api::all(ctx.client.clone()),
-    };
-    // The session controller's cache once it has listed everything; the API server before that.
-    let cached = match ctx.stores() {
-        Some(stores) if stores.sessions.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok()) => {
-            Some(stores.sessions.state())
-        }
-        _ => None,
-    };
-    let sessions: Vec<Arc<GpuSession>> = match cached {
+    // The session controllers' caches once they have listed everything; the API server before that.
+    let sessions: Vec<Arc<GpuSession>> = match ctx.stores().and_then(|stores| stores.sessions_if_ready()) {
         Some(sessions) => sessions,
-        None => match api.list(&ListParams::default()).await {
-            Ok(list) => list.items.into_iter().map(Arc::new).collect(),
+        None => match list_watched_sessions(ctx).await {
+            Ok(sessions) => sessions,
             Err(error) => {
                 tracing::warn!(%error, "sweep skipped: cannot list GpuSessions, so nothing may be destroyed");
                 return;
@@ -196,6 +184,20 @@ pub async fn sweep(ctx: &Context, provider: &dyn Provider, seen: &mut Seen) {
     wake_affected(ctx, name, &snapshot, &sessions);
 }
 
+/// Every session in the watched namespaces, from the API server.
+async fn list_watched_sessions(ctx: &Context) -> kube::Result<Vec<Arc<GpuSession>>> {
+    if ctx.config.watch_namespaces.is_empty() {
+        let api: Api<GpuSession> = Api::all(ctx.client.clone());
+        return Ok(api.list(&ListParams::default()).await?.items.into_iter().map(Arc::new).collect());
+    }
+    let mut all = Vec::new();
+    for namespace in &ctx.config.watch_namespaces {
+        let api: Api<GpuSession> = Api::namespaced(ctx.client.clone(), namespace);
+        all.extend(api.list(&ListParams::default()).await?.items.into_iter().map(Arc::new));
+    }
+    Ok(all)
+}
+
 /// Wakes every session this listing says something new about: its machine is
 /// missing or no longer alive, or a create it is waiting on can now be settled.
 fn wake_affected(ctx: &Context, provider: ProviderName, snapshot: &Snapshot, sessions: &[Arc<GpuSession>]) {
@@ -241,7 +243,7 @@ async fn stray_event(ctx: &Context, session: &GpuSession, provider: ProviderName
 /// An Event about the destroyed orphan, on the (gone) GpuSession it belonged to.
 async fn orphan_event(ctx: &Context, provider: ProviderName, instance_id: &str, label: &InstanceLabel) {
     use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
-    let namespace = ctx.config.watch_namespace.clone().unwrap_or_else(|| "default".into());
+    let namespace = ctx.config.watch_namespaces.first().cloned().unwrap_or_else(|| "default".into());
     let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
     let event = Event {
         metadata: ObjectMeta {

@@ -74,3 +74,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "gpu-shopper.leaseName" -}}
 {{- printf "gpu-shopper-%s" (include "gpu-shopper.deploymentId" .) -}}
 {{- end -}}
+
+{{/* The watched namespaces: watchNamespaces, plus the older single watchNamespace; empty: the whole cluster. */}}
+{{- define "gpu-shopper.watchedNamespaces" -}}
+{{- $all := .Values.watchNamespaces | default list -}}
+{{- if .Values.watchNamespace -}}{{- $all = append $all .Values.watchNamespace -}}{{- end -}}
+{{- $all | uniq | join "," -}}
+{{- end -}}

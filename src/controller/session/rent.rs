@@ -218,7 +218,7 @@ pub(super) async fn effective_requirements(
     let Some(filter_ref) = &step.session.spec.offer_filter_ref else { return Ok(Ok(inline)) };
     let namespace = step.session.namespace().unwrap_or_default();
     let filters: Api<GpuOfferFilter> = Api::namespaced(step.ctx.client.clone(), &namespace);
-    let cache = step.ctx.stores().map(|stores| &stores.filters);
+    let cache = step.ctx.stores().and_then(|stores| stores.filters(&namespace));
     let Some(filter) = cached_or_get(cache, &filters, &namespace, &filter_ref.name).await? else {
         return Ok(Err((
             "OfferFilterNotFound",

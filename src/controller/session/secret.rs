@@ -54,7 +54,7 @@ pub async fn ensure(session: &GpuSession, ctx: &Context) -> Result<std::result::
     let namespace = session.namespace().unwrap_or_default();
     let secrets = secrets(session, ctx);
     let name = secret_name(session);
-    let cache = ctx.stores().map(|stores| &stores.secrets);
+    let cache = ctx.stores().and_then(|stores| stores.secrets(&namespace));
     if let Some(existing) = cached_or_get(cache, &secrets, &namespace, &name).await? {
         if !owned_by(&existing, session) {
             return Ok(Err(format!(
