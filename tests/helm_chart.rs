@@ -51,16 +51,14 @@ fn run(command: &mut Command) -> (bool, String, String) {
     )
 }
 
-fn render(args: &[&str]) -> Vec<serde_yaml::Value> {
+fn render(args: &[&str]) -> Vec<serde_json::Value> {
     let (ok, stdout, stderr) = run(Command::new(helm()).args(["template", "gs", CHART]).args(args));
     assert!(ok, "helm template {args:?} failed: {stderr}");
-    serde_yaml::Deserializer::from_str(&stdout)
-        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
-        .filter(|v: &serde_yaml::Value| !v.is_null())
-        .collect()
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&stdout).unwrap();
+    docs.into_iter().filter(|v| !v.is_null()).collect()
 }
 
-fn kind<'a>(docs: &'a [serde_yaml::Value], kind: &str) -> &'a serde_yaml::Value {
+fn kind<'a>(docs: &'a [serde_json::Value], kind: &str) -> &'a serde_json::Value {
     docs.iter().find(|d| d["kind"].as_str() == Some(kind)).unwrap_or_else(|| panic!("no {kind} rendered"))
 }
 
@@ -86,18 +84,17 @@ fn lint_and_template_with_default_and_custom_values() {
     let docs = render(&["--set", "deploymentId=prod-eu-1"]);
     let deployment = kind(&docs, "Deployment");
     let pod = &deployment["spec"]["template"]["spec"];
-    assert_eq!(pod["securityContext"]["runAsNonRoot"], serde_yaml::Value::Bool(true));
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], serde_json::Value::Bool(true));
     let container = &pod["containers"][0];
     let security = &container["securityContext"];
-    assert_eq!(security["readOnlyRootFilesystem"], serde_yaml::Value::Bool(true));
-    assert_eq!(security["allowPrivilegeEscalation"], serde_yaml::Value::Bool(false));
+    assert_eq!(security["readOnlyRootFilesystem"], serde_json::Value::Bool(true));
+    assert_eq!(security["allowPrivilegeEscalation"], serde_json::Value::Bool(false));
     assert_eq!(security["capabilities"]["drop"][0].as_str(), Some("ALL"));
     assert_eq!(container["livenessProbe"]["httpGet"]["path"].as_str(), Some("/healthz"));
     assert_eq!(container["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"));
     assert!(container["resources"]["limits"]["memory"].is_string());
     // One set of names: every variable the chart sets is one the binary reads.
-    let names: Vec<&str> =
-        container["env"].as_sequence().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = container["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
     for name in &names {
         assert!(gpu_shopper::config::env::ALL.contains(name), "the chart sets {name}, which gpu-shopper does not read");
     }
@@ -109,7 +106,7 @@ fn lint_and_template_with_default_and_custom_values() {
     let single = render(&["--set", "deploymentId=x", "--set", "leaderElection.enabled=false"]);
     assert!(single.iter().all(|d| d["kind"].as_str() != Some("Role")), "no Lease role without leader election");
     // The cluster's identity is readable, and nothing else about namespaces.
-    let rules = serde_yaml::to_string(&kind(&custom, "ClusterRole")["rules"]).unwrap();
+    let rules = serde_json::to_string(&kind(&custom, "ClusterRole")["rules"]).unwrap();
     assert!(rules.contains("namespaces") && rules.contains("kube-system"), "{rules}");
 
     // Bad values fail at install time with a message (values.schema.json and the templates).
@@ -147,13 +144,12 @@ fn lint_and_template_with_default_and_custom_values() {
         kind(&full, expected);
     }
     let secret_name = kind(&full, "Secret")["metadata"]["name"].as_str().unwrap().to_string();
-    let env =
-        kind(&full, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"].as_sequence().unwrap().clone();
+    let env = kind(&full, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().clone();
     let vast = env.iter().find(|e| e["name"].as_str() == Some("VASTAI_API_KEY")).unwrap();
     assert_eq!(vast["valueFrom"]["secretKeyRef"]["name"].as_str(), Some(secret_name.as_str()));
     let cluster_role = kind(&full, "ClusterRole");
     assert!(
-        !serde_yaml::to_string(cluster_role).unwrap().contains("secrets"),
+        !serde_json::to_string(cluster_role).unwrap().contains("secrets"),
         "watching one namespace: no cluster-wide Secret access"
     );
 }
@@ -283,17 +279,13 @@ async fn helm_install_creates_everything_and_the_chart_rbac_runs_a_whole_session
 /// The test kubeconfig, acting as `user` (the admin may impersonate).
 fn impersonating_kubeconfig(user: &str, ns: &str) -> PathBuf {
     let text = std::fs::read_to_string(kubeconfig_path()).unwrap();
-    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let mut config: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
     let auth = &mut config["users"][0]["user"];
-    auth["as"] = serde_yaml::Value::String(user.into());
-    auth["as-groups"] = serde_yaml::to_value(vec![
-        "system:serviceaccounts".to_string(),
-        format!("system:serviceaccounts:{ns}"),
-        "system:authenticated".into(),
-    ])
-    .unwrap();
+    auth["as"] = serde_json::Value::String(user.into());
+    auth["as-groups"] =
+        serde_json::json!(["system:serviceaccounts", format!("system:serviceaccounts:{ns}"), "system:authenticated",]);
     let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kubeconfig-{ns}"));
-    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
     path
 }
 

@@ -80,8 +80,8 @@ fn every_example_session_carries_a_budget_and_a_lifetime() {
         for entry in std::fs::read_dir(format!("{ROOT}/{dir}")).unwrap() {
             let path = entry.unwrap().path();
             let text = std::fs::read_to_string(&path).unwrap();
-            for doc in serde_yaml::Deserializer::from_str(&text) {
-                let value: serde_yaml::Value = serde::Deserialize::deserialize(doc).unwrap();
+            let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+            for value in docs {
                 if value["kind"].as_str() != Some("GpuSession") {
                     continue;
                 }

@@ -391,8 +391,8 @@ async fn every_example_manifest_is_accepted_by_the_api_server() {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
-        for document in serde_yaml::Deserializer::from_str(&text) {
-            let object: DynamicObject = serde::Deserialize::deserialize(document).unwrap();
+        let documents: Vec<DynamicObject> = serde_saphyr::from_multiple(&text).unwrap();
+        for object in documents {
             let types = object.types.clone().expect("apiVersion and kind");
             if !types.api_version.starts_with("gpushopper.dev/") {
                 continue; // for example an Argo CD Application: not served here

@@ -21,7 +21,7 @@ pub const GROUP: &str = "gpushopper.dev";
 pub fn crds_yaml() -> String {
     [GpuOfferFilter::crd(), GpuSession::crd()]
         .iter()
-        .map(|crd| serde_yaml::to_string(crd).expect("a CRD always serialises to YAML"))
+        .map(|crd| serde_saphyr::to_string(crd).expect("a CRD always serialises to YAML"))
         .collect::<Vec<_>>()
         .join("---\n")
 }

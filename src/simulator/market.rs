@@ -158,8 +158,8 @@ impl Host {
 pub const DEFAULT_MARKET: &str = include_str!("default-market.yaml");
 
 impl Market {
-    pub fn from_text(text: &str) -> Result<Self, serde_yaml::Error> {
-        serde_yaml::from_str(text)
+    pub fn from_text(text: &str) -> Result<Self, serde_saphyr::Error> {
+        serde_saphyr::from_str(text)
     }
 
     pub fn builtin() -> Self {

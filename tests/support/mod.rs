@@ -71,8 +71,8 @@ where
 pub async fn install_crds(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/gpushopper.dev.yaml")).unwrap();
-    for document in serde_yaml::Deserializer::from_str(&text) {
-        let crd: CustomResourceDefinition = serde::Deserialize::deserialize(document).unwrap();
+    let documents: Vec<CustomResourceDefinition> = serde_saphyr::from_multiple(&text).unwrap();
+    for crd in documents {
         let name = crd.metadata.name.clone().unwrap();
         crds.patch(&name, &PatchParams::apply("gpu-shopper-tests").force(), &Patch::Apply(&crd)).await.unwrap();
         wait_for(&format!("CRD {name} Established"), Duration::from_secs(30), || {

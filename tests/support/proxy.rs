@@ -18,15 +18,15 @@ impl CuttableProxy {
     /// Forwards a loopback port to the test API server; `kubeconfig` points at it.
     pub async fn start(name: &str) -> Self {
         let text = std::fs::read_to_string(super::kubeconfig_path()).unwrap();
-        let mut config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let mut config: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
         let server = config["clusters"][0]["cluster"]["server"].as_str().unwrap().to_string();
         let upstream = server.trim_start_matches("https://").to_string();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         // The serving certificate names 127.0.0.1, whatever the port.
-        config["clusters"][0]["cluster"]["server"] = serde_yaml::Value::String(format!("https://127.0.0.1:{port}"));
+        config["clusters"][0]["cluster"]["server"] = serde_json::Value::String(format!("https://127.0.0.1:{port}"));
         let kubeconfig = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kubeconfig-proxy-{name}"));
-        std::fs::write(&kubeconfig, serde_yaml::to_string(&config).unwrap()).unwrap();
+        std::fs::write(&kubeconfig, serde_json::to_string(&config).unwrap()).unwrap();
         let tasks: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let connections = tasks.clone();
         let acceptor = tokio::spawn(async move {
