@@ -39,24 +39,41 @@ async fn wait_ready(sessions: &Api<GpuSession>, name: &str) -> GpuSession {
     .await
 }
 
+async fn fast_sim() -> simulator::SimulatorHandle {
+    let mut market = Market::builtin();
+    market.timings.created_ms = 50;
+    market.timings.loading_ms = 100;
+    simulator::start(market, 0).await.unwrap()
+}
+
+/// One operator replica named `identity` in `ns`, on the simulated marketplaces, with
+/// a lease of `lease` and, when given, its own kubeconfig.
+fn replica(
+    ns: &str,
+    sim: &simulator::SimulatorHandle,
+    identity: &str,
+    lease: &str,
+    kubeconfig: Option<&std::path::Path>,
+) -> ControllerProcess {
+    let mut env: Vec<(&str, String)> = sim.env();
+    env.push(("POD_NAME", identity.into()));
+    env.push(("LEASE_DURATION", lease.into()));
+    if let Some(path) = kubeconfig {
+        env.push(("KUBECONFIG", path.to_string_lossy().into_owned()));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    ControllerProcess::start_with_env_named(ns, identity, &env)
+}
+
 #[tokio::test]
 #[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
 async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
     let client = client().await;
     install_crds(&client).await;
     let ns = namespace(&client, "leader").await;
-    let mut market = Market::builtin();
-    market.timings.created_ms = 50;
-    market.timings.loading_ms = 100;
-    let sim = simulator::start(market, 0).await.unwrap();
+    let sim = fast_sim().await;
     let lease_duration = format!("{LEASE_SECONDS}s");
-    let start = |identity: &'static str| {
-        let mut env: Vec<(&str, String)> = sim.env();
-        env.push(("POD_NAME", identity.into()));
-        env.push(("LEASE_DURATION", lease_duration.clone()));
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        ControllerProcess::start_with_env_named(&ns, identity, &env)
-    };
+    let start = |identity: &'static str| replica(&ns, &sim, identity, &lease_duration, None);
     let mut a = start("replica-a");
     let mut b = start("replica-b");
     a.wait_ready().await;
@@ -117,18 +134,10 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_its_lease_can_expire(
     let client = client().await;
     install_crds(&client).await;
     let ns = namespace(&client, "fenced").await;
-    let mut market = Market::builtin();
-    market.timings.created_ms = 50;
-    market.timings.loading_ms = 100;
-    let sim = simulator::start(market, 0).await.unwrap();
+    let sim = fast_sim().await;
     let proxy = support::proxy::CuttableProxy::start(&ns).await;
     let lease_duration = format!("{LEASE_SECONDS}s");
-    let mut env: Vec<(&str, String)> = sim.env();
-    env.push(("POD_NAME", "replica-a".into()));
-    env.push(("LEASE_DURATION", lease_duration.clone()));
-    env.push(("KUBECONFIG", proxy.kubeconfig.to_string_lossy().into_owned()));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut leader = ControllerProcess::start_with_env_named(&ns, "replica-a", &env);
+    let mut leader = replica(&ns, &sim, "replica-a", &lease_duration, Some(&proxy.kubeconfig));
     leader.wait_ready().await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let lease = format!("gpu-shopper-{ns}");
@@ -153,11 +162,7 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_its_lease_can_expire(
     assert!(log.contains("no longer sure to lead"), "the reason is logged");
 
     // A standby takes over only after that, and carries on.
-    let mut env: Vec<(&str, String)> = sim.env();
-    env.push(("POD_NAME", "replica-b".into()));
-    env.push(("LEASE_DURATION", lease_duration));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let standby = ControllerProcess::start_with_env_named(&ns, "replica-b", &env);
+    let standby = replica(&ns, &sim, "replica-b", &lease_duration, None);
     standby.wait_ready().await;
     sessions.create(&PostParams::default(), &session("after")).await.unwrap();
     wait_ready(&sessions, "after").await;
@@ -177,13 +182,9 @@ async fn a_leader_stopped_by_sigterm_releases_its_lease() {
     let client = client().await;
     install_crds(&client).await;
     let ns = namespace(&client, "sigterm").await;
-    let sim = simulator::start(Market::builtin(), 0).await.unwrap();
-    let mut env: Vec<(&str, String)> = sim.env();
-    env.push(("POD_NAME", "replica-a".into()));
+    let sim = fast_sim().await;
     // A long lease: only a release, not its expiry, frees it within the test's wait.
-    env.push(("LEASE_DURATION", "60s".into()));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut leader = ControllerProcess::start_with_env_named(&ns, "replica-a", &env);
+    let mut leader = replica(&ns, &sim, "replica-a", "60s", None);
     leader.wait_ready().await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let lease = format!("gpu-shopper-{ns}");

@@ -52,12 +52,7 @@ async fn interactive_session_reaches_ready_and_its_secret_key_logs_in() {
     assert_eq!(h.live_instances().len(), 1);
 
     // Observability, and no key material anywhere but the Secret.
-    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", h.controller.http_port))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     for expected in [
         "gpu_shopper_sessions_active{phase=\"Running\",provider=\"vastai\"} 1",
         "gpu_sessions_active{phase=\"Running\",provider=\"vastai\"} 1",
@@ -258,12 +253,7 @@ async fn a_job_that_succeeds_or_fails_lands_in_status_and_destroys_its_instance(
         h.sessions.list(&ListParams::default()).await.ok()?.items.is_empty().then_some(())
     })
     .await;
-    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", h.controller.http_port))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     let series = format!("gpu_shopper_spend_usd_total{{provider=\"vastai\",session_namespace=\"{}\"}} ", h.ns);
     let counted: f64 = metrics
         .lines()
@@ -477,12 +467,7 @@ async fn an_orphan_from_a_crashed_run_is_destroyed_and_other_installations_insta
         assert!(!state.destroyed, "{whose} instance is never touched");
     }
     h.expect_event("OrphanDestroyed").await;
-    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", h.controller.http_port))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     assert!(metrics.contains("gpu_shopper_orphans_detected_total{provider=\"vastai\"} 1"), "{metrics}");
     for id in [&foreign.id, &other_cluster.id, &unlabelled_cluster.id] {
         vast.destroy_instance(id).await.unwrap();

@@ -141,6 +141,12 @@ impl Harness {
             .collect()
     }
 
+    /// What the test's operator serves at /metrics.
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.controller.http_port);
+        reqwest::get(url).await.unwrap().text().await.unwrap()
+    }
+
     /// Waits for an Event with `reason` in the test's namespace: Events are
     /// recorded after what they report (a destroy once confirmed), not with it.
     pub async fn expect_event(&self, reason: &str) -> Vec<Event> {
