@@ -51,8 +51,8 @@ fn ranking(c: &mut Criterion) {
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &all, |b, all| {
             b.iter(|| {
-                let mut matching: Vec<Offer> =
-                    all.iter().filter(|o| market::matches(o, &requirements)).cloned().collect();
+                let matcher = market::Matcher::new(&requirements);
+                let mut matching: Vec<Offer> = all.iter().filter(|o| matcher.matches(o)).cloned().collect();
                 market::rank(&mut matching);
                 black_box(matching.len())
             })

@@ -21,16 +21,47 @@ pub fn cuda_at_least(version: &str, minimum: &str) -> bool {
 /// little less than their name: 24564 MB for 24 GB); "A100" any A100; the
 /// whole name as written also matches ("NVIDIA A100-80GB").
 pub fn model_matches(offer: &Offer, requested: &str) -> bool {
-    let offered = gpu_model_key(&offer.gpu_model);
-    if gpu_model_key(requested) == offered {
-        return true;
+    RequestedModel::new(requested).accepts(&gpu_model_key(&offer.gpu_model), offer.vram_gb)
+}
+
+/// A requested model, normalised once for a whole search.
+struct RequestedModel {
+    /// The name as written.
+    key: String,
+    /// The model without memory or form factor ("A100" for "A100 80GB").
+    base_key: String,
+    memory_gb: Option<u32>,
+}
+
+impl RequestedModel {
+    fn new(requested: &str) -> Self {
+        RequestedModel {
+            key: gpu_model_key(requested),
+            base_key: gpu_model_key(&display_gpu_model(requested)),
+            memory_gb: requested_memory_gb(requested),
+        }
     }
-    if gpu_model_key(&display_gpu_model(requested)) != offered {
-        return false;
+
+    fn accepts(&self, offered_key: &str, vram_gb: u32) -> bool {
+        offered_key == self.key
+            || (offered_key == self.base_key && self.memory_gb.is_none_or(|gb| vram_gb.abs_diff(gb) <= gb.div_ceil(10)))
     }
-    match requested_memory_gb(requested) {
-        Some(gb) => offer.vram_gb.abs_diff(gb) <= gb.div_ceil(10),
-        None => true,
+}
+
+/// The requirements prepared for testing many offers: names normalised once.
+pub struct Matcher<'a> {
+    requirements: &'a OfferRequirements,
+    models: Vec<RequestedModel>,
+}
+
+impl<'a> Matcher<'a> {
+    pub fn new(requirements: &'a OfferRequirements) -> Self {
+        Matcher { requirements, models: requirements.gpu_models.iter().map(|m| RequestedModel::new(m)).collect() }
+    }
+
+    /// `true` when `offer` meets every requirement (see `matches`).
+    pub fn matches(&self, offer: &Offer) -> bool {
+        matches_with(offer, self.requirements, &self.models)
     }
 }
 
@@ -46,23 +77,16 @@ pub fn requested_memory_gb(model: &str) -> Option<u32> {
 /// marketplace does not report (reliability, speeds) is not met: unknown is not good enough.
 /// An offer that advertises no CUDA passes a CUDA minimum here; the machine proves it later.
 pub fn matches(offer: &Offer, r: &OfferRequirements) -> bool {
+    Matcher::new(r).matches(offer)
+}
+
+fn matches_with(offer: &Offer, r: &OfferRequirements, models: &[RequestedModel]) -> bool {
     let at_least = |value: Option<f64>, min: Option<f64>| min.is_none_or(|min| value.is_some_and(|v| v >= min));
+    // The numeric tests first: they reject most offers without touching a string.
     (r.providers.is_empty() || r.providers.contains(&offer.provider))
-        && (r.gpu_models.is_empty() || r.gpu_models.iter().any(|m| model_matches(offer, m)))
         && r.gpu_count.is_none_or(|n| offer.gpu_count == n)
         && r.min_vram_gb.is_none_or(|v| offer.vram_gb >= v)
         && r.max_price_per_hour.is_none_or(|p| offer.price_per_hour <= p)
-        && match (&r.min_cuda_version, &offer.cuda_version) {
-            (Some(min), Some(advertised)) => cuda_at_least(advertised, min),
-            _ => true,
-        }
-        // Excluded countries fail closed: an offer whose country is unknown may be in one.
-        && (r.excluded_countries.is_empty()
-            || offer.country.as_ref().is_some_and(|c| !r.excluded_countries.iter().any(|x| x.eq_ignore_ascii_case(c))))
-        && !offer.location.as_ref().is_some_and(|l| {
-            let l = l.to_ascii_lowercase();
-            r.excluded_regions.iter().any(|region| l.contains(&region.to_ascii_lowercase()))
-        })
         && at_least(offer.reliability, r.min_reliability)
         && at_least(offer.download_mbps, r.min_download_mbps)
         && at_least(offer.upload_mbps, r.min_upload_mbps)
@@ -71,6 +95,22 @@ pub fn matches(offer: &Offer, r: &OfferRequirements) -> bool {
             Billing::Interruptible => offer.interruptible,
             Billing::Any => true,
         }
+        && (models.is_empty() || {
+            let offered = gpu_model_key(&offer.gpu_model);
+            models.iter().any(|m| m.accepts(&offered, offer.vram_gb))
+        })
+        && match (&r.min_cuda_version, &offer.cuda_version) {
+            (Some(min), Some(advertised)) => cuda_at_least(advertised, min),
+            _ => true,
+        }
+        // Excluded countries fail closed: an offer whose country is unknown may be in one.
+        && (r.excluded_countries.is_empty()
+            || offer.country.as_ref().is_some_and(|c| !r.excluded_countries.iter().any(|x| x.eq_ignore_ascii_case(c))))
+        && (r.excluded_regions.is_empty()
+            || !offer.location.as_ref().is_some_and(|l| {
+                let l = l.to_ascii_lowercase();
+                r.excluded_regions.iter().any(|region| l.contains(&region.to_ascii_lowercase()))
+            }))
 }
 
 #[cfg(test)]

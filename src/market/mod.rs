@@ -10,7 +10,7 @@ pub mod search;
 
 pub use bad_hosts::BadHosts;
 pub use cache::OfferCache;
-pub use filter::{cuda_at_least, matches};
+pub use filter::{Matcher, cuda_at_least, matches};
 pub use merge::merge;
 pub use rank::rank;
 pub use search::{MarketView, ProviderFailure, search, search_cached};

@@ -61,11 +61,12 @@ pub async fn search_cached(
         }
     });
     let mut view = MarketView::default();
+    let matcher = super::Matcher::new(requirements);
     for (provider, result) in futures::future::join_all(searches).await {
         match result {
             Ok(offers) => {
                 view.searched.push(provider);
-                view.offers.extend(offers.into_iter().filter(|o| super::matches(o, requirements)));
+                view.offers.extend(offers.into_iter().filter(|o| matcher.matches(o)));
             }
             Err(error) => view.failures.push(ProviderFailure { provider, error }),
         }
