@@ -192,6 +192,14 @@ async fn a_leader_stopped_by_sigterm_releases_its_lease() {
         holder(&leases, &lease).await.filter(|h| h == "replica-a")
     })
     .await;
+    // A standby told to stop stops at once: it holds nothing.
+    let mut standby = replica(&ns, &sim, "replica-b", "60s", None);
+    standby.wait_ready().await;
+    standby.terminate();
+    let status = standby.exited_within(Duration::from_secs(10)).await;
+    assert!(status.is_some_and(|s| s.success()), "a standby stops on SIGTERM: {status:?}");
+    assert_eq!(holder(&leases, &lease).await.as_deref(), Some("replica-a"));
+
     leader.terminate();
     let status = leader.exited_within(Duration::from_secs(20)).await;
     assert!(status.is_some_and(|s| s.success()), "a graceful stop exits 0: {status:?}");

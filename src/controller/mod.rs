@@ -50,6 +50,7 @@ pub enum StartError {
 /// Runs both controllers until SIGTERM or Ctrl-C.
 pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartError> {
     let client = ctx.client.clone();
+    let stopped = stop_signal().boxed().shared();
     // One set of controllers per watched namespace (each needs only that namespace's
     // Role), or one for the whole cluster.
     let namespaces: Vec<Option<String>> = match ctx.config.watch_namespaces.as_slice() {
@@ -69,16 +70,22 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
         Some(election) => {
             health.standby.store(true, Ordering::Relaxed);
             let identity = ctx.config.instance_name.clone().unwrap_or_else(random_identity);
-            let leadership = leader::acquire(
+            let acquired = leader::acquire(
                 client.clone(),
                 &election.lease_name,
                 &election.lease_namespace,
                 &identity,
                 election.lease_duration,
                 ctx.marketplace_gate.clone(),
-            )
-            .await
-            .map_err(|e| StartError::LeaderElection(e.to_string()))?;
+            );
+            // A standby told to stop stops at once: it holds nothing.
+            let leadership = tokio::select! {
+                acquired = acquired => acquired.map_err(|e| StartError::LeaderElection(e.to_string()))?,
+                _ = stopped.clone() => {
+                    tracing::info!("stopped while waiting to lead");
+                    return Ok(());
+                }
+            };
             health.standby.store(false, Ordering::Relaxed);
             ctx.metrics.leader.set(1);
             Some(leadership)
@@ -141,6 +148,11 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
         };
         tokio::select! {
             _ = futures::future::join_all(controllers) => Ok(()),
+            // A graceful stop waits for reconciles in flight, but not past the pod's grace period.
+            _ = async { stopped.clone().await; tokio::time::sleep(GRACEFUL_STOP).await } => {
+                tracing::warn!("reconciles still running {GRACEFUL_STOP:?} after the stop signal; stopping anyway");
+                Ok(())
+            }
             loss = lost => Err(match loss {
                 leader::Loss::Lost => StartError::LostLeadership,
                 leader::Loss::Fenced => StartError::Fenced,
@@ -156,6 +168,29 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
         leadership.release().await;
     }
     outcome
+}
+
+/// How long reconciles in flight may finish after SIGTERM or Ctrl-C (the
+/// kubelet waits 30 s before it kills the pod; the Lease is released after).
+const GRACEFUL_STOP: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
+/// called, not when it is first awaited, so a signal in between is not missed.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        match (terminate, interrupt) {
+            (Ok(mut terminate), Ok(mut interrupt)) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+            }
+            _ => futures::future::pending().await,
+        }
+    }
 }
 
 /// Hands each session to wake to the controller of its namespace.
