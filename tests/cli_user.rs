@@ -238,9 +238,13 @@ async fn doctor_checks_every_marketplace_read_only_and_names_the_one_that_refuse
         assert!(row.trim_end().ends_with("ok"), "{row}");
     }
     assert!(stdout.contains("90 calls per 60s"), "TensorDock's pacing is shown: {stdout}");
+    let tensordock = stdout.lines().find(|l| l.starts_with("tensordock")).unwrap();
+    assert!(tensordock.contains("of burst left"), "what the checks left of the budget: {tensordock}");
     assert!(sim.instances().is_empty(), "doctor rents nothing");
 
     sim.set_faults(ProviderName::Runpod, Faults { auth_failure: true, ..Default::default() });
+    // Vast answers 429 once: the call is retried, and the headroom says which endpoint was slowed.
+    sim.set_faults(ProviderName::Vastai, Faults { rate_limits: 1, retry_after_secs: 0, ..Default::default() });
     let (code, stdout, stderr) = output(gpu_shopper(&env).args(["doctor", "--json"]));
     assert_eq!(code, 1, "{stdout}{stderr}");
     let key = &sim.sim.world().market.keys.runpod.clone();
@@ -252,6 +256,7 @@ async fn doctor_checks_every_marketplace_read_only_and_names_the_one_that_refuse
     assert!(runpod["searchError"].as_str().unwrap().contains("authentication failed"), "{runpod}");
     let vast = report["marketplaces"].as_array().unwrap().iter().find(|m| m["provider"] == "vastai").unwrap();
     assert_eq!(vast["ok"], true);
+    assert!(vast["headroom"]["rateLimited"].as_array().is_some_and(|r| !r.is_empty()), "{vast}");
 }
 
 /// The "$0.0012 at most" figure of a rent test's report.

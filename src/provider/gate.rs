@@ -53,6 +53,10 @@ impl Provider for Gated {
         self.inner.name()
     }
 
+    fn headroom(&self) -> super::pacing::Headroom {
+        self.inner.headroom()
+    }
+
     async fn search_offers(&self, query: &OfferQuery) -> Result<Vec<Offer>, ProviderError> {
         self.check()?;
         self.inner.search_offers(query).await

@@ -75,6 +75,11 @@ impl Transport {
         self.pacer.limits()
     }
 
+    /// What is left of this marketplace's pacing budget now.
+    pub fn headroom(&self) -> super::pacing::Headroom {
+        self.pacer.headroom()
+    }
+
     pub fn client(&self) -> &reqwest::Client {
         &self.client
     }

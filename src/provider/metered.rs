@@ -40,6 +40,10 @@ impl Provider for Metered {
         self.inner.name()
     }
 
+    fn headroom(&self) -> super::pacing::Headroom {
+        self.inner.headroom()
+    }
+
     async fn search_offers(&self, query: &OfferQuery) -> Result<Vec<Offer>, ProviderError> {
         let started = Instant::now();
         let result = self.inner.search_offers(query).await;

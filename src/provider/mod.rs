@@ -59,6 +59,11 @@ pub trait Provider: Send + Sync {
     async fn ensure_ssh_key(&self, _id: &str, _ssh_public_key: &str) -> Result<(), ProviderError> {
         Ok(())
     }
+
+    /// What is left of the client's pacing budget (for `gpu-shopper doctor`).
+    fn headroom(&self) -> pacing::Headroom {
+        pacing::Headroom::default()
+    }
 }
 
 /// Whether `instance` carries the label of one of `installations`.

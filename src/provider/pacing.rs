@@ -46,6 +46,15 @@ struct State {
     widened: HashMap<&'static str, (Duration, Instant)>,
 }
 
+/// The pacer's state as a user reads it (`gpu-shopper doctor`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Headroom {
+    /// Calls that may go at once now, of the account budget's burst.
+    pub burst_left: Option<(u32, u32)>,
+    /// Endpoints a 429 has spaced out, with their interval now.
+    pub slowed: Vec<(&'static str, Duration)>,
+}
+
 pub struct Pacer {
     limits: Limits,
     state: Mutex<State>,
@@ -97,6 +106,27 @@ impl Pacer {
         at.saturating_duration_since(now)
     }
 
+    /// What is left of the budget now, and which endpoints a 429 has slowed.
+    pub fn headroom(&self) -> Headroom {
+        let now = Instant::now();
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let burst_left = self.limits.account.map(|budget| {
+            let interval = budget.period / budget.calls.max(1);
+            let ahead = state.account_tat.map(|tat| tat.saturating_duration_since(now)).unwrap_or_default();
+            let used = ahead.as_secs_f64() / interval.as_secs_f64().max(f64::MIN_POSITIVE);
+            let left = (f64::from(budget.burst) - used.ceil()).max(0.0);
+            (left as u32, budget.burst)
+        });
+        let mut slowed: Vec<(&'static str, Duration)> = state
+            .widened
+            .iter()
+            .filter(|(_, (_, until))| *until > now)
+            .map(|(endpoint, (interval, _))| (*endpoint, *interval))
+            .collect();
+        slowed.sort();
+        Headroom { burst_left, slowed }
+    }
+
     /// The marketplace answered 429 to `endpoint` although the pacer let the
     /// call through: its real limit is tighter than ours, so space that endpoint
     /// out (doubling, up to a cap) for a while.
@@ -119,6 +149,20 @@ mod tests {
 
     fn slots(pacer: &Pacer, endpoint: &'static str, calls: usize, now: Instant) -> Vec<Duration> {
         (0..calls).map(|_| pacer.book(endpoint, now)).collect()
+    }
+
+    #[test]
+    fn headroom_shows_the_burst_used_and_endpoints_a_429_slowed() {
+        let pacer = Pacer::new(Limits {
+            account: Some(Budget { calls: 60, period: Duration::from_secs(60), burst: 10 }),
+            per_endpoint: None,
+        });
+        assert_eq!(pacer.headroom().burst_left, Some((10, 10)));
+        let now = Instant::now();
+        slots(&pacer, "GET /x", 3, now);
+        assert_eq!(pacer.headroom().burst_left, Some((7, 10)));
+        pacer.rate_limited("GET /x");
+        assert_eq!(pacer.headroom().slowed, vec![("GET /x", Duration::from_millis(500))]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -347,6 +347,10 @@ impl Provider for RunPod {
         Ok(data.get("pod").filter(|p| !p.is_null()).and_then(parse_pod))
     }
 
+    fn headroom(&self) -> super::pacing::Headroom {
+        self.transport.headroom()
+    }
+
     async fn list_instances(&self, installations: &[String]) -> Result<Vec<Instance>, ProviderError> {
         let query = format!("query Pods {{ myself {{ pods {{ {POD_FIELDS} }} }} }}");
         let data = self.graphql(&query, json!({}), Idempotency::Safe).await?;

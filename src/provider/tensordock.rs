@@ -397,6 +397,10 @@ impl Provider for TensorDock {
         parse_instance(&body).map(Some).ok_or_else(|| self.unexpected(&reply))
     }
 
+    fn headroom(&self) -> super::pacing::Headroom {
+        self.transport.headroom()
+    }
+
     async fn list_instances(&self, installations: &[String]) -> Result<Vec<Instance>, ProviderError> {
         let reply = self.call(Method::GET, "GET /instances", "/instances", None, Idempotency::Safe).await?;
         if !reply.status.is_success() {

@@ -448,6 +448,10 @@ impl Provider for VastAi {
         Ok(item.as_ref().and_then(parse_instance))
     }
 
+    fn headroom(&self) -> super::pacing::Headroom {
+        self.transport.headroom()
+    }
+
     async fn list_instances(&self, installations: &[String]) -> Result<Vec<Instance>, ProviderError> {
         let all = self.list_all().await?;
         Ok(all.into_iter().filter(|i| super::labelled_for_any(i, installations)).collect())

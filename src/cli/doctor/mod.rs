@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::output::Format;
 use super::{CliError, table};
 use crate::crd::ProviderName;
-use crate::provider::pacing::Limits;
+use crate::provider::pacing::{Headroom, Limits};
 use crate::provider::{NextStep, OfferQuery, Provider, ProviderError, runpod, tensordock, vastai};
 
 #[derive(clap::Args, Debug)]
@@ -55,6 +55,8 @@ struct Check {
     provider: ProviderName,
     search: Result<usize, ProviderError>,
     listing: Result<usize, ProviderError>,
+    /// The pacing budget left after the checks, and endpoints the marketplace answered 429.
+    headroom: Headroom,
     took: Duration,
 }
 
@@ -97,7 +99,19 @@ async fn check(provider: Arc<dyn Provider>, installations: Vec<String>) -> Check
     let started = Instant::now();
     let search = provider.search_offers(&OfferQuery { limit: 200, ..Default::default() }).await.map(|o| o.len());
     let listing = provider.list_instances(&installations).await.map(|i| i.len());
-    Check { provider: provider.name(), search, listing, took: started.elapsed() }
+    Check { provider: provider.name(), search, listing, headroom: provider.headroom(), took: started.elapsed() }
+}
+
+/// "9/10 calls of burst left; 429 on GET /x (now 500 ms apart)" as a user reads it.
+fn headroom(h: &Headroom) -> String {
+    let mut parts = Vec::new();
+    if let Some((left, burst)) = h.burst_left {
+        parts.push(format!("{left}/{burst} of burst left"));
+    }
+    for (endpoint, interval) in &h.slowed {
+        parts.push(format!("429 on {endpoint} (now {} ms apart)", interval.as_millis()));
+    }
+    if parts.is_empty() { "no budget to use up".into() } else { parts.join("; ") }
 }
 
 fn cell<T: ToString>(result: &Result<T, ProviderError>) -> String {
@@ -145,6 +159,11 @@ pub async fn run(args: DoctorArgs) -> Result<String, CliError> {
                     "instancesOfThisDeployment": c.listing.as_ref().ok(),
                     "listingError": c.listing.as_ref().err().map(ToString::to_string),
                     "pacing": pacing(c.provider),
+                    "headroom": {
+                        "burstLeft": c.headroom.burst_left.map(|(left, _)| left),
+                        "burst": c.headroom.burst_left.map(|(_, burst)| burst),
+                        "rateLimited": c.headroom.slowed.iter().map(|(e, i)| serde_json::json!({"endpoint": e, "intervalMs": i.as_millis() as u64})).collect::<Vec<_>>(),
+                    },
                     "seconds": c.took.as_secs_f64(),
                 })
             })
@@ -159,12 +178,14 @@ pub async fn run(args: DoctorArgs) -> Result<String, CliError> {
                     cell(&c.search),
                     cell(&c.listing),
                     pacing(c.provider),
+                    headroom(&c.headroom),
                     format!("{:.1}s", c.took.as_secs_f64()),
                     c.verdict(),
                 ]
             })
             .collect();
-        let mut out = table::render(&["MARKETPLACE", "OFFERS", "OUR INSTANCES", "PACING", "TOOK", "VERDICT"], &rows);
+        let mut out =
+            table::render(&["MARKETPLACE", "OFFERS", "OUR INSTANCES", "PACING", "HEADROOM", "TOOK", "VERDICT"], &rows);
         // Error texts never hold a key: every client redacts its own.
         for c in &checks {
             for error in [c.search.as_ref().err(), c.listing.as_ref().err()].into_iter().flatten() {
