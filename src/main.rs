@@ -30,12 +30,19 @@ struct Cli {
 /// The name this binary was run as, for help and completions: `kubectl gpu-shopper`
 /// when kubectl runs it as its plugin `kubectl-gpu_shopper`.
 fn invoked_as() -> String {
-    let arg0 = std::env::args_os().next().unwrap_or_default();
-    let file = std::path::Path::new(&arg0).file_name().and_then(|f| f.to_str()).unwrap_or("gpu-shopper");
+    let file = executable_name();
     match file.strip_prefix("kubectl-") {
         Some(plugin) => format!("kubectl {}", plugin.replace('_', "-")),
         None => "gpu-shopper".into(),
     }
+}
+
+/// The file name this binary was run as ("gpu-shopper", "kubectl-gpu_shopper").
+fn executable_name() -> String {
+    std::env::args_os()
+        .next()
+        .and_then(|a| std::path::Path::new(&a).file_name().map(|f| f.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "gpu-shopper".into())
 }
 
 #[derive(Subcommand)]
@@ -102,11 +109,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Completion { shell } => {
             // Completions complete the executable's own name (kubectl completes its plugins itself).
-            let executable = std::env::args_os()
-                .next()
-                .and_then(|a| std::path::Path::new(&a).file_name().map(|f| f.to_string_lossy().into_owned()))
-                .unwrap_or_else(|| "gpu-shopper".into());
-            clap_complete::generate(shell, &mut Cli::command(), executable, &mut std::io::stdout());
+            clap_complete::generate(shell, &mut Cli::command(), executable_name(), &mut std::io::stdout());
             ExitCode::SUCCESS
         }
         Command::Wait(args) => user_command(gpu_shopper::cli::wait::run(args)),

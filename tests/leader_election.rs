@@ -113,14 +113,26 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
     drop(b);
     let survivor = start("replica-c");
     survivor.wait_ready().await;
+    delete_all_and_check_nothing_bills(&sessions, &sim).await;
+    drop(survivor);
+    delete_namespace(&client, &ns).await;
+}
+
+async fn wait_to_lead(leases: &Api<Lease>, lease: &str, identity: &str) {
+    wait_for(&format!("{identity} to lead"), Duration::from_secs(30), || async {
+        holder(leases, lease).await.filter(|h| h == identity)
+    })
+    .await;
+}
+
+/// Deletes every session and checks that each one's machine was destroyed.
+async fn delete_all_and_check_nothing_bills(sessions: &Api<GpuSession>, sim: &simulator::SimulatorHandle) {
     sessions.delete_collection(&Default::default(), &Default::default()).await.unwrap();
     wait_for("sessions gone", Duration::from_secs(60), || async {
         sessions.list(&Default::default()).await.ok()?.items.is_empty().then_some(())
     })
     .await;
     assert!(sim.instances().iter().all(|i| i.destroyed));
-    drop(survivor);
-    delete_namespace(&client, &ns).await;
 }
 
 /// The leader's own view of its lease: when it was last renewed.
@@ -141,10 +153,7 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_its_lease_can_expire(
     leader.wait_ready().await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let lease = format!("gpu-shopper-{ns}");
-    wait_for("replica-a to lead", Duration::from_secs(30), || async {
-        holder(&leases, &lease).await.filter(|h| h == "replica-a")
-    })
-    .await;
+    wait_to_lead(&leases, &lease, "replica-a").await;
     let sessions: Api<GpuSession> = Api::namespaced(client.clone(), &ns);
     sessions.create(&PostParams::default(), &session("before")).await.unwrap();
     wait_ready(&sessions, "before").await;
@@ -166,12 +175,7 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_its_lease_can_expire(
     standby.wait_ready().await;
     sessions.create(&PostParams::default(), &session("after")).await.unwrap();
     wait_ready(&sessions, "after").await;
-    sessions.delete_collection(&Default::default(), &Default::default()).await.unwrap();
-    wait_for("sessions gone", Duration::from_secs(60), || async {
-        sessions.list(&Default::default()).await.ok()?.items.is_empty().then_some(())
-    })
-    .await;
-    assert!(sim.instances().iter().all(|i| i.destroyed));
+    delete_all_and_check_nothing_bills(&sessions, &sim).await;
     drop(standby);
     delete_namespace(&client, &ns).await;
 }
@@ -188,10 +192,7 @@ async fn a_leader_stopped_by_sigterm_releases_its_lease() {
     leader.wait_ready().await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let lease = format!("gpu-shopper-{ns}");
-    wait_for("replica-a to lead", Duration::from_secs(30), || async {
-        holder(&leases, &lease).await.filter(|h| h == "replica-a")
-    })
-    .await;
+    wait_to_lead(&leases, &lease, "replica-a").await;
     // A standby told to stop stops at once: it holds nothing.
     let mut standby = replica(&ns, &sim, "replica-b", "60s", None);
     standby.wait_ready().await;

@@ -2,7 +2,6 @@
 //! them, while GpuSessions exist: uninstalling the operator first would leave
 //! their machines billing with nobody to destroy them.
 
-use kube::Api;
 use kube::api::ListParams;
 
 use super::CliError;
@@ -18,13 +17,8 @@ pub struct GuardArgs {
 pub async fn run(args: GuardArgs) -> Result<String, CliError> {
     let client = super::client().await?;
     let namespaces = crate::config::namespace_list(args.watch_namespace.as_deref());
-    let apis: Vec<Api<GpuSession>> = if namespaces.is_empty() {
-        vec![Api::all(client)]
-    } else {
-        namespaces.iter().map(|ns| Api::namespaced(client.clone(), ns)).collect()
-    };
     let mut items = Vec::new();
-    for api in apis {
+    for api in crate::controller::watched_apis::<GpuSession>(&client, &namespaces) {
         items.extend(api.list_metadata(&ListParams::default()).await?.items);
     }
     if items.is_empty() {

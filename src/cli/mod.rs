@@ -33,6 +33,19 @@ pub struct GlobalFlags {
     pub output: Option<output::Format>,
 }
 
+/// `--provider NAME` of every command.
+pub(crate) fn parse_provider(text: &str) -> Result<crate::crd::ProviderName, String> {
+    crate::crd::ProviderName::ALL
+        .into_iter()
+        .find(|p| p.as_str() == text)
+        .ok_or_else(|| format!("unknown marketplace {text:?}: use vastai, tensordock or runpod"))
+}
+
+/// `--timeout 90s|30m|2h` of every command.
+pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::crd::duration::parse(text).ok_or_else(|| format!("{text:?} is not a duration such as 90s, 30m or 2h"))
+}
+
 static GLOBALS: OnceLock<GlobalFlags> = OnceLock::new();
 
 /// Records the global flags (once, before a command runs).

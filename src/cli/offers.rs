@@ -39,7 +39,7 @@ pub struct OffersArgs {
     #[arg(long)]
     pub max_price: Option<f64>,
     /// Marketplace to search (repeatable): vastai, tensordock, runpod.
-    #[arg(long = "provider", value_parser = parse_provider)]
+    #[arg(long = "provider", value_parser = super::parse_provider)]
     pub providers: Vec<ProviderName>,
     /// Include interruptible (spot) offers.
     #[arg(long)]
@@ -50,13 +50,6 @@ pub struct OffersArgs {
     /// Same as -o json.
     #[arg(long, hide = true)]
     pub json: bool,
-}
-
-fn parse_provider(text: &str) -> Result<ProviderName, String> {
-    ProviderName::ALL
-        .into_iter()
-        .find(|p| p.as_str() == text)
-        .ok_or_else(|| format!("unknown marketplace {text:?}: use vastai, tensordock or runpod"))
 }
 
 /// Clients for every marketplace with credentials, and the configuration they

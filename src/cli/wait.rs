@@ -36,12 +36,8 @@ pub struct WaitArgs {
     #[arg(long = "for", value_enum, default_value = "ready")]
     pub goal: Goal,
     /// Give up after this long (exit 1), for example 90s, 30m or 2h.
-    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    #[arg(long, default_value = "30m", value_parser = super::parse_duration)]
     pub timeout: Duration,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    crate::crd::duration::parse(text).ok_or_else(|| format!("{text:?} is not a duration such as 90s, 30m or 2h"))
 }
 
 /// Where a session stands with respect to `goal`.

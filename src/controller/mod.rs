@@ -53,10 +53,7 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
     let stopped = stop_signal().boxed().shared();
     // One set of controllers per watched namespace (each needs only that namespace's
     // Role), or one for the whole cluster.
-    let namespaces: Vec<Option<String>> = match ctx.config.watch_namespaces.as_slice() {
-        [] => vec![None],
-        list => list.iter().cloned().map(Some).collect(),
-    };
+    let namespaces = watch_scopes(&ctx.config.watch_namespaces);
     for namespace in &namespaces {
         ensure_crd_served::<GpuSession>(&client, namespace.as_deref(), "GpuSession").await?;
         ensure_crd_served::<GpuOfferFilter>(&client, namespace.as_deref(), "GpuOfferFilter").await?;
@@ -213,6 +210,22 @@ async fn route_wakes(
 fn random_identity() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "gpu-shopper".into());
     format!("{host}-{:08x}", rand::random::<u32>())
+}
+
+/// What the operator watches: each listed namespace, or the whole cluster (`None`) when none is.
+pub fn watch_scopes(namespaces: &[String]) -> Vec<Option<String>> {
+    match namespaces {
+        [] => vec![None],
+        list => list.iter().cloned().map(Some).collect(),
+    }
+}
+
+/// One Api per watched scope.
+pub fn watched_apis<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    watch_scopes(namespaces).iter().map(|scope| scoped(client, scope.as_deref())).collect()
 }
 
 /// An Api over one namespace, or over all of them.

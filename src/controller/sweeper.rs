@@ -186,13 +186,8 @@ pub async fn sweep(ctx: &Context, provider: &dyn Provider, seen: &mut Seen) {
 
 /// Every session in the watched namespaces, from the API server.
 async fn list_watched_sessions(ctx: &Context) -> kube::Result<Vec<Arc<GpuSession>>> {
-    if ctx.config.watch_namespaces.is_empty() {
-        let api: Api<GpuSession> = Api::all(ctx.client.clone());
-        return Ok(api.list(&ListParams::default()).await?.items.into_iter().map(Arc::new).collect());
-    }
     let mut all = Vec::new();
-    for namespace in &ctx.config.watch_namespaces {
-        let api: Api<GpuSession> = Api::namespaced(ctx.client.clone(), namespace);
+    for api in super::watched_apis::<GpuSession>(&ctx.client, &ctx.config.watch_namespaces) {
         all.extend(api.list(&ListParams::default()).await?.items.into_iter().map(Arc::new));
     }
     Ok(all)

@@ -32,23 +32,14 @@ pub struct DoctorArgs {
     #[arg(long, value_name = "USD")]
     pub max_usd: Option<f64>,
     /// How long the rented machine is given to prove itself before it is destroyed anyway.
-    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = super::parse_duration)]
     pub timeout: std::time::Duration,
     /// Rent only on this marketplace (repeatable; default: every configured one).
-    #[arg(long = "provider", value_name = "NAME", value_parser = parse_provider)]
+    #[arg(long = "provider", value_name = "NAME", value_parser = super::parse_provider)]
     pub providers: Vec<ProviderName>,
     /// Rent only this GPU model (repeatable), for example "RTX 4090".
     #[arg(long = "gpu", value_name = "MODEL")]
     pub gpus: Vec<String>,
-}
-
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    crate::crd::duration::parse(text).ok_or_else(|| format!("{text:?} is not a duration such as 90s, 10m or 1h"))
-}
-
-fn parse_provider(text: &str) -> Result<ProviderName, String> {
-    serde_json::from_value(serde_json::Value::String(text.to_string()))
-        .map_err(|_| format!("{text:?} is not a marketplace: vastai, tensordock or runpod"))
 }
 
 struct Check {
