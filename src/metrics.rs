@@ -83,14 +83,12 @@ pub mod names {
     pub const PROCESS_CPU_SECONDS: &str = "process_cpu_seconds";
     pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
     pub const PROCESS_START_TIME_SECONDS: &str = "process_start_time_seconds";
-    /// The names before every metric moved under `gpu_shopper_`, still exported as
-    /// aliases of the same series for one release so that existing alerts keep working.
-    pub const DEPRECATED_ALIASES: &[(&str, &str)] = &[
-        ("gpu_sessions_active", GPU_SESSIONS_ACTIVE),
-        ("gpu_orphans_detected", GPU_ORPHANS_DETECTED),
-        ("gpu_destroy_failures", GPU_DESTROY_FAILURES),
-        ("gpu_ssh_verify_failures", GPU_SSH_VERIFY_FAILURES),
-    ];
+    // The names before every metric moved under `gpu_shopper_`, still exported as
+    // aliases of the same series for one release so that existing alerts keep working.
+    pub const OLD_SESSIONS_ACTIVE: &str = "gpu_sessions_active";
+    pub const OLD_ORPHANS_DETECTED: &str = "gpu_orphans_detected";
+    pub const OLD_DESTROY_FAILURES: &str = "gpu_destroy_failures";
+    pub const OLD_SSH_VERIFY_FAILURES: &str = "gpu_ssh_verify_failures";
     /// Counters: Prometheus shows them with a `_total` suffix.
     pub const COUNTERS: &[&str] = &[
         GPU_SHOPPER_RECONCILIATIONS,
@@ -102,9 +100,9 @@ pub mod names {
         GPU_SHOPPER_KUBE_REQUESTS,
         GPU_SHOPPER_SPEND_USD,
         PROCESS_CPU_SECONDS,
-        "gpu_orphans_detected",
-        "gpu_destroy_failures",
-        "gpu_ssh_verify_failures",
+        OLD_ORPHANS_DETECTED,
+        OLD_DESTROY_FAILURES,
+        OLD_SSH_VERIFY_FAILURES,
     ];
     pub const ALL: &[&str] = &[
         GPU_SHOPPER_RECONCILIATIONS,
@@ -127,10 +125,10 @@ pub mod names {
         PROCESS_CPU_SECONDS,
         PROCESS_OPEN_FDS,
         PROCESS_START_TIME_SECONDS,
-        "gpu_sessions_active",
-        "gpu_orphans_detected",
-        "gpu_destroy_failures",
-        "gpu_ssh_verify_failures",
+        OLD_SESSIONS_ACTIVE,
+        OLD_ORPHANS_DETECTED,
+        OLD_DESTROY_FAILURES,
+        OLD_SSH_VERIFY_FAILURES,
     ];
 }
 
@@ -277,16 +275,27 @@ impl Default for Metrics {
             "Start time of the process since the Unix epoch in seconds",
             m.process.start_time_seconds.clone(),
         );
-        for (old, new) in names::DEPRECATED_ALIASES {
-            let help = format!("Deprecated alias of {new}, removed in the next release");
-            match *new {
-                names::GPU_SESSIONS_ACTIVE => registry.register(*old, help, m.sessions_active.clone()),
-                names::GPU_ORPHANS_DETECTED => registry.register(*old, help, m.orphans_detected.clone()),
-                names::GPU_DESTROY_FAILURES => registry.register(*old, help, m.destroy_failures.clone()),
-                names::GPU_SSH_VERIFY_FAILURES => registry.register(*old, help, m.ssh_verify_failures.clone()),
-                _ => {}
-            }
-        }
+        let deprecated = |new: &str| format!("Deprecated alias of {new}, removed in the next release");
+        registry.register(
+            names::OLD_SESSIONS_ACTIVE,
+            deprecated(names::GPU_SESSIONS_ACTIVE),
+            m.sessions_active.clone(),
+        );
+        registry.register(
+            names::OLD_ORPHANS_DETECTED,
+            deprecated(names::GPU_ORPHANS_DETECTED),
+            m.orphans_detected.clone(),
+        );
+        registry.register(
+            names::OLD_DESTROY_FAILURES,
+            deprecated(names::GPU_DESTROY_FAILURES),
+            m.destroy_failures.clone(),
+        );
+        registry.register(
+            names::OLD_SSH_VERIFY_FAILURES,
+            deprecated(names::GPU_SSH_VERIFY_FAILURES),
+            m.ssh_verify_failures.clone(),
+        );
         Metrics { registry, ..metrics }
     }
 }
