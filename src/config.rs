@@ -38,6 +38,8 @@ pub mod env {
     pub const BAD_HOST_TTL: &str = "BAD_HOST_TTL";
     /// Time allowed to one marketplace API call (default 20s).
     pub const PROVIDER_CALL_TIMEOUT: &str = "PROVIDER_CALL_TIMEOUT";
+    /// Least time between two calls to one Vast.ai endpoint (default 100ms; Vast does not publish it, "0s" turns pacing off).
+    pub const VASTAI_ENDPOINT_INTERVAL: &str = "VASTAI_ENDPOINT_INTERVAL";
     /// "false" turns leader election off (a single replica only).
     pub const LEADER_ELECTION: &str = "LEADER_ELECTION";
     /// Namespace of the leader-election Lease (default: POD_NAMESPACE, else WATCH_NAMESPACE, else "default").
@@ -71,6 +73,7 @@ pub mod env {
         MACHINE_CHECK_INTERVAL,
         BAD_HOST_TTL,
         PROVIDER_CALL_TIMEOUT,
+        VASTAI_ENDPOINT_INTERVAL,
         LEADER_ELECTION,
         LEASE_NAMESPACE,
         LEASE_DURATION,
@@ -164,6 +167,8 @@ pub struct Config {
     pub machine_check_interval: Duration,
     pub bad_host_ttl: Duration,
     pub provider_call_timeout: Duration,
+    /// The Vast.ai client's least interval between calls to one endpoint.
+    pub vastai_endpoint_interval: Duration,
     /// `None`: leader election is off.
     pub leader_election: Option<LeaderElection>,
 }
@@ -287,6 +292,10 @@ impl Config {
             orphan_grace_period: duration(env::ORPHAN_GRACE_PERIOD, Duration::from_secs(600))?,
             bad_host_ttl: duration(env::BAD_HOST_TTL, Duration::from_secs(3600))?,
             provider_call_timeout: duration(env::PROVIDER_CALL_TIMEOUT, Duration::from_secs(20))?,
+            vastai_endpoint_interval: duration(
+                env::VASTAI_ENDPOINT_INTERVAL,
+                crate::provider::vastai::DEFAULT_ENDPOINT_INTERVAL,
+            )?,
             deployment_id,
             cluster_id,
             credentials,
@@ -434,6 +443,16 @@ mod tests {
         assert_eq!(config.credentials.vastai.as_ref().unwrap().expose_secret(), "vast-secret");
         assert_eq!(config.base_urls.vastai, "http://127.0.0.1:9000/api/v0");
         assert_eq!(config.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn vasts_unpublished_endpoint_interval_can_be_set_or_turned_off() {
+        let default = config(&[(env::DEPLOYMENT_ID, "d")]).unwrap();
+        assert_eq!(default.vastai_endpoint_interval, Duration::from_millis(100));
+        let off = config(&[(env::DEPLOYMENT_ID, "d"), (env::VASTAI_ENDPOINT_INTERVAL, "0s")]).unwrap();
+        assert_eq!(off.vastai_endpoint_interval, Duration::ZERO);
+        let wrong = config(&[(env::DEPLOYMENT_ID, "d"), (env::VASTAI_ENDPOINT_INTERVAL, "fast")]);
+        assert!(matches!(wrong, Err(ConfigError::InvalidDuration { name: env::VASTAI_ENDPOINT_INTERVAL, .. })));
     }
 
     #[test]

@@ -106,7 +106,12 @@ pub async fn destroy_confirmed(provider: &dyn Provider, id: &str) -> Result<Gone
 pub fn from_config(config: &Config, policy: &http::CallPolicy) -> Vec<Arc<dyn Provider>> {
     let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
     if let Some(key) = &config.credentials.vastai {
-        providers.push(Arc::new(vastai::VastAi::new(&config.base_urls.vastai, key.clone(), policy.clone())));
+        providers.push(Arc::new(vastai::VastAi::with_endpoint_interval(
+            &config.base_urls.vastai,
+            key.clone(),
+            policy.clone(),
+            config.vastai_endpoint_interval,
+        )));
     }
     if let Some(td) = &config.credentials.tensordock {
         providers.push(Arc::new(tensordock::TensorDock::new(

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 /// The limits a marketplace publishes (or, where it publishes none, a guess
 /// that docs/providers.md names as one).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Limits {
     /// At most `calls` per `period` for the whole account, with bursts of `burst`.
     pub account: Option<Budget>,
@@ -49,6 +49,8 @@ struct State {
 /// The pacer's state as a user reads it (`gpu-shopper doctor`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Headroom {
+    /// The limits the client paces itself to.
+    pub limits: Limits,
     /// Calls that may go at once now, of the account budget's burst.
     pub burst_left: Option<(u32, u32)>,
     /// Endpoints a 429 has spaced out, with their interval now.
@@ -124,7 +126,7 @@ impl Pacer {
             .map(|(endpoint, (interval, _))| (*endpoint, *interval))
             .collect();
         slowed.sort();
-        Headroom { burst_left, slowed }
+        Headroom { limits: self.limits, burst_left, slowed }
     }
 
     /// The marketplace answered 429 to `endpoint` although the pacer let the

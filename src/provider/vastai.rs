@@ -9,6 +9,8 @@
 //! or `cur_state`; SSH goes through the proxy `ssh_host:ssh_port` as root unless
 //! a direct port is mapped; the key is attached to the instance after create.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use reqwest::Method;
 use secrecy::SecretString;
@@ -28,8 +30,10 @@ const PROVIDER: ProviderName = ProviderName::Vastai;
 
 /// Vast limits each endpoint to a minimum interval per identity and sends no
 /// Retry-After (docs.vast.ai/api-reference/rate-limits-and-errors); the interval
-/// is not published, so this is a guess the pacer widens on a 429.
-pub const LIMITS: Limits = Limits { account: None, per_endpoint: Some(std::time::Duration::from_millis(100)) };
+/// is not published (the OpenAPI's 429 examples name a per-endpoint "threshold"
+/// without a unit), so this is a guess the pacer widens on a 429 and
+/// `VASTAI_ENDPOINT_INTERVAL` overrides.
+pub const DEFAULT_ENDPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Instances per page of the v1 listing: what vast-ai/vast-cli `show_instances` asks for.
 const LIST_PAGE_SIZE: u32 = 25;
@@ -45,9 +49,20 @@ pub struct VastAi {
 
 impl VastAi {
     pub fn new(base_url: &str, api_key: SecretString, policy: CallPolicy) -> Self {
+        Self::with_endpoint_interval(base_url, api_key, policy, DEFAULT_ENDPOINT_INTERVAL)
+    }
+
+    /// A client that leaves at least `interval` between two calls to one endpoint (zero: no pacing).
+    pub fn with_endpoint_interval(
+        base_url: &str,
+        api_key: SecretString,
+        policy: CallPolicy,
+        interval: Duration,
+    ) -> Self {
         let base_url = base_url.trim_end_matches('/').to_string();
         let root_url = base_url.strip_suffix("/api/v0").unwrap_or(&base_url).to_string();
-        VastAi { base_url, root_url, transport: Transport::new(PROVIDER, api_key, policy, LIMITS) }
+        let limits = Limits { account: None, per_endpoint: (!interval.is_zero()).then_some(interval) };
+        VastAi { base_url, root_url, transport: Transport::new(PROVIDER, api_key, policy, limits) }
     }
 
     /// `endpoint` names the route for the pacer ("PUT /asks/{id}/"), `path` the real one.

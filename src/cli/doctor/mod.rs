@@ -13,7 +13,7 @@ use super::output::Format;
 use super::{CliError, table};
 use crate::crd::ProviderName;
 use crate::provider::pacing::{Headroom, Limits};
-use crate::provider::{NextStep, OfferQuery, Provider, ProviderError, runpod, tensordock, vastai};
+use crate::provider::{NextStep, OfferQuery, Provider, ProviderError};
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:
@@ -70,12 +70,7 @@ impl Check {
 }
 
 /// The pacing the client applies, as a user reads it.
-fn pacing(provider: ProviderName) -> String {
-    let limits: Limits = match provider {
-        ProviderName::Vastai => vastai::LIMITS,
-        ProviderName::Tensordock => tensordock::LIMITS,
-        ProviderName::Runpod => runpod::LIMITS,
-    };
+fn pacing(limits: Limits) -> String {
     let mut parts = Vec::new();
     if let Some(budget) = limits.account {
         parts.push(format!("{} calls per {}s (burst {})", budget.calls, budget.period.as_secs(), budget.burst));
@@ -149,7 +144,7 @@ pub async fn run(args: DoctorArgs) -> Result<String, CliError> {
                     "searchError": c.search.as_ref().err().map(ToString::to_string),
                     "instancesOfThisDeployment": c.listing.as_ref().ok(),
                     "listingError": c.listing.as_ref().err().map(ToString::to_string),
-                    "pacing": pacing(c.provider),
+                    "pacing": pacing(c.headroom.limits),
                     "headroom": {
                         "burstLeft": c.headroom.burst_left.map(|(left, _)| left),
                         "burst": c.headroom.burst_left.map(|(_, burst)| burst),
@@ -168,7 +163,7 @@ pub async fn run(args: DoctorArgs) -> Result<String, CliError> {
                     c.provider.to_string(),
                     cell(&c.search),
                     cell(&c.listing),
-                    pacing(c.provider),
+                    pacing(c.headroom.limits),
                     headroom(&c.headroom),
                     format!("{:.1}s", c.took.as_secs_f64()),
                     c.verdict(),
