@@ -494,3 +494,50 @@ async fn a_model_that_crashes_on_its_first_prompt_re_provisions_on_another_host(
     assert_eq!(h.live_instances().len(), 1, "the crashed hosts' instances were destroyed");
     h.finish().await;
 }
+
+/// How many calls of `operation` the controller made to `provider`, from its metrics.
+fn provider_calls(metrics: &str, provider: &str, operation: &str) -> u64 {
+    let series = format!(
+        "gpu_shopper_provider_call_duration_seconds_count{{provider=\"{provider}\",operation=\"{operation}\"}} "
+    );
+    metrics.lines().find_map(|l| l.strip_prefix(&series)).map_or(0, |n| n.trim().parse().unwrap())
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn starting_machines_are_watched_through_the_shared_listing_not_looked_up_one_by_one() {
+    const SESSIONS: usize = 6;
+    // Machines that take seconds to boot; the listing's own interval (60 s) is far longer.
+    let mut market = fast_market();
+    market.timings.created_ms = 1500;
+    market.timings.loading_ms = 3000;
+    let h = Harness::with_env("shared-listing", market, &[("ORPHAN_SWEEP_INTERVAL", "60s")]).await;
+    for i in 0..SESSIONS {
+        h.apply(&format!("s{i}"), rtx_4090(json!({}))).await;
+    }
+    for i in 0..SESSIONS {
+        let ready = h.wait_ready(&format!("s{i}")).await;
+        let st = status(&ready);
+        let running = find(&st.conditions, types::INSTANCE_RUNNING).unwrap().last_transition_time.0;
+        let waited = running.duration_since(st.rented_at.as_ref().unwrap().0).as_secs_f64();
+        assert!(
+            waited < 30.0,
+            "a starting session asks for a listing instead of waiting for the next interval ({waited} s)"
+        );
+    }
+    let metrics = h.metrics().await;
+    let lookups = provider_calls(&metrics, "vastai", "get");
+    assert!(
+        lookups < SESSIONS as u64,
+        "{lookups} instance lookups for {SESSIONS} booting machines: readiness must come from the shared listing ({} listings)",
+        provider_calls(&metrics, "vastai", "list")
+    );
+
+    // When every listing fails, starting machines are still seen, one lookup at a time.
+    h.sim.set_faults(ProviderName::Vastai, Faults { list_auth_failures: 10_000, ..Default::default() });
+    h.apply("unlisted", rtx_4090(json!({}))).await;
+    h.wait_ready("unlisted").await;
+    assert!(provider_calls(&h.metrics().await, "vastai", "get") > lookups, "the fallback looked the machine up");
+    h.sim.set_faults(ProviderName::Vastai, Faults::default());
+    h.finish().await;
+}

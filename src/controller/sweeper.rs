@@ -20,6 +20,7 @@ use kube::runtime::events::{Event as RecordedEvent, EventType};
 use kube::{Api, Resource, ResourceExt};
 
 use super::context::{CONTROLLER_NAME, Context};
+use crate::crd::conditions;
 use crate::crd::session::after_stored;
 use crate::crd::{GpuSession, GpuSessionStatus, ProviderName, SessionPhase};
 use crate::inventory::{Presence, Snapshot};
@@ -194,7 +195,8 @@ async fn list_watched_sessions(ctx: &Context) -> kube::Result<Vec<Arc<GpuSession
 }
 
 /// Wakes every session this listing says something new about: its machine is
-/// missing or no longer alive, or a create it is waiting on can now be settled.
+/// missing or no longer alive, its starting machine now runs, or a create it is
+/// waiting on can now be settled.
 fn wake_affected(ctx: &Context, provider: ProviderName, snapshot: &Snapshot, sessions: &[Arc<GpuSession>]) {
     for session in sessions {
         let Some(status) = session.status.as_ref() else { continue };
@@ -207,9 +209,11 @@ fn wake_affected(ctx: &Context, provider: ProviderName, snapshot: &Snapshot, ses
             && status.instance_id.as_ref().is_some_and(|id| {
                 let since = status.rented_at.as_ref().map(after_stored).unwrap_or(snapshot.started);
                 match ctx.inventory.presence(provider, id, since) {
-                    Presence::Listed(instance) => {
-                        matches!(instance.state, InstanceState::Stopped | InstanceState::Destroyed)
-                    }
+                    Presence::Listed(instance) => match instance.state {
+                        InstanceState::Stopped | InstanceState::Destroyed => true,
+                        InstanceState::Running => !running_recorded(status),
+                        _ => false,
+                    },
                     Presence::Absent { .. } => true,
                     Presence::Unknown => false,
                 }
@@ -218,6 +222,11 @@ fn wake_affected(ctx: &Context, provider: ProviderName, snapshot: &Snapshot, ses
             ctx.wake(session);
         }
     }
+}
+
+/// Whether the session has already recorded its machine as running.
+fn running_recorded(status: &GpuSessionStatus) -> bool {
+    conditions::find(&status.conditions, conditions::types::INSTANCE_RUNNING).is_some_and(|c| c.status == "True")
 }
 
 async fn stray_event(ctx: &Context, session: &GpuSession, provider: ProviderName, instance_id: &str) {

@@ -14,18 +14,22 @@ use super::secret::{self, SessionKey};
 use super::timeouts::{self, StageTimeouts};
 use super::{PROVISIONING_POLL, Step, teardown};
 use crate::crd::conditions::{Status, types};
-use crate::crd::session::{Attempt, SshEndpoint};
+use crate::crd::session::{Attempt, SshEndpoint, after_stored};
 use crate::crd::{SessionPhase, WorkloadKind};
 use crate::error::Result;
+use crate::inventory::Presence;
 use crate::keys;
 use crate::market::cuda_at_least;
 use crate::metrics::ProviderLabels;
 use crate::probe::nvidia;
 use crate::probe::ssh::{self, CommandOutput, SshError, Target};
-use crate::provider::{Instance, InstanceState};
+use crate::provider::{Instance, InstanceState, PortEndpoint};
 
 /// How long a just-created instance may be unknown to the marketplace's lookups.
 const NOT_VISIBLE_YET: Duration = Duration::from_secs(30);
+
+/// How long a starting session waits for the shared listing before it looks its machine up itself.
+const LISTING_WAIT: Duration = Duration::from_secs(30);
 
 /// Time allowed to one SSH login + command.
 const SSH_CALL: Duration = Duration::from_secs(20);
@@ -54,23 +58,66 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
     }
 }
 
-async fn current_instance(step: &Step<'_>) -> Result<Option<Instance>> {
-    let (Some(provider), Some(id)) = (step.status.provider, step.status.instance_id.clone()) else { return Ok(None) };
-    match step.ctx.provider(provider) {
-        Some(client) => Ok(client.get_instance(&id).await?),
-        None => Ok(None),
+/// What is known of the recorded instance while it starts.
+enum Sighting {
+    Seen(Box<Instance>),
+    /// No listing sent since the rent has come back yet: the inventory loop is asked for
+    /// one and wakes the session when it shows the machine running.
+    AwaitingListing,
+    /// The marketplace does not know the id.
+    Unknown,
+}
+
+/// The recorded instance as the marketplace shows it: from the shared listing
+/// (one paged listing per marketplace serves every starting session; Vast
+/// paces each endpoint, and one lookup per instance per poll does not scale),
+/// with one direct lookup only when the listing cannot say (absent from it,
+/// running without its SSH details, or the listing failing or overdue).
+async fn current_instance(step: &Step<'_>) -> Result<Sighting> {
+    let (Some(provider), Some(id)) = (step.status.provider, step.status.instance_id.clone()) else {
+        return Ok(Sighting::Unknown);
+    };
+    let Some(client) = step.ctx.provider(provider) else { return Ok(Sighting::Unknown) };
+    let inventory = &step.ctx.inventory;
+    let rented = step.status.rented_at.as_ref().map(after_stored).unwrap_or(step.now);
+    match inventory.presence(provider, &id, rented) {
+        Presence::Listed(instance) if instance.state == InstanceState::Running && instance.ssh.is_some() => {
+            return Ok(Sighting::Seen(instance));
+        }
+        Presence::Listed(instance) if instance.state != InstanceState::Running => {
+            inventory.request_refresh(provider);
+            return Ok(Sighting::Seen(instance));
+        }
+        Presence::Unknown
+            if inventory.last_error(provider).is_none() && step.seconds_since(rented) < LISTING_WAIT.as_secs_f64() =>
+        {
+            inventory.request_refresh(provider);
+            return Ok(Sighting::AwaitingListing);
+        }
+        _ => {}
     }
+    Ok(match client.get_instance(&id).await? {
+        Some(instance) => Sighting::Seen(Box::new(instance)),
+        None => Sighting::Unknown,
+    })
 }
 
 async fn instance_running(step: &mut Step<'_>, limits: &StageTimeouts) -> Result<Action> {
-    let Some(instance) = current_instance(step).await? else {
-        // A fresh create can take a moment to show in the marketplace's lookups.
-        let rented = step.status.rented_at.as_ref().map(|t| t.0).unwrap_or(step.now);
-        if step.seconds_since(rented) < NOT_VISIBLE_YET.as_secs_f64() {
-            step.condition(types::INSTANCE_RUNNING, false, "Starting", "not visible at the marketplace yet");
+    let instance = match current_instance(step).await? {
+        Sighting::Seen(instance) => instance,
+        Sighting::AwaitingListing => {
+            step.condition(types::INSTANCE_RUNNING, false, "Starting", "waiting for the marketplace's listing");
             return Ok(Action::requeue(PROVISIONING_POLL));
         }
-        return host_failed(step, "InstanceLost", "the marketplace no longer knows the instance".into()).await;
+        Sighting::Unknown => {
+            // A fresh create can take a moment to show in the marketplace's lookups.
+            let rented = step.status.rented_at.as_ref().map(|t| t.0).unwrap_or(step.now);
+            if step.seconds_since(rented) < NOT_VISIBLE_YET.as_secs_f64() {
+                step.condition(types::INSTANCE_RUNNING, false, "Starting", "not visible at the marketplace yet");
+                return Ok(Action::requeue(PROVISIONING_POLL));
+            }
+            return host_failed(step, "InstanceLost", "the marketplace no longer knows the instance".into()).await;
+        }
     };
     if let (InstanceState::Running, Some(target)) = (&instance.state, &instance.ssh) {
         step.status.ssh = Some(SshEndpoint {
@@ -284,6 +331,13 @@ async fn workload_deadline(step: &mut Step<'_>, limits: &StageTimeouts, last: &s
     Ok(Action::requeue(PROVISIONING_POLL))
 }
 
+/// Where `port` of the recorded instance is reachable, by one direct lookup.
+async fn looked_up_endpoint(step: &Step<'_>, port: u16) -> Option<PortEndpoint> {
+    let (provider, id) = (step.status.provider?, step.status.instance_id.as_deref()?);
+    let instance = step.ctx.provider(provider)?.get_instance(id).await.ok()??;
+    instance.endpoint(port).cloned()
+}
+
 enum InferenceProbe {
     Answered(String),
     NotYet(String),
@@ -295,12 +349,16 @@ async fn probe_inference(step: &Step<'_>) -> InferenceProbe {
         return InferenceProbe::NotYet("spec.workload.inference is missing".into());
     };
     let port = probe.port.unwrap_or(super::rent::DEFAULT_INFERENCE_PORT);
-    let instance = match current_instance(step).await {
-        Ok(Some(instance)) => instance,
-        Ok(None) => return InferenceProbe::NotYet("the instance is not visible".into()),
+    let endpoint = match current_instance(step).await {
+        Ok(Sighting::Seen(instance)) => match instance.endpoint(port) {
+            Some(endpoint) => Some(endpoint.clone()),
+            // A listing may leave port mappings out: the instance itself says.
+            None => looked_up_endpoint(step, port).await,
+        },
+        Ok(_) => return InferenceProbe::NotYet("the instance is not visible".into()),
         Err(error) => return InferenceProbe::NotYet(error.to_string()),
     };
-    let Some(endpoint) = instance.endpoint(port) else {
+    let Some(endpoint) = endpoint else {
         return InferenceProbe::NotYet(format!("port {port} is not exposed yet"));
     };
     let base = format!("http://{}:{}", endpoint.host, endpoint.port);
