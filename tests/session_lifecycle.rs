@@ -409,6 +409,7 @@ async fn provider_down_during_deletion_holds_the_finalizer_until_it_is_back() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let held = h.sessions.get("s").await.expect("the finalizer holds the session");
     assert!(held.metadata.deletion_timestamp.is_some());
+    assert_eq!(status(&held).phase, Some(SessionPhase::Terminating), "a deletion that waits says so");
     assert_eq!(h.live_instances().len(), 1, "still there, and still tracked");
     h.expect_event("DestroyFailed").await;
     h.sim.set_faults(ProviderName::Vastai, Faults::default());

@@ -86,6 +86,8 @@ pub(crate) struct Step<'a> {
     resource_version: Option<String>,
     /// A machine was destroyed in this step: the status that says so must be stored.
     pub destroyed_a_machine: bool,
+    /// The session is being deleted: its CleanupComplete Event names the destroyed machine.
+    pub deleting: bool,
     /// Events and observations held until the status they describe is stored, so a
     /// step that is redone after a refused write does not announce itself twice.
     announcements: Vec<Announcement>,
@@ -109,6 +111,7 @@ impl<'a> Step<'a> {
             stored,
             resource_version: session.resource_version(),
             destroyed_a_machine: false,
+            deleting: false,
             announcements: Vec::new(),
         }
     }
@@ -342,11 +345,14 @@ async fn advance(step: &mut Step<'_>) -> Result<Action> {
 /// Deletion: destroy the instance (and any labelled one never recorded) before the finalizer goes.
 async fn cleanup(session: &GpuSession, api: &Api<GpuSession>, ctx: &Context) -> Result<Action> {
     let mut step = Step::new(session, ctx);
-    if step.status.phase != Some(SessionPhase::Terminating) && step.status.released_at.is_none() {
+    step.deleting = true;
+    let destroyed = destroy_everything(&mut step).await;
+    // A deletion that is done at once writes no status (the object is going); one that
+    // must wait for the marketplace shows Terminating while it does.
+    if destroyed.is_err() && step.status.phase != Some(SessionPhase::Terminating) {
         step.phase(SessionPhase::Terminating, "Deleting", "the session was deleted; destroying its instance");
         let _ = status::apply_at(api, &session.name_any(), None, &step.status).await;
     }
-    let destroyed = destroy_everything(&mut step).await;
     // Deletion writes no status to wait for: a DestroyFailed is announced at once.
     step.announce().await;
     destroyed?;

@@ -105,10 +105,8 @@ async fn current_instance(step: &Step<'_>) -> Result<Sighting> {
 async fn instance_running(step: &mut Step<'_>, limits: &StageTimeouts) -> Result<Action> {
     let instance = match current_instance(step).await? {
         Sighting::Seen(instance) => instance,
-        Sighting::AwaitingListing => {
-            step.condition(types::INSTANCE_RUNNING, false, "Starting", "waiting for the marketplace's listing");
-            return Ok(Action::requeue(PROVISIONING_POLL));
-        }
+        // The condition still says the machine was created and is awaited: nothing new to write.
+        Sighting::AwaitingListing => return Ok(Action::requeue(PROVISIONING_POLL)),
         Sighting::Unknown => {
             // A fresh create can take a moment to show in the marketplace's lookups.
             let rented = step.status.rented_at.as_ref().map(|t| t.0).unwrap_or(step.now);

@@ -51,7 +51,9 @@ pub async fn release_at(step: &mut Step<'_>, billing_ended: Option<Timestamp>) -
     let ended = billing_ended.map(|t| t.min(step.now)).unwrap_or(step.now);
     step.status.released_at = Some(Time(ended));
     settle_cost(step);
-    step.event(false, "InstanceDestroyed", format!("instance {id} on {provider_name} destroyed"));
+    if !step.deleting {
+        step.event(false, "InstanceDestroyed", format!("instance {id} on {provider_name} destroyed"));
+    }
     Ok(())
 }
 
