@@ -58,7 +58,15 @@ pub struct Transport {
     policy: CallPolicy,
     secret: SecretString,
     pacer: Pacer,
+    /// Calls on the wire at once (see `CALLS_IN_FLIGHT`).
+    in_flight: tokio::sync::Semaphore,
 }
+
+/// At most this many calls to one marketplace on the wire at once: each holds a
+/// connection with its TLS state and buffers, and a thousand sessions starting
+/// together would otherwise open a thousand. Per marketplace, so one that hangs
+/// holds up only its own calls.
+pub const CALLS_IN_FLIGHT: usize = 16;
 
 impl Transport {
     pub fn new(provider: ProviderName, secret: SecretString, policy: CallPolicy, limits: Limits) -> Self {
@@ -68,7 +76,14 @@ impl Transport {
             .user_agent(concat!("gpu-shopper/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("reqwest client with rustls");
-        Transport { provider, client, policy, secret, pacer: Pacer::new(limits) }
+        Transport {
+            provider,
+            client,
+            policy,
+            secret,
+            pacer: Pacer::new(limits),
+            in_flight: tokio::sync::Semaphore::new(CALLS_IN_FLIGHT),
+        }
     }
 
     pub fn limits(&self) -> Limits {
@@ -105,7 +120,10 @@ impl Transport {
         let mut delays = self.backoff();
         loop {
             self.pacer.wait(endpoint).await;
-            let outcome = self.attempt(build()).await;
+            let outcome = {
+                let _on_the_wire = self.in_flight.acquire().await.expect("the semaphore is never closed");
+                self.attempt(build()).await
+            };
             if let Err(Attempt::Transient { error: ProviderError::RateLimited { .. }, .. }) = &outcome {
                 self.pacer.rate_limited(endpoint);
             }
@@ -235,4 +253,41 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(transport: &Transport, reply: 
         status: reply.status.as_u16(),
         body: format!("{e}; body: {}", transport.excerpt(&reply.body)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn calls_on_the_wire_to_one_marketplace_are_bounded() {
+        let (serving, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (counting, peak) = (serving.clone(), most.clone());
+        let app = axum::Router::new().route(
+            "/slow",
+            axum::routing::get(move || {
+                let (serving, most) = (counting.clone(), peak.clone());
+                async move {
+                    most.fetch_max(serving.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    serving.fetch_sub(1, Ordering::SeqCst);
+                    "{}"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/slow", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let transport =
+            Transport::new(ProviderName::Runpod, SecretString::from("k"), CallPolicy::default(), Limits::NONE);
+        let calls = (0..CALLS_IN_FLIGHT * 3)
+            .map(|_| transport.bearer_call(reqwest::Method::GET, &url, "GET /slow", None, Idempotency::Safe));
+        for reply in futures::future::join_all(calls).await {
+            assert_eq!(reply.unwrap().status.as_u16(), 200);
+        }
+        assert_eq!(most.load(Ordering::SeqCst), CALLS_IN_FLIGHT, "the marketplace never saw more at once");
+    }
 }
