@@ -104,6 +104,8 @@ async fn controller_run(client: &Client, n: usize) -> Value {
     let sim = simulator::start(market, 0).await.unwrap();
     let mut env: Vec<(&str, String)> = sim.env();
     env.push(("LOG_LEVEL", "warn".into()));
+    // The chart's lease, not the tests' short one: a starved 3 s lease fences the leader.
+    env.push(("LEASE_DURATION", "15s".into()));
     if !marketplace_limits() {
         for provider in [ProviderName::Vastai, ProviderName::Tensordock, ProviderName::Runpod] {
             sim.set_faults(provider, Faults { no_rate_limits: true, ..Default::default() });
@@ -111,7 +113,7 @@ async fn controller_run(client: &Client, n: usize) -> Value {
         env.push(("VASTAI_ENDPOINT_INTERVAL", "0s".into()));
     }
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let controller = ControllerProcess::start_with_env_named(&ns, "bench", &env);
+    let mut controller = ControllerProcess::start_with_env_named(&ns, "bench", &env);
     controller.wait_ready().await;
     let pid = controller.pid().unwrap();
     let sessions: Api<GpuSession> = Api::namespaced(client.clone(), &ns);
@@ -191,6 +193,9 @@ async fn controller_run(client: &Client, n: usize) -> Value {
     let deleted = deleting.elapsed();
     let metrics = metrics_text(controller.http_port).await;
     let (rss_mib, cpu_seconds) = proc_figures(pid);
+    // A graceful stop, so a heap-profiled build writes its profile.
+    controller.terminate();
+    let _ = controller.exited_within(Duration::from_secs(120)).await;
     drop(controller);
     delete_namespace(client, &ns).await;
     let per = |total: f64| total / n as f64;

@@ -101,7 +101,15 @@ enum Command {
     Crds,
 }
 
+/// Under the dhat-heap feature every allocation is recorded for the heap profile.
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 fn main() -> ExitCode {
+    // Written to dhat-heap.json when main returns (a graceful stop).
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::new_heap();
     let name = invoked_as();
     let matches = Cli::command().bin_name(&name).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());

@@ -153,7 +153,10 @@ impl ControllerProcess {
     fn spawn(&mut self) {
         self.http_port = free_port();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_gpu-shopper"));
+        // GPU_SHOPPER_CONTROLLER_BIN: another build of the operator (the bench's heap-profiled one).
+        let binary = std::env::var("GPU_SHOPPER_CONTROLLER_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_gpu-shopper").to_string());
+        let mut command = Command::new(binary);
         command
             .arg("controller")
             .env_clear()
