@@ -103,13 +103,25 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
         let (secret_store, secret_writer) = reflector::store::<Secret>();
         let scope = namespace.as_deref();
         let secret_stream =
-            reflector(secret_writer, watcher(scoped::<Secret>(&client, scope), owned_secrets)).touched_objects();
-        let session_controller = Controller::new(scoped::<GpuSession>(&client, scope), watcher::Config::default())
+            reflector(secret_writer, watcher(scoped::<Secret>(&client, scope), owned_secrets).modify(trim_for_cache))
+                .touched_objects();
+        let (session_store, session_writer) = reflector::store::<GpuSession>();
+        let session_stream = reflector(
+            session_writer,
+            watcher(scoped::<GpuSession>(&client, scope), watcher::Config::default()).modify(trim_for_cache),
+        )
+        .applied_objects();
+        let session_controller = Controller::for_stream(session_stream, session_store)
             .owns_stream(secret_stream)
             .reconcile_on(woken)
             .shutdown_on_signal();
-        let filter_controller =
-            Controller::new(scoped::<GpuOfferFilter>(&client, scope), watcher::Config::default()).shutdown_on_signal();
+        let (filter_store, filter_writer) = reflector::store::<GpuOfferFilter>();
+        let filter_stream = reflector(
+            filter_writer,
+            watcher(scoped::<GpuOfferFilter>(&client, scope), watcher::Config::default()).modify(trim_for_cache),
+        )
+        .applied_objects();
+        let filter_controller = Controller::for_stream(filter_stream, filter_store).shutdown_on_signal();
         stores.push(context::NamespaceStores {
             namespace: namespace.clone(),
             sessions: session_controller.store(),
@@ -250,5 +262,44 @@ where
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Err(StartError::CrdMissing { kind }),
         Err(source) => Err(StartError::Api { kind, source }),
+    }
+}
+
+/// What the watches' caches keep of an object: all but the managed-fields bookkeeping
+/// and kubectl's copy of the last applied manifest, which the operator never reads and
+/// which made up most of a cached session (docs/performance.md). Nothing is ever written
+/// back from a cached copy as a whole, so the trimmed fields stay as they are on the server.
+fn trim_for_cache<K: kube::Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::ResourceExt;
+
+    use super::*;
+
+    #[test]
+    fn the_cache_keeps_every_annotation_but_kubectls_copy_of_the_manifest() {
+        let mut session: GpuSession = serde_json::from_value(serde_json::json!({
+            "apiVersion": "gpushopper.dev/v1alpha1", "kind": "GpuSession",
+            "metadata": {
+                "name": "s",
+                "annotations": {
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"spec\": {}}",
+                    session::REKEY_ANNOTATION: "now",
+                },
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+            },
+            "spec": {},
+        }))
+        .unwrap();
+        trim_for_cache(&mut session);
+        assert!(session.managed_fields().is_empty());
+        assert_eq!(session.annotations().keys().collect::<Vec<_>>(), [session::REKEY_ANNOTATION]);
     }
 }
