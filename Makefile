@@ -53,9 +53,10 @@ soak: setup
 	GPU_SHOPPER_TEST_KUBECONFIG=$$kubeconfig SOAK_SECONDS=$(SOAK_SECONDS) SOAK_SEED=$(SOAK_SEED) SOAK_RESULTS_DIR=$(CURDIR)/bench/results \
 	cargo test --release --test soak -- --include-ignored --nocapture
 
-## bench: the scale benchmark (N = BENCH_SIZES) and the offer-ranking criterion bench
+## bench: the scale benchmark (N = BENCH_SIZES, then BENCH_IDLE_SESSIONS idle ones) and the offer-ranking criterion bench
 BENCH_SIZES ?= 100,500,1000
+BENCH_IDLE_SESSIONS ?= 10000
 bench: setup
 	kubeconfig=$$($(CONTROL_PLANE)/start.sh) && \
-	GPU_SHOPPER_TEST_KUBECONFIG=$$kubeconfig BENCH_SIZES=$(BENCH_SIZES) cargo bench --bench scale
+	GPU_SHOPPER_TEST_KUBECONFIG=$$kubeconfig BENCH_SIZES=$(BENCH_SIZES) BENCH_IDLE_SESSIONS=$(BENCH_IDLE_SESSIONS) cargo bench --bench scale
 	cargo bench --bench ranking -- --warm-up-time 1 --measurement-time 5

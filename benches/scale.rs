@@ -82,6 +82,27 @@ fn metric_sum(text: &str, name: &str, label_filter: &str) -> f64 {
         .sum()
 }
 
+/// API writes per session, by the kind of object written (sessions, secrets, events, ...), leases aside.
+fn writes_by_resource(text: &str, n: usize) -> Value {
+    let mut by = serde_json::Map::new();
+    for resource in ["gpusessions", "secrets", "events", "other"] {
+        let filter = format!("kind=\"write\",resource=\"{resource}\"");
+        by.insert(resource.into(), json!(metric_sum(text, "gpu_shopper_kube_requests_total", &filter) / n as f64));
+    }
+    Value::Object(by)
+}
+
+/// Resident memory now (VmRSS), MiB.
+fn rss_now(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
 fn proc_figures(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let hwm_kib: f64 = status
@@ -96,7 +117,16 @@ fn proc_figures(pid: u32) -> (f64, f64) {
     (hwm_kib / 1024.0, ticks / 100.0)
 }
 
-async fn controller_run(client: &Client, n: usize) -> Value {
+/// What the sessions of a run do once Ready.
+#[derive(Clone, Copy, PartialEq)]
+enum Load {
+    /// Every other session has an idle timeout (checked over SSH); steady window `steady_window()`.
+    Mixed,
+    /// Interactive sessions without an idle timeout: nothing to do but run; a 60 s window.
+    Idle,
+}
+
+async fn controller_run(client: &Client, n: usize, load: Load) -> Value {
     let ns = namespace(client, &format!("bench{n}")).await;
     let mut market = Market::builtin();
     market.timings.created_ms = 0;
@@ -106,6 +136,10 @@ async fn controller_run(client: &Client, n: usize) -> Value {
     env.push(("LOG_LEVEL", "warn".into()));
     // The chart's lease, not the tests' short one: a starved 3 s lease fences the leader.
     env.push(("LEASE_DURATION", "15s".into()));
+    if std::env::var_os("GPU_SHOPPER_CONTROLLER_BIN").is_some() {
+        // A heap-profiled build runs too slowly to renew a lease in time: it would fence itself.
+        env.push(("LEADER_ELECTION", "false".into()));
+    }
     if !marketplace_limits() {
         for provider in [ProviderName::Vastai, ProviderName::Tensordock, ProviderName::Runpod] {
             sim.set_faults(provider, Faults { no_rate_limits: true, ..Default::default() });
@@ -122,7 +156,8 @@ async fn controller_run(client: &Client, n: usize) -> Value {
     each(n, |i| {
         let sessions = sessions.clone();
         async move {
-            sessions.create(&PostParams::default(), &session(&format!("s{i}"), i % 2 == 1)).await.unwrap();
+            let idle_checked = load == Load::Mixed && i % 2 == 1;
+            sessions.create(&PostParams::default(), &session(&format!("s{i}"), idle_checked)).await.unwrap();
         }
     })
     .await;
@@ -146,7 +181,7 @@ async fn controller_run(client: &Client, n: usize) -> Value {
 
     // Steady state: the sessions just run. Everything the controller does now is overhead.
     tokio::time::sleep(Duration::from_secs(10)).await; // the last Ready writes and their watch events
-    let window = steady_window();
+    let window = if load == Load::Idle { Duration::from_secs(60) } else { steady_window() };
     let before = metrics_text(controller.http_port).await;
     let logins_before = sim.sim.world().ssh_logins.load(std::sync::atomic::Ordering::Relaxed);
     tokio::time::sleep(window).await;
@@ -173,6 +208,7 @@ async fn controller_run(client: &Client, n: usize) -> Value {
         "providerCallsPerSessionHour": per_session_hour(delta("gpu_shopper_provider_call_duration_seconds_count", "")),
         "reconcilesPerSessionHour": per_session_hour(delta("gpu_shopper_reconciliations_total", "controller=\"gpusession\"")),
         "rssMiB": proc_figures(pid).0,
+        "rssNowMiB": rss_now(pid),
     });
 
     let deleting = Instant::now();
@@ -203,6 +239,8 @@ async fn controller_run(client: &Client, n: usize) -> Value {
         "readySeconds": ready.as_secs_f64(),
         "deleteSeconds": deleted.as_secs_f64(),
         "apiWritesPerSessionToReady": per(metric_sum(&metrics_at_ready, "gpu_shopper_kube_requests_total", "kind=\"write\"")),
+        "apiWritesPerSessionToReadyByResource": writes_by_resource(&metrics_at_ready, n),
+        "apiWritesPerSessionByResource": writes_by_resource(&metrics, n),
         "apiWritesPerSession": per(metric_sum(&metrics, "gpu_shopper_kube_requests_total", "kind=\"write\"")),
         "apiReadsPerSession": per(metric_sum(&metrics, "gpu_shopper_kube_requests_total", "kind=\"read\"")),
         "apiWatchRequests": metric_sum(&metrics, "gpu_shopper_kube_requests_total", "kind=\"watch\""),
@@ -290,7 +328,7 @@ async fn main() {
     );
     for n in sizes {
         let floor = floor_run(&client, n).await;
-        let controller = controller_run(&client, n).await;
+        let controller = controller_run(&client, n, Load::Mixed).await;
         let ratio = controller["readySeconds"].as_f64().unwrap() / floor["readySeconds"].as_f64().unwrap();
         println!(
             "{n:>6} {:>9.1} {:>9.1} {ratio:>7.1} {:>9.1} {:>9.1} {:>11.1} {:>11.1} {:>9.1} {:>8.1} {:>8.1}",
@@ -318,6 +356,23 @@ async fn main() {
         );
         runs.push(json!({"sessions": n, "controller": controller, "floor": floor, "readyRatio": ratio}));
         // Written after every size, so a later failure keeps what was measured.
+        write_results(&runs);
+    }
+    // BENCH_IDLE_SESSIONS (make bench: 10000): that many sessions Ready and simply running.
+    let idle: usize = std::env::var("BENCH_IDLE_SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    if idle > 0 {
+        let run = controller_run(&client, idle, Load::Idle).await;
+        let steady = &run["steady"];
+        println!(
+            "{idle:>6} idle sessions: to Ready {:.0} s, RSS while they run {:.1} MiB (peak {:.1} MiB), writes/session/h {:.1}, reads/session/h {:.1}, delete {:.0} s",
+            run["readySeconds"].as_f64().unwrap(),
+            steady["rssNowMiB"].as_f64().unwrap(),
+            run["peakRssMiB"].as_f64().unwrap(),
+            steady["apiWritesPerSessionHour"].as_f64().unwrap(),
+            steady["apiReadsPerSessionHour"].as_f64().unwrap(),
+            run["deleteSeconds"].as_f64().unwrap(),
+        );
+        runs.push(json!({"sessions": idle, "idle": true, "controller": run}));
         write_results(&runs);
     }
 }
