@@ -63,7 +63,8 @@ where
     futures::stream::iter(0..n).map(work).buffer_unordered(CONCURRENCY).collect::<Vec<_>>().await;
 }
 
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, check: F)
+/// Polls `check` every `every` (a list of 10 000 sessions is itself load on the API server).
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, every: Duration, check: F)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -71,7 +72,7 @@ where
     let deadline = Instant::now() + timeout;
     while !check().await {
         assert!(Instant::now() < deadline, "bench: timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -161,7 +162,8 @@ async fn controller_run(client: &Client, n: usize, load: Load) -> Value {
         }
     })
     .await;
-    wait_until("every session Ready", Duration::from_secs(1800), || async {
+    let poll = if n > 1000 { Duration::from_secs(5) } else { Duration::from_millis(250) };
+    wait_until("every session Ready", Duration::from_secs(1800), poll, || async {
         let list = sessions.list(&ListParams::default()).await.unwrap();
         list.items
             .iter()
@@ -221,7 +223,7 @@ async fn controller_run(client: &Client, n: usize, load: Load) -> Value {
         }
     })
     .await;
-    wait_until("every session gone and no live instance", Duration::from_secs(1800), || async {
+    wait_until("every session gone and no live instance", Duration::from_secs(1800), poll, || async {
         sessions.list(&ListParams::default()).await.is_ok_and(|l| l.items.is_empty())
             && sim.instances().iter().all(|i| i.destroyed)
     })

@@ -106,6 +106,12 @@ enum Command {
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
 
+/// jemalloc returns freed memory to the system where glibc's allocator kept the
+/// resident set at 2.5x the heap's peak (docs/performance.md).
+#[cfg(not(feature = "dhat-heap"))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     // Written to dhat-heap.json when main returns (a graceful stop).
     #[cfg(feature = "dhat-heap")]
