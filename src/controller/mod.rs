@@ -100,28 +100,16 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
         // The Secrets the operator made are watched once: the watch triggers the session
         // controller and fills the cache the reconciler reads keys from.
         let owned_secrets = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
-        let (secret_store, secret_writer) = reflector::store::<Secret>();
         let scope = namespace.as_deref();
-        let secret_stream =
-            reflector(secret_writer, watcher(scoped::<Secret>(&client, scope), owned_secrets).modify(trim_for_cache))
-                .touched_objects();
-        let (session_store, session_writer) = reflector::store::<GpuSession>();
-        let session_stream = reflector(
-            session_writer,
-            watcher(scoped::<GpuSession>(&client, scope), watcher::Config::default()).modify(trim_for_cache),
-        )
-        .applied_objects();
-        let session_controller = Controller::for_stream(session_stream, session_store)
-            .owns_stream(secret_stream)
+        let (secret_store, secret_stream) = cached_watch::<Secret>(&client, scope, owned_secrets);
+        let (session_store, session_stream) = cached_watch::<GpuSession>(&client, scope, watcher::Config::default());
+        let session_controller = Controller::for_stream(session_stream.applied_objects(), session_store)
+            .owns_stream(secret_stream.touched_objects())
             .reconcile_on(woken)
             .shutdown_on_signal();
-        let (filter_store, filter_writer) = reflector::store::<GpuOfferFilter>();
-        let filter_stream = reflector(
-            filter_writer,
-            watcher(scoped::<GpuOfferFilter>(&client, scope), watcher::Config::default()).modify(trim_for_cache),
-        )
-        .applied_objects();
-        let filter_controller = Controller::for_stream(filter_stream, filter_store).shutdown_on_signal();
+        let (filter_store, filter_stream) = cached_watch::<GpuOfferFilter>(&client, scope, watcher::Config::default());
+        let filter_controller =
+            Controller::for_stream(filter_stream.applied_objects(), filter_store).shutdown_on_signal();
         stores.push(context::NamespaceStores {
             namespace: namespace.clone(),
             sessions: session_controller.store(),
@@ -263,6 +251,25 @@ where
         Err(kube::Error::Api(status)) if status.code == 404 => Err(StartError::CrdMissing { kind }),
         Err(source) => Err(StartError::Api { kind, source }),
     }
+}
+
+/// A watch of `K` in `scope`, kept (trimmed) in the store returned beside it.
+fn cached_watch<K>(
+    client: &Client,
+    scope: Option<&str>,
+    config: watcher::Config,
+) -> (reflector::Store<K>, impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<K>)
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    (store, reflector(writer, watcher(scoped::<K>(client, scope), config).modify(trim_for_cache::<K>)))
 }
 
 /// What the watches' caches keep of an object: all but the managed-fields bookkeeping
