@@ -37,8 +37,9 @@ pub const DEFAULT_ENDPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Instances per page of the v1 listing: what vast-ai/vast-cli `show_instances` asks for.
 const LIST_PAGE_SIZE: u32 = 25;
-/// A listing longer than this many pages is refused rather than followed forever.
-const MAX_LIST_PAGES: usize = 400;
+/// A listing longer than this many pages is refused rather than followed forever
+/// (100 000 instances: 400 pages, the first cap, was exactly a 10 000-session bench).
+const MAX_LIST_PAGES: usize = 4000;
 
 pub struct VastAi {
     base_url: String,
