@@ -10,7 +10,7 @@ use kube::Api;
 
 use super::CliError;
 use super::output::Format;
-use crate::crd::conditions::{find, types};
+use crate::crd::conditions::{self, types};
 use crate::crd::{GpuSession, SessionPhase};
 
 const POLL: Duration = Duration::from_secs(2);
@@ -51,7 +51,7 @@ enum Verdict {
 
 fn judge(session: &GpuSession, goal: Goal) -> Verdict {
     let Some(status) = session.status.as_ref() else { return Verdict::Waiting };
-    let is_true = |type_| find(&status.conditions, type_).is_some_and(|c| c.status == "True");
+    let is_true = |type_| conditions::is_true(&status.conditions, type_);
     let why =
         || format!("{} ({})", status.message.clone().unwrap_or_default(), status.reason.clone().unwrap_or_default());
     match (goal, status.phase) {

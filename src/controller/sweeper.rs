@@ -20,7 +20,7 @@ use kube::runtime::events::{Event as RecordedEvent, EventType};
 use kube::{Api, Resource, ResourceExt};
 
 use super::context::{CONTROLLER_NAME, Context};
-use crate::crd::conditions;
+use crate::crd::conditions::{self, types};
 use crate::crd::session::after_stored;
 use crate::crd::{GpuSession, GpuSessionStatus, ProviderName, SessionPhase};
 use crate::inventory::{Presence, Snapshot};
@@ -211,7 +211,8 @@ fn wake_affected(ctx: &Context, provider: ProviderName, snapshot: &Snapshot, ses
                 match ctx.inventory.presence(provider, id, since) {
                     Presence::Listed(instance) => match instance.state {
                         InstanceState::Stopped | InstanceState::Destroyed => true,
-                        InstanceState::Running => !running_recorded(status),
+                        // A starting session waits for this listing to show its machine running.
+                        InstanceState::Running => !conditions::is_true(&status.conditions, types::INSTANCE_RUNNING),
                         _ => false,
                     },
                     Presence::Absent { .. } => true,
@@ -222,11 +223,6 @@ fn wake_affected(ctx: &Context, provider: ProviderName, snapshot: &Snapshot, ses
             ctx.wake(session);
         }
     }
-}
-
-/// Whether the session has already recorded its machine as running.
-fn running_recorded(status: &GpuSessionStatus) -> bool {
-    conditions::find(&status.conditions, conditions::types::INSTANCE_RUNNING).is_some_and(|c| c.status == "True")
 }
 
 async fn stray_event(ctx: &Context, session: &GpuSession, provider: ProviderName, instance_id: &str) {

@@ -80,6 +80,11 @@ pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Conditio
     conditions.iter().find(|c| c.type_ == type_)
 }
 
+/// Whether the condition of `type_` is present and True.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    find(conditions, type_).is_some_and(|c| c.status == Status::True.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

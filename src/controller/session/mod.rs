@@ -190,7 +190,7 @@ impl<'a> Step<'a> {
     }
 
     pub fn condition_is_true(&self, type_: &str) -> bool {
-        conditions::find(&self.status.conditions, type_).is_some_and(|c| c.status == "True")
+        conditions::is_true(&self.status.conditions, type_)
     }
 
     /// When `type_` last became True.
