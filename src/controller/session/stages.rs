@@ -23,7 +23,7 @@ use crate::market::cuda_at_least;
 use crate::metrics::ProviderLabels;
 use crate::probe::nvidia;
 use crate::probe::ssh::{self, CommandOutput, SshError, Target};
-use crate::provider::{Instance, InstanceState, PortEndpoint};
+use crate::provider::{Instance, InstanceState};
 
 /// How long a just-created instance may be unknown to the marketplace's lookups.
 const NOT_VISIBLE_YET: Duration = Duration::from_secs(30);
@@ -72,8 +72,8 @@ enum Sighting {
 /// (one paged listing per marketplace serves every starting session; Vast
 /// paces each endpoint, and one lookup per instance per poll does not scale),
 /// with one direct lookup only when the listing cannot say (absent from it,
-/// running without its SSH details, or the listing failing or overdue).
-async fn current_instance(step: &Step<'_>) -> Result<Sighting> {
+/// running without the detail `complete` asks for, or the listing failing or overdue).
+async fn current_instance(step: &Step<'_>, complete: impl Fn(&Instance) -> bool) -> Result<Sighting> {
     let (Some(provider), Some(id)) = (step.status.provider, step.status.instance_id.clone()) else {
         return Ok(Sighting::Unknown);
     };
@@ -81,7 +81,7 @@ async fn current_instance(step: &Step<'_>) -> Result<Sighting> {
     let inventory = &step.ctx.inventory;
     let rented = step.status.rented_at.as_ref().map(after_stored).unwrap_or(step.now);
     match inventory.presence(provider, &id, rented) {
-        Presence::Listed(instance) if instance.state == InstanceState::Running && instance.ssh.is_some() => {
+        Presence::Listed(instance) if instance.state == InstanceState::Running && complete(&instance) => {
             return Ok(Sighting::Seen(instance));
         }
         Presence::Listed(instance) if instance.state != InstanceState::Running => {
@@ -103,7 +103,7 @@ async fn current_instance(step: &Step<'_>) -> Result<Sighting> {
 }
 
 async fn instance_running(step: &mut Step<'_>, limits: &StageTimeouts) -> Result<Action> {
-    let instance = match current_instance(step).await? {
+    let instance = match current_instance(step, |i| i.ssh.is_some()).await? {
         Sighting::Seen(instance) => instance,
         // The condition still says the machine was created and is awaited: nothing new to write.
         Sighting::AwaitingListing => return Ok(Action::requeue(PROVISIONING_POLL)),
@@ -329,13 +329,6 @@ async fn workload_deadline(step: &mut Step<'_>, limits: &StageTimeouts, last: &s
     Ok(Action::requeue(PROVISIONING_POLL))
 }
 
-/// Where `port` of the recorded instance is reachable, by one direct lookup.
-async fn looked_up_endpoint(step: &Step<'_>, port: u16) -> Option<PortEndpoint> {
-    let (provider, id) = (step.status.provider?, step.status.instance_id.as_deref()?);
-    let instance = step.ctx.provider(provider)?.get_instance(id).await.ok()??;
-    instance.endpoint(port).cloned()
-}
-
 enum InferenceProbe {
     Answered(String),
     NotYet(String),
@@ -347,16 +340,13 @@ async fn probe_inference(step: &Step<'_>) -> InferenceProbe {
         return InferenceProbe::NotYet("spec.workload.inference is missing".into());
     };
     let port = probe.port.unwrap_or(super::rent::DEFAULT_INFERENCE_PORT);
-    let endpoint = match current_instance(step).await {
-        Ok(Sighting::Seen(instance)) => match instance.endpoint(port) {
-            Some(endpoint) => Some(endpoint.clone()),
-            // A listing may leave port mappings out: the instance itself says.
-            None => looked_up_endpoint(step, port).await,
-        },
+    // A listing may leave port mappings out: then the instance itself is looked up.
+    let instance = match current_instance(step, |i| i.endpoint(port).is_some()).await {
+        Ok(Sighting::Seen(instance)) => instance,
         Ok(_) => return InferenceProbe::NotYet("the instance is not visible".into()),
         Err(error) => return InferenceProbe::NotYet(error.to_string()),
     };
-    let Some(endpoint) = endpoint else {
+    let Some(endpoint) = instance.endpoint(port) else {
         return InferenceProbe::NotYet(format!("port {port} is not exposed yet"));
     };
     let base = format!("http://{}:{}", endpoint.host, endpoint.port);
