@@ -16,24 +16,6 @@ use tower::{Layer, Service};
 
 use crate::metrics::{KubeRequestLabels, Metrics};
 
-#[derive(Clone)]
-pub struct CountRequests {
-    metrics: Arc<Metrics>,
-}
-
-impl<S> Layer<S> for CountRequests {
-    type Service = Counted<S>;
-    fn layer(&self, inner: S) -> Counted<S> {
-        Counted { inner, metrics: self.metrics.clone() }
-    }
-}
-
-#[derive(Clone)]
-pub struct Counted<S> {
-    inner: S,
-    metrics: Arc<Metrics>,
-}
-
 /// The kind of object a request is about ("gpusessions", "secrets", "leases", "events", ...),
 /// so that per-session traffic can be told from the leader election's.
 fn resource_of(path: &str) -> &'static str {
@@ -66,26 +48,6 @@ fn kind_of(method: &Method, query: Option<&str>) -> &'static str {
     }
 }
 
-impl<S, B> Service<Request<B>> for Counted<S>
-where
-    S: Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let kind = kind_of(request.method(), request.uri().query());
-        let resource = resource_of(request.uri().path());
-        self.metrics.kube_requests.get_or_create(&KubeRequestLabels { kind, resource }).inc();
-        self.inner.call(request)
-    }
-}
-
 /// Requests to the API server in flight at once, watches and the leader's lease aside.
 /// HTTP/1.1 holds a connection per request in flight, each with its TLS state and
 /// buffers: a thousand sessions reconciled together opened about a thousand, most of
@@ -93,25 +55,29 @@ where
 /// lease renewal must never queue behind the sessions' work, so neither waits here.
 pub const API_REQUESTS_IN_FLIGHT: usize = 32;
 
+/// Counts every request by kind and object, and holds all but watches and the
+/// lease to `API_REQUESTS_IN_FLIGHT` at once (each request is classified once).
 #[derive(Clone)]
-pub struct LimitInFlight {
+pub struct Accounting {
+    metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
 }
 
-impl<S> Layer<S> for LimitInFlight {
-    type Service = Limited<S>;
-    fn layer(&self, inner: S) -> Limited<S> {
-        Limited { inner, permits: self.permits.clone() }
+impl<S> Layer<S> for Accounting {
+    type Service = Accounted<S>;
+    fn layer(&self, inner: S) -> Accounted<S> {
+        Accounted { inner, metrics: self.metrics.clone(), permits: self.permits.clone() }
     }
 }
 
 #[derive(Clone)]
-pub struct Limited<S> {
+pub struct Accounted<S> {
     inner: S,
+    metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
 }
 
-impl<S, B> Service<Request<B>> for Limited<S>
+impl<S, B> Service<Request<B>> for Accounted<S>
 where
     S: Service<Request<B>>,
     S::Future: Send + 'static,
@@ -125,11 +91,12 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let waits = kind_of(request.method(), request.uri().query()) != "watch"
-            && resource_of(request.uri().path()) != "leases";
+        let kind = kind_of(request.method(), request.uri().query());
+        let resource = resource_of(request.uri().path());
+        self.metrics.kube_requests.get_or_create(&KubeRequestLabels { kind, resource }).inc();
         // The inner future is lazy: nothing is sent before the permit is held.
         let response = self.inner.call(request);
-        if !waits {
+        if kind == "watch" || resource == "leases" {
             return Box::pin(response);
         }
         let permits = self.permits.clone();
@@ -145,8 +112,8 @@ where
 pub async fn client(metrics: Arc<Metrics>) -> Result<Client, String> {
     let config = kube::Config::infer().await.map_err(|e| e.to_string())?;
     let builder = ClientBuilder::try_from(config).map_err(|e| e.to_string())?;
-    let limit = LimitInFlight { permits: Arc::new(Semaphore::new(API_REQUESTS_IN_FLIGHT)) };
-    Ok(builder.with_layer(&CountRequests { metrics }).with_layer(&limit).build())
+    let accounting = Accounting { metrics, permits: Arc::new(Semaphore::new(API_REQUESTS_IN_FLIGHT)) };
+    Ok(builder.with_layer(&accounting).build())
 }
 
 #[cfg(test)]
@@ -192,12 +159,15 @@ mod tests {
         use std::sync::atomic::{AtomicUsize, Ordering};
         use tower::ServiceExt;
         let (serving, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let limit = LimitInFlight { permits: Arc::new(Semaphore::new(4)) };
-        let service = limit.layer(counting_server(serving.clone(), most.clone()));
+        let metrics = Arc::new(Metrics::default());
+        let accounting = Accounting { metrics: metrics.clone(), permits: Arc::new(Semaphore::new(4)) };
+        let service = accounting.layer(counting_server(serving.clone(), most.clone()));
         let sessions = "/apis/gpushopper.dev/v1alpha1/namespaces/ns/gpusessions";
         let calls = (0..100).map(|_| service.clone().oneshot(request(sessions, "limit=1")));
         futures::future::join_all(calls).await;
         assert_eq!(most.load(Ordering::SeqCst), 4, "never more than the bound at once");
+        let reads = KubeRequestLabels { kind: "read", resource: "gpusessions" };
+        assert_eq!(metrics.kube_requests.get_or_create(&reads).get(), 100, "every request counted");
 
         // Every permit held by requests that never end: watches and the lease still go through.
         for _ in 0..4 {
