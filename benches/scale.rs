@@ -347,7 +347,7 @@ async fn main() {
         );
         let steady = &controller["steady"];
         println!(
-            "{n:>6} steady {}s: writes/session/h {:.1}, reads/session/h {:.1}, SSH logins/idle-checked machine/h {:.1}, marketplace calls/interval {:.1} ({:.2}/session/h), reconciles/session/h {:.1}, RSS {:.1} MiB",
+            "{n:>6} steady {}s: writes/session/h {:.1}, reads/session/h {:.1}, SSH logins/idle-checked machine/h {:.1}, marketplace calls/interval {:.1} ({:.2}/session/h), reconciles/session/h {:.1}, RSS {:.1} MiB (peak {:.1} MiB)",
             steady["windowSeconds"],
             steady["apiWritesPerSessionHour"].as_f64().unwrap(),
             steady["apiReadsPerSessionHour"].as_f64().unwrap(),
@@ -355,6 +355,7 @@ async fn main() {
             steady["providerCallsPerInventoryInterval"].as_f64().unwrap(),
             steady["providerCallsPerSessionHour"].as_f64().unwrap(),
             steady["reconcilesPerSessionHour"].as_f64().unwrap(),
+            steady["rssNowMiB"].as_f64().unwrap(),
             steady["rssMiB"].as_f64().unwrap(),
         );
         runs.push(json!({"sessions": n, "controller": controller, "floor": floor, "readyRatio": ratio}));
