@@ -1,17 +1,17 @@
-//! What every reconcile shares: the client, configuration, metrics, the event
-//! recorder, and the per-object retry backoff.
+//! What every reconcile shares: the client, configuration, metrics, the Event
+//! publisher, and the per-object retry backoff.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use rand::Rng;
 
 use crate::config::Config;
+use crate::controller::events::EventPublisher;
 use crate::crd::{GpuOfferFilter, GpuSession};
 use crate::error::Error;
 use crate::inventory::Inventory;
@@ -94,7 +94,7 @@ pub struct Context {
     /// Closed when this replica can no longer be sure it leads: no marketplace call passes.
     pub marketplace_gate: Arc<Gate>,
     pub metrics: Arc<Metrics>,
-    pub recorder: Recorder,
+    pub events: EventPublisher,
     /// Hosts that failed verification, avoided when shopping.
     pub bad_hosts: BadHosts,
     pub offer_cache: OfferCache,
@@ -120,8 +120,7 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client, config: Arc<Config>, providers: Vec<Arc<dyn Provider>>, metrics: Arc<Metrics>) -> Self {
-        let reporter = Reporter { controller: CONTROLLER_NAME.into(), instance: config.instance_name.clone() };
-        let recorder = Recorder::new(client.clone(), reporter);
+        let events = EventPublisher::new(client.clone(), CONTROLLER_NAME.into(), config.instance_name.clone());
         let bad_hosts = BadHosts::new(config.bad_host_ttl);
         let inventory = Inventory::new(providers.iter().map(|p| p.name()));
         let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
@@ -133,7 +132,7 @@ impl Context {
             providers,
             marketplace_gate,
             metrics,
-            recorder,
+            events,
             bad_hosts,
             offer_cache: OfferCache::default(),
             inventory,

@@ -2,6 +2,7 @@
 //! create) and one for GpuOfferFilters, run side by side.
 
 pub mod context;
+pub mod events;
 pub mod identity;
 pub mod kube_client;
 pub mod leader;
@@ -133,6 +134,7 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
     let router = tokio::spawn(route_wakes(ctx.woken_sessions(), wake_routes));
 
     let sweeper = tokio::spawn(sweeper::run(ctx.clone()));
+    let event_pruner = tokio::spawn(events::prune_on_a_clock(ctx.clone()));
     health.ready.store(true, Ordering::Relaxed);
     tracing::info!(deployment_id = %ctx.config.deployment_id, installation = %ctx.config.installation(), "controllers running");
     let mut leadership = leadership;
@@ -157,6 +159,7 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
         }
     };
     sweeper.abort();
+    event_pruner.abort();
     router.abort();
     health.ready.store(false, Ordering::Relaxed);
     tracing::info!("controllers stopped");

@@ -15,8 +15,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::controller::events::{Event as RecordedEvent, EventType};
 use kube::api::{ListParams, ObjectMeta, PostParams};
-use kube::runtime::events::{Event as RecordedEvent, EventType};
 use kube::{Api, Resource, ResourceExt};
 
 use super::context::{CONTROLLER_NAME, Context};
@@ -235,7 +235,7 @@ async fn stray_event(ctx: &Context, session: &GpuSession, provider: ProviderName
         action: "Sweep".into(),
         secondary: None,
     };
-    if let Err(error) = ctx.recorder.publish(&event, &session.object_ref(&())).await {
+    if let Err(error) = ctx.events.publish(&event, &session.object_ref(&())).await {
         tracing::warn!(%error, "could not record the stray event");
     }
 }
