@@ -24,6 +24,9 @@ async fn interactive_session_reaches_ready_and_its_secret_key_logs_in() {
     let h = Harness::new("interactive", fast_market()).await;
     h.apply("box", rtx_4090(json!({"consumer": "team-vision"}))).await;
     let ready = h.wait_ready("box").await;
+    // SSHReady, CUDAVerified and WorkloadReady share one login (each is a key exchange on both ends).
+    let logins = h.sim.sim.world().ssh_logins.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(logins, 1, "the machine was proven with one SSH login");
     let st = status(&ready);
     assert_eq!(st.phase, Some(SessionPhase::Running));
     assert_eq!(st.provider, Some(ProviderName::Vastai));

@@ -1,6 +1,6 @@
 //! A real SSH client for the readiness stages: log in with the session's key,
-//! record the host key on first contact and insist on it afterwards, run one
-//! command and collect its output and exit code.
+//! record the host key on first contact and insist on it afterwards, run
+//! commands and collect their output and exit codes.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,18 +77,38 @@ pub async fn run(
     timeout: Duration,
 ) -> Result<CommandOutput, SshError> {
     let addr = format!("{}:{}", target.host, target.port);
-    match tokio::time::timeout(timeout, run_inner(target, &addr, key, command)).await {
+    let login_and_run = async {
+        let connection = connect_inner(target, &addr, key).await?;
+        let output = connection.exec_inner(command).await;
+        connection.close().await;
+        output
+    };
+    match tokio::time::timeout(timeout, login_and_run).await {
         Ok(result) => result,
         Err(_) => Err(SshError::Timeout { addr, timeout }),
     }
 }
 
-async fn run_inner(
-    target: &Target<'_>,
-    addr: &str,
-    key: Arc<PrivateKey>,
-    command: &str,
-) -> Result<CommandOutput, SshError> {
+/// A logged-in SSH connection that runs commands one after another, each on its
+/// own channel: a caller with several commands for one machine pays for one
+/// key exchange and one authentication, not one per command.
+pub struct Connection {
+    session: client::Handle<Verifier>,
+    addr: String,
+    /// The host key's SHA256 fingerprint, to pin on first contact.
+    pub host_fingerprint: String,
+}
+
+/// Logs in within `timeout`.
+pub async fn connect(target: &Target<'_>, key: Arc<PrivateKey>, timeout: Duration) -> Result<Connection, SshError> {
+    let addr = format!("{}:{}", target.host, target.port);
+    match tokio::time::timeout(timeout, connect_inner(target, &addr, key)).await {
+        Ok(result) => result,
+        Err(_) => Err(SshError::Timeout { addr, timeout }),
+    }
+}
+
+async fn connect_inner(target: &Target<'_>, addr: &str, key: Arc<PrivateKey>) -> Result<Connection, SshError> {
     let seen = Arc::new(Mutex::new(None));
     let verifier = Verifier { pinned: target.pinned_fingerprint.map(str::to_string), seen: seen.clone() };
     let config = Arc::new(client::Config { inactivity_timeout: Some(Duration::from_secs(60)), ..Default::default() });
@@ -119,22 +139,41 @@ async fn run_inner(
     if !matches!(auth, AuthResult::Success) {
         return Err(SshError::AuthRejected { user: target.user.to_string(), addr: addr.to_string() });
     }
-    let mut channel = session.channel_open_session().await.map_err(protocol)?;
-    channel.exec(true, command).await.map_err(protocol)?;
-    let (mut stdout, mut stderr, mut exit_code) = (Vec::new(), Vec::new(), None);
-    while let Some(message) = channel.wait().await {
-        match message {
-            ChannelMsg::Data { data } => keep_capped(&mut stdout, &data),
-            ChannelMsg::ExtendedData { data, .. } => keep_capped(&mut stderr, &data),
-            ChannelMsg::ExitStatus { exit_status } => exit_code = Some(exit_status),
-            _ => {}
+    Ok(Connection { session, addr: addr.to_string(), host_fingerprint })
+}
+
+impl Connection {
+    /// Runs `command` on a new channel and collects its output and exit code within `timeout`.
+    pub async fn exec(&self, command: &str, timeout: Duration) -> Result<CommandOutput, SshError> {
+        match tokio::time::timeout(timeout, self.exec_inner(command)).await {
+            Ok(result) => result,
+            Err(_) => Err(SshError::Timeout { addr: self.addr.clone(), timeout }),
         }
     }
-    let _ = session.disconnect(russh::Disconnect::ByApplication, "", "en").await;
-    Ok(CommandOutput {
-        exit_code,
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-        host_fingerprint,
-    })
+
+    async fn exec_inner(&self, command: &str) -> Result<CommandOutput, SshError> {
+        let protocol = |e: russh::Error| SshError::Protocol { addr: self.addr.clone(), message: e.to_string() };
+        let mut channel = self.session.channel_open_session().await.map_err(protocol)?;
+        channel.exec(true, command).await.map_err(protocol)?;
+        let (mut stdout, mut stderr, mut exit_code) = (Vec::new(), Vec::new(), None);
+        while let Some(message) = channel.wait().await {
+            match message {
+                ChannelMsg::Data { data } => keep_capped(&mut stdout, &data),
+                ChannelMsg::ExtendedData { data, .. } => keep_capped(&mut stderr, &data),
+                ChannelMsg::ExitStatus { exit_status } => exit_code = Some(exit_status),
+                _ => {}
+            }
+        }
+        Ok(CommandOutput {
+            exit_code,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            host_fingerprint: self.host_fingerprint.clone(),
+        })
+    }
+
+    /// Says goodbye; dropping the connection closes it too, without the courtesy.
+    pub async fn close(self) {
+        let _ = self.session.disconnect(russh::Disconnect::ByApplication, "", "en").await;
+    }
 }

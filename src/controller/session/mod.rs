@@ -4,6 +4,7 @@
 //! write is healed by adopting the labelled instance).
 
 mod limits;
+mod login;
 mod rekey;
 mod rent;
 mod running;
@@ -20,11 +21,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::controller::events::{Event, EventType};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Resource, ResourceExt};
 
@@ -230,7 +231,7 @@ impl<'a> Step<'a> {
         for announcement in std::mem::take(&mut self.announcements) {
             match announcement {
                 Announcement::Event(event) => {
-                    if let Err(error) = self.ctx.recorder.publish(&event, &self.session.object_ref(&())).await {
+                    if let Err(error) = self.ctx.events.publish(&event, &self.session.object_ref(&())).await {
                         tracing::warn!(session = %self.session.name_any(), %error, "could not publish an event");
                     }
                 }

@@ -10,8 +10,8 @@
 use kube::ResourceExt;
 
 use super::Step;
+use super::login::run_on_machine;
 use super::secret::{self, SessionKey};
-use super::stages::run_on_machine;
 use crate::crd::session::RekeyStatus;
 use crate::error::Result;
 use crate::keys;

@@ -9,8 +9,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 
 use super::limits::{seconds, tail_chars};
+use super::login::run_on_machine;
 use super::secret::SessionKey;
-use super::stages::{run_on_machine, work_dir};
+use super::stages::work_dir;
 use super::{Step, teardown};
 use crate::crd::duration::parse;
 use crate::crd::session::JobResult;

@@ -4,12 +4,12 @@
 //! crash) destroys the instance, marks the host bad and shops again; any
 //! other failure ends the session.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
+use super::login::StageLogin;
 use super::secret::{self, SessionKey};
 use super::timeouts::{self, StageTimeouts};
 use super::{PROVISIONING_POLL, Step, teardown};
@@ -18,11 +18,10 @@ use crate::crd::session::{Attempt, SshEndpoint, after_stored};
 use crate::crd::{SessionPhase, WorkloadKind};
 use crate::error::Result;
 use crate::inventory::Presence;
-use crate::keys;
 use crate::market::cuda_at_least;
 use crate::metrics::ProviderLabels;
 use crate::probe::nvidia;
-use crate::probe::ssh::{self, CommandOutput, SshError, Target};
+use crate::probe::ssh::{CommandOutput, SshError};
 use crate::provider::{Instance, InstanceState};
 
 /// How long a just-created instance may be unknown to the marketplace's lookups.
@@ -31,20 +30,19 @@ const NOT_VISIBLE_YET: Duration = Duration::from_secs(30);
 /// How long a starting session waits for the shared listing before it looks its machine up itself.
 const LISTING_WAIT: Duration = Duration::from_secs(30);
 
-/// Time allowed to one SSH login + command.
-const SSH_CALL: Duration = Duration::from_secs(20);
-
-pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
+pub async fn step<'a>(step: &mut Step<'a>, key: &SessionKey) -> Result<Action> {
     let limits = timeouts::for_spec(&step.session.spec);
+    // The stages that pass in this reconcile share one login.
+    let mut login = StageLogin::default();
     loop {
         let (stage, action) = if !step.condition_is_true(types::INSTANCE_RUNNING) {
             (types::INSTANCE_RUNNING, instance_running(step, &limits).await?)
         } else if !step.condition_is_true(types::SSH_READY) {
-            (types::SSH_READY, ssh_ready(step, key, &limits).await?)
+            (types::SSH_READY, ssh_ready(step, &mut login, key, &limits).await?)
         } else if !step.condition_is_true(types::CUDA_VERIFIED) {
-            (types::CUDA_VERIFIED, cuda_verified(step, key, &limits).await?)
+            (types::CUDA_VERIFIED, cuda_verified(step, &mut login, key, &limits).await?)
         } else if !step.condition_is_true(types::WORKLOAD_READY) {
-            (types::WORKLOAD_READY, workload_ready(step, key, &limits).await?)
+            (types::WORKLOAD_READY, workload_ready(step, &mut login, key, &limits).await?)
         } else {
             return ready(step).await;
         };
@@ -151,42 +149,24 @@ async fn instance_running(step: &mut Step<'_>, limits: &StageTimeouts) -> Result
     Ok(Action::requeue(PROVISIONING_POLL))
 }
 
-/// Runs `command` on the machine with the session's key and the pinned host key.
-pub async fn run_on_machine(
-    step: &Step<'_>,
-    key: &SessionKey,
-    command: &str,
-) -> std::result::Result<CommandOutput, SshError> {
-    let endpoint = step
-        .status
-        .ssh
-        .clone()
-        .ok_or_else(|| SshError::Connect { addr: "?".into(), message: "no SSH endpoint known".into() })?;
-    let private = keys::parse_private(&key.private_openssh)
-        .map_err(|e| SshError::Protocol { addr: endpoint.host.clone(), message: e.to_string() })?;
-    let target = Target {
-        host: &endpoint.host,
-        port: endpoint.port,
-        user: &endpoint.user,
-        pinned_fingerprint: endpoint.host_key_fingerprint.as_deref(),
-    };
-    let _permit = step.ctx.ssh_permits.acquire().await.expect("the SSH semaphore is never closed");
-    ssh::run(&target, Arc::new(private), command, SSH_CALL).await
-}
-
 fn count_ssh_failure(step: &Step<'_>) {
     let provider = step.status.provider.map(|p| p.as_str()).unwrap_or("unknown");
     step.ctx.metrics.ssh_verify_failures.get_or_create(&ProviderLabels { provider }).inc();
 }
 
-async fn ssh_ready(step: &mut Step<'_>, key: &SessionKey, limits: &StageTimeouts) -> Result<Action> {
-    match run_on_machine(step, key, "true").await {
-        Ok(out) => {
+async fn ssh_ready<'a>(
+    step: &mut Step<'a>,
+    login: &mut StageLogin<'a>,
+    key: &SessionKey,
+    limits: &StageTimeouts,
+) -> Result<Action> {
+    match login.open(step, key).await {
+        Ok(host_fingerprint) => {
             let endpoint = step.status.ssh.as_mut().expect("InstanceRunning recorded the endpoint");
-            endpoint.host_key_fingerprint.get_or_insert(out.host_fingerprint.clone());
+            endpoint.host_key_fingerprint.get_or_insert(host_fingerprint.clone());
             let message = format!(
-                "logged in as {}@{}:{} with the session's key; host key {} pinned",
-                endpoint.user, endpoint.host, endpoint.port, out.host_fingerprint
+                "logged in as {}@{}:{} with the session's key; host key {host_fingerprint} pinned",
+                endpoint.user, endpoint.host, endpoint.port
             );
             step.condition(types::SSH_READY, true, "LoggedIn", message.clone());
             Ok(Action::requeue(super::NEXT_STAGE))
@@ -208,8 +188,13 @@ async fn ssh_ready(step: &mut Step<'_>, key: &SessionKey, limits: &StageTimeouts
     }
 }
 
-async fn cuda_verified(step: &mut Step<'_>, key: &SessionKey, limits: &StageTimeouts) -> Result<Action> {
-    let out = match run_on_machine(step, key, nvidia::QUERY).await {
+async fn cuda_verified<'a>(
+    step: &mut Step<'a>,
+    login: &mut StageLogin<'a>,
+    key: &SessionKey,
+    limits: &StageTimeouts,
+) -> Result<Action> {
+    let out = match login.run(step, key, nvidia::QUERY).await {
         Ok(out) => out,
         Err(error) => {
             count_ssh_failure(step);
@@ -221,16 +206,35 @@ async fn cuda_verified(step: &mut Step<'_>, key: &SessionKey, limits: &StageTime
             return Ok(Action::requeue(PROVISIONING_POLL));
         }
     };
+    match judge_gpus(step, &out).await? {
+        Ok(summary) => {
+            step.condition(types::CUDA_VERIFIED, true, "Verified", summary);
+            Ok(Action::requeue(super::NEXT_STAGE))
+        }
+        Err((reason, message)) => {
+            // The machine is left: its login is no longer needed while it is destroyed.
+            login.close();
+            host_failed(step, reason, message).await
+        }
+    }
+}
+
+/// What nvidia-smi showed against what the session needs: a summary of the
+/// GPUs, or why the host fails (a reason and a message).
+async fn judge_gpus(
+    step: &mut Step<'_>,
+    out: &CommandOutput,
+) -> Result<std::result::Result<String, (&'static str, String)>> {
     if out.exit_code != Some(0) {
         let why = if out.exit_code == Some(127) {
             "nvidia-smi is not installed: the image has no NVIDIA driver"
         } else {
             "nvidia-smi failed"
         };
-        return host_failed(step, "DriverMissing", format!("{why} ({})", out.stderr.trim())).await;
+        return Ok(Err(("DriverMissing", format!("{why} ({})", out.stderr.trim()))));
     }
     let Some(found) = nvidia::parse(&out.stdout) else {
-        return host_failed(step, "CUDAUnverifiable", "nvidia-smi output could not be read".into()).await;
+        return Ok(Err(("CUDAUnverifiable", "nvidia-smi output could not be read".into())));
     };
     // The filter and the inline requirements together, as when shopping.
     let requirements = match super::rent::effective_requirements(step).await? {
@@ -247,16 +251,14 @@ async fn cuda_verified(step: &mut Step<'_>, key: &SessionKey, limits: &StageTime
             "nvidia-smi reports CUDA {} (the marketplace advertised more or nothing); the session needs {needed}: {summary}",
             found.cuda_version
         );
-        return host_failed(step, "CUDAMismatch", message).await;
+        return Ok(Err(("CUDAMismatch", message)));
     }
     if let Some(count) = requirements.gpu_count
         && found.gpu_count < count
     {
-        return host_failed(step, "GPUCountMismatch", format!("asked for {count} GPUs, nvidia-smi shows {summary}"))
-            .await;
+        return Ok(Err(("GPUCountMismatch", format!("asked for {count} GPUs, nvidia-smi shows {summary}"))));
     }
-    step.condition(types::CUDA_VERIFIED, true, "Verified", summary);
-    Ok(Action::requeue(super::NEXT_STAGE))
+    Ok(Ok(summary))
 }
 
 fn shell_quote(text: &str) -> String {
@@ -284,8 +286,13 @@ fn launcher(step: &Step<'_>) -> String {
     )
 }
 
-async fn workload_ready(step: &mut Step<'_>, key: &SessionKey, limits: &StageTimeouts) -> Result<Action> {
-    if let Err(error) = run_on_machine(step, key, &launcher(step)).await {
+async fn workload_ready<'a>(
+    step: &mut Step<'a>,
+    login: &mut StageLogin<'a>,
+    key: &SessionKey,
+    limits: &StageTimeouts,
+) -> Result<Action> {
+    if let Err(error) = login.run(step, key, &launcher(step)).await {
         count_ssh_failure(step);
         step.condition(
             types::WORKLOAD_READY,
@@ -294,6 +301,10 @@ async fn workload_ready(step: &mut Step<'_>, key: &SessionKey, limits: &StageTim
             format!("could not start the workload yet: {error}"),
         );
         return workload_deadline(step, limits, &error.to_string()).await;
+    }
+    if step.session.spec.workload.kind == WorkloadKind::Inference {
+        // The model is probed over HTTP; the login is not needed while it loads or if the host fails.
+        login.close();
     }
     match step.session.spec.workload.kind {
         WorkloadKind::Interactive => {
