@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
+use gpu_shopper::crd::conditions::types;
 use gpu_shopper::crd::{GpuSession, ProviderName};
 use gpu_shopper::simulator;
 use gpu_shopper::simulator::market::Market;
@@ -63,17 +64,86 @@ where
     futures::stream::iter(0..n).map(work).buffer_unordered(CONCURRENCY).collect::<Vec<_>>().await;
 }
 
-/// Polls `check` every `every` (a list of 10 000 sessions is itself load on the API server).
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, every: Duration, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "bench: timed out waiting for {what}");
-        tokio::time::sleep(every).await;
+/// How far along the sessions are, kept from their watch events.
+#[derive(Default)]
+struct Watched {
+    /// Every session that exists, and whether it is Ready.
+    ready: std::collections::HashMap<String, bool>,
+    /// Seconds from creation to each stage, for each session when it first turned Ready.
+    stages: Vec<[f64; 3]>,
+}
+
+impl Watched {
+    fn saw(&mut self, session: &GpuSession) {
+        let name = session.metadata.name.clone().unwrap_or_default();
+        let conditions = session.status.as_ref().map(|st| st.conditions.as_slice()).unwrap_or_default();
+        let since_created = |type_: &str| {
+            let created = session.metadata.creation_timestamp.as_ref()?.0;
+            let condition = gpu_shopper::crd::conditions::find(conditions, type_).filter(|c| c.status == "True")?;
+            Some(condition.last_transition_time.0.duration_since(created).as_secs_f64())
+        };
+        let ready = since_created(types::READY).is_some();
+        let was_ready = self.ready.insert(name, ready).unwrap_or(false);
+        if ready && !was_ready {
+            let rented = session.status.as_ref().and_then(|st| {
+                Some(
+                    st.rented_at
+                        .as_ref()?
+                        .0
+                        .duration_since(session.metadata.creation_timestamp.as_ref()?.0)
+                        .as_secs_f64(),
+                )
+            });
+            let running = since_created(types::INSTANCE_RUNNING);
+            if let (Some(rented), Some(running), Some(ready)) = (rented, running, since_created(types::READY)) {
+                self.stages.push([rented, running, ready]);
+            }
+        }
     }
+}
+
+/// Follows the sessions with a watch until `done` holds (a list of every session each
+/// poll was itself load on the API server the controller shares: 1000 sessions four
+/// times a second).
+async fn watch_until(
+    sessions: &Api<GpuSession>,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&Watched) -> bool,
+) -> Watched {
+    use kube::runtime::{WatchStreamExt, watcher};
+    let mut watched = Watched::default();
+    let mut listed = false;
+    let stream = watcher(sessions.clone(), watcher::Config::default()).default_backoff();
+    futures::pin_mut!(stream);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let event = tokio::time::timeout_at(deadline, stream.next()).await;
+        let event = event.unwrap_or_else(|_| panic!("bench: timed out waiting for {what}"));
+        match event.expect("the watch ended") {
+            Ok(watcher::Event::Init) => watched.ready.clear(),
+            Ok(watcher::Event::InitApply(session) | watcher::Event::Apply(session)) => watched.saw(&session),
+            Ok(watcher::Event::Delete(session)) => {
+                watched.ready.remove(&session.metadata.name.clone().unwrap_or_default());
+            }
+            Ok(watcher::Event::InitDone) => listed = true,
+            Err(error) => eprintln!("bench: watch error (retried): {error}"),
+        }
+        if listed && done(&watched) {
+            return watched;
+        }
+    }
+}
+
+/// Median and 90th percentile of each stage's seconds since creation.
+fn stage_breakdown(stages: &[[f64; 3]]) -> Value {
+    let quantiles = |index: usize| {
+        let mut values: Vec<f64> = stages.iter().map(|s| s[index]).collect();
+        values.sort_by(f64::total_cmp);
+        let at = |q: f64| values.get(((values.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0);
+        json!({"median": at(0.5), "p90": at(0.9)})
+    };
+    json!({"rented": quantiles(0), "instanceRunning": quantiles(1), "ready": quantiles(2)})
 }
 
 fn metric_sum(text: &str, name: &str, label_filter: &str) -> f64 {
@@ -163,19 +233,8 @@ async fn controller_run(client: &Client, n: usize, load: Load) -> Value {
         }
     })
     .await;
-    let poll = if n > 1000 { Duration::from_secs(5) } else { Duration::from_millis(250) };
-    wait_until("every session Ready", Duration::from_secs(1800), poll, || async {
-        let list = sessions.list(&ListParams::default()).await.unwrap();
-        list.items
-            .iter()
-            .filter(|s| {
-                s.status
-                    .as_ref()
-                    .and_then(|st| gpu_shopper::crd::conditions::find(&st.conditions, "Ready"))
-                    .is_some_and(|c| c.status == "True")
-            })
-            .count()
-            == n
+    let watched = watch_until(&sessions, "every session Ready", Duration::from_secs(1800), |w| {
+        w.ready.values().filter(|ready| **ready).count() == n
     })
     .await;
     let ready = started.elapsed();
@@ -224,11 +283,11 @@ async fn controller_run(client: &Client, n: usize, load: Load) -> Value {
         }
     })
     .await;
-    wait_until("every session gone and no live instance", Duration::from_secs(1800), poll, || async {
-        sessions.list(&ListParams::default()).await.is_ok_and(|l| l.items.is_empty())
-            && sim.instances().iter().all(|i| i.destroyed)
-    })
-    .await;
+    watch_until(&sessions, "every session gone", Duration::from_secs(1800), |w| w.ready.is_empty()).await;
+    while !sim.instances().iter().all(|i| i.destroyed) {
+        assert!(deleting.elapsed() < Duration::from_secs(1800), "bench: timed out waiting for no live instance");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let deleted = deleting.elapsed();
     let metrics = metrics_text(controller.http_port).await;
     let (rss_mib, cpu_seconds) = proc_figures(pid);
@@ -251,6 +310,8 @@ async fn controller_run(client: &Client, n: usize, load: Load) -> Value {
         "reconcilesPerSession": per(metric_sum(&metrics, "gpu_shopper_reconciliations_total", "controller=\"gpusession\"")),
         "peakRssMiB": rss_mib,
         "rssAtReadyMiB": rss_at_ready,
+        // Whole seconds: a condition's transition time keeps seconds.
+        "secondsSinceCreatedAtStage": stage_breakdown(&watched.stages),
         "cpuSeconds": cpu_seconds,
         "steady": steady,
     })
@@ -357,6 +418,14 @@ async fn main() {
             steady["reconcilesPerSessionHour"].as_f64().unwrap(),
             steady["rssNowMiB"].as_f64().unwrap(),
             steady["rssMiB"].as_f64().unwrap(),
+        );
+        let stages = &controller["secondsSinceCreatedAtStage"];
+        let at = |stage: &str| format!("{}/{}", stages[stage]["median"], stages[stage]["p90"]);
+        println!(
+            "{n:>6} seconds from a session's creation (median/p90): rented {}, instance running {}, Ready {}",
+            at("rented"),
+            at("instanceRunning"),
+            at("ready"),
         );
         runs.push(json!({"sessions": n, "controller": controller, "floor": floor, "readyRatio": ratio}));
         // Written after every size, so a later failure keeps what was measured.
