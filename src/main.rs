@@ -228,7 +228,7 @@ fn run_controller() -> ExitCode {
 
 async fn controller_main(config: Arc<Config>) -> Result<(), String> {
     let metrics = Arc::new(Metrics::default());
-    let client = controller::kube_client::client(metrics.clone())
+    let (client, kube_config) = controller::kube_client::client(metrics.clone())
         .await
         .map_err(|e| format!("cannot connect to Kubernetes (set KUBECONFIG or run in a cluster): {e}"))?;
     let providers = config.credentials.configured();
@@ -250,7 +250,7 @@ async fn controller_main(config: Arc<Config>) -> Result<(), String> {
     let cluster =
         controller::identity::cluster_id(&client, config.cluster_id.as_deref()).await.map_err(|e| e.to_string())?;
     let config = Arc::new(Config { cluster_id: Some(cluster), ..(*config).clone() });
-    let ctx = Arc::new(Context::new(client, config, providers, metrics));
+    let ctx = Arc::new(Context::new(client, kube_config, config, providers, metrics));
     tokio::select! {
         result = controller::run(ctx, health) => result.map_err(|e| e.to_string()),
         result = server => Err(match result {

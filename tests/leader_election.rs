@@ -208,3 +208,46 @@ async fn a_leader_stopped_by_sigterm_releases_its_lease() {
     assert_eq!(held_by, None, "the lease is released, not left to expire");
     delete_namespace(&client, &ns).await;
 }
+
+/// The leader's runtime starved (every worker busy: thousands of reconciles on two
+/// cores, a CPU limit throttling the pod) for longer than the lease: the lease is
+/// held on its own thread, so it is renewed meanwhile and the leader is not fenced.
+/// (`#[tokio::test]` runs on one thread: blocking it blocks this whole runtime.)
+#[tokio::test]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn a_leader_whose_runtime_is_starved_keeps_its_lease_and_is_not_fenced() {
+    use gpu_shopper::controller::leader::{self, Candidate};
+    use gpu_shopper::provider::gate::Gate;
+    use std::sync::Arc;
+
+    let client = client().await;
+    let ns = namespace(&client, "starved").await;
+    let gate = Arc::new(Gate::default());
+    let candidate = Candidate {
+        lease_name: "starved".into(),
+        namespace: ns.clone(),
+        identity: "replica-a".into(),
+        duration: Duration::from_secs(LEASE_SECONDS),
+    };
+    let metrics = Arc::new(gpu_shopper::metrics::Metrics::default());
+    let mut leadership =
+        leader::acquire(config_from(&kubeconfig_path()).await, metrics, candidate, gate.clone()).await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let before = renewed_at(&leases, "starved").await;
+
+    std::thread::sleep(Duration::from_secs(LEASE_SECONDS + 2));
+
+    let after = renewed_at(&leases, "starved").await;
+    assert!(
+        after.duration_since(before) >= jiff::SignedDuration::from_secs(1),
+        "renewed while this runtime was blocked: {before} then {after}"
+    );
+    let outcome = tokio::time::timeout(Duration::from_secs(2), leadership.lost()).await;
+    assert!(outcome.is_err(), "still leading, not fenced: {outcome:?}");
+    assert!(!gate.is_closed(), "marketplace calls still allowed");
+    assert_eq!(holder(&leases, "starved").await.as_deref(), Some("replica-a"));
+
+    leadership.release().await;
+    assert_eq!(holder(&leases, "starved").await, None, "released on a graceful stop");
+    delete_namespace(&client, &ns).await;
+}

@@ -88,6 +88,8 @@ pub const CONTROLLER_NAME: &str = "gpu-shopper";
 
 pub struct Context {
     pub client: Client,
+    /// How to reach the API server, for the clients of other runtimes (the leader election's).
+    pub kube_config: kube::Config,
     pub config: Arc<Config>,
     /// A client per marketplace with credentials, each behind `marketplace_gate`.
     pub providers: Vec<Arc<dyn Provider>>,
@@ -119,7 +121,13 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, config: Arc<Config>, providers: Vec<Arc<dyn Provider>>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        client: Client,
+        kube_config: kube::Config,
+        config: Arc<Config>,
+        providers: Vec<Arc<dyn Provider>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let events = EventPublisher::new(client.clone(), CONTROLLER_NAME.into(), config.instance_name.clone());
         let bad_hosts = BadHosts::new(config.bad_host_ttl);
         let inventory = Inventory::new(providers.iter().map(|p| p.name()));
@@ -128,6 +136,7 @@ impl Context {
         let providers = providers.into_iter().map(|p| Gated::wrap(p, marketplace_gate.clone())).collect();
         Context {
             client,
+            kube_config,
             config,
             providers,
             marketplace_gate,

@@ -108,9 +108,15 @@ where
 }
 
 /// A client from KUBECONFIG or the in-cluster service account, with request counting
-/// and at most `API_REQUESTS_IN_FLIGHT` requests in flight.
-pub async fn client(metrics: Arc<Metrics>) -> Result<Client, String> {
+/// and at most `API_REQUESTS_IN_FLIGHT` requests in flight, and the configuration it came from.
+pub async fn client(metrics: Arc<Metrics>) -> Result<(Client, kube::Config), String> {
     let config = kube::Config::infer().await.map_err(|e| e.to_string())?;
+    Ok((client_from(config.clone(), metrics)?, config))
+}
+
+/// A client for `config`, counted and bounded like `client`'s. It must be built on
+/// the runtime that will use it (the client's request queue runs as a task there).
+pub fn client_from(config: kube::Config, metrics: Arc<Metrics>) -> Result<Client, String> {
     let builder = ClientBuilder::try_from(config).map_err(|e| e.to_string())?;
     let accounting = Accounting { metrics, permits: Arc::new(Semaphore::new(API_REQUESTS_IN_FLIGHT)) };
     Ok(builder.with_layer(&accounting).build())

@@ -3,17 +3,19 @@
 //! the lease is renewed when half of it remains, and a leader that cannot see
 //! its own renewal within the renew deadline (three quarters of the lease)
 //! closes the marketplace gate and exits, a quarter of a lease before any
-//! standby may take over. On a graceful stop the lease is released.
+//! standby may take over. On a graceful stop the lease is released. The lease
+//! is held on a thread and runtime of its own, apart from the reconciles.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::{Api, Client};
-use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use kube::Api;
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio::sync::{oneshot, watch};
 
+use super::kube_client;
+use crate::metrics::Metrics;
 use crate::provider::gate::Gate;
 
 /// How leadership ended while this process held it.
@@ -53,43 +55,127 @@ impl Timing {
 
 /// Holds leadership while alive.
 pub struct Leadership {
-    receiver: watch::Receiver<bool>,
-    manager: JoinHandle<Result<LeaseManager, LeaseManagerError>>,
+    leading: watch::Receiver<bool>,
     fenced: watch::Receiver<bool>,
-    watchdog: JoinHandle<()>,
+    /// Asks the leader-election thread to give the lease up, and is told when it has.
+    release: oneshot::Sender<oneshot::Sender<()>>,
 }
 
-/// Waits until this process holds the lease `name` in `namespace`; from then on,
-/// `gate` is closed as soon as the renewal cannot be confirmed in time.
+/// Where the Lease is and who this replica is.
+pub struct Candidate {
+    pub lease_name: String,
+    pub namespace: String,
+    pub identity: String,
+    pub duration: Duration,
+}
+
+/// Waits until this process holds the lease, then keeps renewing it; from then
+/// on `gate` is closed as soon as the renewal cannot be confirmed in time.
+///
+/// The lease is held on a thread of its own, with its own runtime and its own
+/// API client: a controller whose runtime is saturated (every worker busy
+/// reconciling thousands of sessions, a CPU limit throttling it) still renews on
+/// time, instead of fencing itself because its renewal task was not polled. It
+/// cannot help when the API server itself is too slow to answer.
 pub async fn acquire(
-    client: Client,
-    name: &str,
-    namespace: &str,
-    identity: &str,
-    duration: Duration,
+    connect: kube::Config,
+    metrics: Arc<Metrics>,
+    candidate: Candidate,
     gate: Arc<Gate>,
-) -> Result<Leadership, LeaseManagerError> {
+) -> Result<Leadership, String> {
+    let (acquired, leadership) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("leader-election".into())
+        .spawn(move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime.block_on(hold_lease(connect, metrics, candidate, gate, acquired)),
+            Err(error) => {
+                let _ = acquired.send(Err(format!("cannot start the leader-election runtime: {error}")));
+            }
+        })
+        .map_err(|e| format!("cannot start the leader-election thread: {e}"))?;
+    leadership.await.map_err(|_| "the leader-election thread stopped".to_string())?
+}
+
+/// Runs on the leader-election thread: waits to lead (or for the caller to stop
+/// waiting), reports leadership and fencing, and releases the lease when asked.
+async fn hold_lease(
+    connect: kube::Config,
+    metrics: Arc<Metrics>,
+    candidate: Candidate,
+    gate: Arc<Gate>,
+    acquired: oneshot::Sender<Result<Leadership, String>>,
+) {
+    let Candidate { lease_name: name, namespace, identity, duration } = candidate;
     let timing = Timing::new(duration);
-    let manager = LeaseManagerBuilder::new(client.clone(), name)
-        .with_namespace(namespace)
-        .with_identity(identity)
+    let client = match kube_client::client_from(connect, metrics) {
+        Ok(client) => client,
+        Err(error) => {
+            let _ = acquired.send(Err(error));
+            return;
+        }
+    };
+    let manager = LeaseManagerBuilder::new(client.clone(), &name)
+        .with_namespace(&namespace)
+        .with_identity(&identity)
         .with_duration(timing.duration.as_secs())
         .with_grace(timing.grace.as_secs())
         .with_field_manager("gpu-shopper-leader-election")
         .build()
-        .await?;
+        .await;
+    let manager = match manager {
+        Ok(manager) => manager,
+        Err(error) => {
+            let _ = acquired.send(Err(error.to_string()));
+            return;
+        }
+    };
     let (mut receiver, manager) = manager.watch().await;
     tracing::info!(lease = %name, %namespace, %identity, "waiting to become the leader");
+    let mut acquired = acquired;
     while !*receiver.borrow_and_update() {
-        if receiver.changed().await.is_err() {
-            break;
+        tokio::select! {
+            changed = receiver.changed() => if changed.is_err() {
+                let _ = acquired.send(Err("the lease manager stopped".into()));
+                return;
+            },
+            // The caller stopped waiting (told to stop while a standby): nothing is held.
+            _ = acquired.closed() => return,
         }
     }
     tracing::info!(lease = %name, %identity, "acquired leadership");
     let (fence, fenced) = watch::channel(false);
-    let leases: Api<Lease> = Api::namespaced(client, namespace);
-    let watchdog = tokio::spawn(watch_renewals(leases, name.to_string(), identity.to_string(), timing, gate, fence));
-    Ok(Leadership { receiver, manager, fenced, watchdog })
+    let (lead, leading) = watch::channel(true);
+    let (release, mut release_requested) = oneshot::channel::<oneshot::Sender<()>>();
+    let leases: Api<Lease> = Api::namespaced(client, &namespace);
+    let watchdog = tokio::spawn(watch_renewals(leases, name.clone(), identity, timing, gate, fence));
+    if acquired.send(Ok(Leadership { leading, fenced, release })).is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            changed = receiver.changed() => {
+                let still = changed.is_ok() && *receiver.borrow_and_update();
+                let _ = lead.send(still);
+                if !still {
+                    return; // lost: not ours to release
+                }
+            }
+            request = &mut release_requested => {
+                // Dropped without a request: lost or fenced, and not ours to release.
+                let Ok(done) = request else { return };
+                watchdog.abort();
+                // Dropping the last receiver tells the manager to release the lease and stop.
+                drop(receiver);
+                match tokio::time::timeout(Duration::from_secs(5), manager).await {
+                    Ok(Ok(Ok(_))) => tracing::info!("released the leader lease"),
+                    Ok(Ok(Err(error))) => tracing::warn!(%error, "could not release the leader lease; it expires on its own"),
+                    _ => tracing::warn!("could not release the leader lease in time; it expires on its own"),
+                }
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
 }
 
 impl Leadership {
@@ -99,11 +185,11 @@ impl Leadership {
             if *self.fenced.borrow_and_update() {
                 return Loss::Fenced;
             }
-            if !*self.receiver.borrow_and_update() {
+            if !*self.leading.borrow_and_update() {
                 return Loss::Lost;
             }
             tokio::select! {
-                changed = self.receiver.changed() => if changed.is_err() { return Loss::Lost },
+                changed = self.leading.changed() => if changed.is_err() { return Loss::Lost },
                 changed = self.fenced.changed() => if changed.is_err() { return Loss::Fenced },
             }
         }
@@ -111,13 +197,9 @@ impl Leadership {
 
     /// Gives the lease up (a graceful stop), so a standby need not wait for it to expire.
     pub async fn release(self) {
-        self.watchdog.abort();
-        // Dropping the last receiver tells the manager to release the lease and stop.
-        drop(self.receiver);
-        match tokio::time::timeout(Duration::from_secs(5), self.manager).await {
-            Ok(Ok(Ok(_))) => tracing::info!("released the leader lease"),
-            Ok(Ok(Err(error))) => tracing::warn!(%error, "could not release the leader lease; it expires on its own"),
-            _ => tracing::warn!("could not release the leader lease in time; it expires on its own"),
+        let (done, released) = oneshot::channel();
+        if self.release.send(done).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(6), released).await;
         }
     }
 }

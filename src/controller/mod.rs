@@ -68,17 +68,17 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
         Some(election) => {
             health.standby.store(true, Ordering::Relaxed);
             let identity = ctx.config.instance_name.clone().unwrap_or_else(random_identity);
-            let acquired = leader::acquire(
-                client.clone(),
-                &election.lease_name,
-                &election.lease_namespace,
-                &identity,
-                election.lease_duration,
-                ctx.marketplace_gate.clone(),
-            );
+            let candidate = leader::Candidate {
+                lease_name: election.lease_name.clone(),
+                namespace: election.lease_namespace.clone(),
+                identity,
+                duration: election.lease_duration,
+            };
+            let acquired =
+                leader::acquire(ctx.kube_config.clone(), ctx.metrics.clone(), candidate, ctx.marketplace_gate.clone());
             // A standby told to stop stops at once: it holds nothing.
             let leadership = tokio::select! {
-                acquired = acquired => acquired.map_err(|e| StartError::LeaderElection(e.to_string()))?,
+                acquired = acquired => acquired.map_err(StartError::LeaderElection)?,
                 _ = stopped.clone() => {
                     tracing::info!("stopped while waiting to lead");
                     return Ok(());

@@ -41,12 +41,16 @@ pub async fn client() -> Client {
 }
 
 pub async fn client_from(path: &std::path::Path) -> Client {
+    Client::try_from(config_from(path).await).expect("client")
+}
+
+/// The test control plane's client configuration.
+pub async fn config_from(path: &std::path::Path) -> Config {
     let path = path.to_path_buf();
     let kubeconfig = Kubeconfig::read_from(&path).unwrap_or_else(|e| {
         panic!("no test control plane kubeconfig at {} ({e}). {NEEDS_CONTROL_PLANE}", path.display())
     });
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("kubeconfig");
-    Client::try_from(config).expect("client")
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("kubeconfig")
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout` naming what was awaited.
