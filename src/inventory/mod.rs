@@ -47,6 +47,29 @@ struct Entry {
     last_alive: HashMap<String, Timestamp>,
     /// Instances confirmed destroyed by this process, hidden from listings sent before they went.
     tombstones: HashMap<String, Timestamp>,
+    /// Where each instance is in the last listing: every reconcile asks about its own
+    /// session's instances, and a scan of ten thousand per question does not scale.
+    index: Index,
+}
+
+/// Positions in the last listing's instances, by instance id and by the session uid of the label.
+#[derive(Default)]
+struct Index {
+    by_id: HashMap<String, usize>,
+    by_session: HashMap<String, Vec<usize>>,
+}
+
+impl Index {
+    fn of(instances: &[Instance]) -> Self {
+        let mut index = Index::default();
+        for (position, instance) in instances.iter().enumerate() {
+            index.by_id.insert(instance.id.clone(), position);
+            if let Some(label) = &instance.label {
+                index.by_session.entry(label.session_uid.clone()).or_default().push(position);
+            }
+        }
+        index
+    }
 }
 
 #[derive(Default)]
@@ -106,6 +129,7 @@ impl Inventory {
                 entry
                     .tombstones
                     .retain(|_, at| started.duration_since(*at).as_secs_f64() < TOMBSTONE_TTL.as_secs_f64());
+                entry.index = Index::of(&instances);
                 entry.last = Some(Snapshot { started, instances });
                 entry.last_error = None;
                 Ok(())
@@ -158,12 +182,12 @@ impl Inventory {
         let mut found = Vec::new();
         for provider in self.marketplaces.keys() {
             self.with_entry(*provider, |entry| {
+                let positions = entry.index.by_session.get(uid).map(Vec::as_slice).unwrap_or_default();
                 found.extend(
-                    visible(entry)
-                        .filter(|i| {
-                            i.label.as_ref().is_some_and(|l| l.session_uid == uid)
-                                && i.state != InstanceState::Destroyed
-                        })
+                    positions
+                        .iter()
+                        .filter_map(|position| visible_at(entry, *position))
+                        .filter(|i| i.state != InstanceState::Destroyed)
                         .cloned(),
                 );
             });
@@ -175,7 +199,7 @@ impl Inventory {
     pub fn presence(&self, provider: ProviderName, id: &str, since: Timestamp) -> Presence {
         self.with_entry(provider, |entry| {
             let Some(started) = entry.last.as_ref().map(|s| s.started) else { return Presence::Unknown };
-            match visible(entry).find(|i| i.id == id) {
+            match entry.index.by_id.get(id).and_then(|position| visible_at(entry, *position)) {
                 Some(instance) => Presence::Listed(Box::new(instance.clone())),
                 None if started > since => Presence::Absent { listed: started },
                 None => Presence::Unknown,
@@ -201,10 +225,18 @@ impl Inventory {
 /// The last listing's instances, without those this process destroyed after it was sent.
 fn visible(entry: &Entry) -> impl Iterator<Item = &Instance> {
     entry.last.iter().flat_map(move |snapshot| {
-        snapshot.instances.iter().filter(move |instance| {
-            entry.tombstones.get(&instance.id).is_none_or(|destroyed| *destroyed < snapshot.started)
-        })
+        snapshot.instances.iter().filter(move |instance| not_destroyed_since(entry, snapshot, instance))
     })
+}
+
+/// The last listing's instance at `position`, unless this process destroyed it after the listing was sent.
+fn visible_at(entry: &Entry, position: usize) -> Option<&Instance> {
+    let snapshot = entry.last.as_ref()?;
+    snapshot.instances.get(position).filter(|instance| not_destroyed_since(entry, snapshot, instance))
+}
+
+fn not_destroyed_since(entry: &Entry, snapshot: &Snapshot, instance: &Instance) -> bool {
+    entry.tombstones.get(&instance.id).is_none_or(|destroyed| *destroyed < snapshot.started)
 }
 
 #[cfg(test)]
@@ -259,6 +291,30 @@ mod tests {
         inventory.mark_destroyed(ProviderName::Vastai, "1");
         assert!(inventory.labelled_for("a").is_empty());
         assert_eq!(inventory.last_alive(ProviderName::Vastai, "1"), None);
+    }
+
+    #[test]
+    fn each_listing_replaces_what_is_found_by_id_and_by_session() {
+        let inventory = Inventory::new([ProviderName::Vastai]);
+        let first = vec![
+            instance("1", "a", InstanceState::Running),
+            instance("2", "b", InstanceState::Provisioning),
+            instance("3", "a", InstanceState::Destroyed),
+        ];
+        inventory.store(ProviderName::Vastai, ts(0), Ok(first)).unwrap();
+        let ids = |uid: &str| inventory.labelled_for(uid).into_iter().map(|i| i.id).collect::<Vec<_>>();
+        assert_eq!(ids("a"), ["1"], "a destroyed instance is not the session's");
+        assert_eq!(ids("b"), ["2"]);
+        let Presence::Listed(found) = inventory.presence(ProviderName::Vastai, "2", ts(-1)) else { panic!() };
+        assert_eq!((found.id.as_str(), found.state), ("2", InstanceState::Provisioning));
+
+        // The next listing: 1 is gone, 2 runs, 4 is new; nothing of the old positions lingers.
+        let second = vec![instance("4", "a", InstanceState::Running), instance("2", "b", InstanceState::Running)];
+        inventory.store(ProviderName::Vastai, ts(10), Ok(second)).unwrap();
+        assert_eq!(ids("a"), ["4"]);
+        assert_eq!(inventory.presence(ProviderName::Vastai, "1", ts(5)), Presence::Absent { listed: ts(10) });
+        let Presence::Listed(found) = inventory.presence(ProviderName::Vastai, "2", ts(5)) else { panic!() };
+        assert_eq!(found.state, InstanceState::Running);
     }
 
     #[test]
