@@ -307,6 +307,10 @@ pub fn log_outcome<K, E: std::fmt::Display, Q: std::fmt::Display>(
     match result {
         Ok((object, action)) => tracing::debug!(controller, %object, ?action, "reconciled"),
         Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {} // already logged by error_policy
+        // Woken (by the inventory) after it was deleted: nothing left to do.
+        Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
+            tracing::debug!(controller, %object, "woken after it was deleted")
+        }
         Err(error) => tracing::warn!(controller, %error, "controller stream error"),
     }
 }
