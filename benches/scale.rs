@@ -153,6 +153,22 @@ fn metric_sum(text: &str, name: &str, label_filter: &str) -> f64 {
         .sum()
 }
 
+/// Marketplace calls by operation up to now: how many, and their mean duration (a
+/// listing is every page of it).
+fn marketplace_calls(text: &str) -> Value {
+    let calls: serde_json::Map<String, Value> = ["search", "create", "ensure_ssh_key", "get", "list", "destroy"]
+        .iter()
+        .map(|operation| {
+            let filter = format!("operation=\"{operation}\"");
+            let count = metric_sum(text, "gpu_shopper_provider_call_duration_seconds_count", &filter);
+            let seconds = metric_sum(text, "gpu_shopper_provider_call_duration_seconds_sum", &filter);
+            let mean = if count > 0.0 { seconds / count } else { 0.0 };
+            (operation.to_string(), json!({"count": count, "meanSeconds": mean}))
+        })
+        .collect();
+    Value::Object(calls)
+}
+
 /// API writes per session, by the kind of object written (sessions, secrets, events, ...), leases aside.
 fn writes_by_resource(text: &str, n: usize) -> Value {
     let mut by = serde_json::Map::new();
@@ -204,7 +220,8 @@ async fn controller_run(client: &Client, n: usize, load: Load) -> Value {
     market.timings.loading_ms = 0;
     let sim = simulator::start(market, 0).await.unwrap();
     let mut env: Vec<(&str, String)> = sim.env();
-    env.push(("LOG_LEVEL", "warn".into()));
+    // BENCH_LOG_LEVEL: the controller's log (target/tmp/controller-logs/bench<N>-*.log), warn unless told.
+    env.push(("LOG_LEVEL", std::env::var("BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".into())));
     // The chart's lease, not the tests' short one: a starved 3 s lease fences the leader.
     // BENCH_LEASE_DURATION: a 10 000-session ramp on two shared cores delays renewals past 15 s.
     env.push(("LEASE_DURATION", std::env::var("BENCH_LEASE_DURATION").unwrap_or_else(|_| "15s".into())));
@@ -312,6 +329,7 @@ async fn controller_run(client: &Client, n: usize, load: Load) -> Value {
         "rssAtReadyMiB": rss_at_ready,
         // Whole seconds: a condition's transition time keeps seconds.
         "secondsSinceCreatedAtStage": stage_breakdown(&watched.stages),
+        "marketplaceCallsToReady": marketplace_calls(&metrics_at_ready),
         "cpuSeconds": cpu_seconds,
         "steady": steady,
     })

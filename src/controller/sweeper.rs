@@ -43,8 +43,13 @@ async fn run_marketplace(ctx: Arc<Context>, provider: Arc<dyn Provider>) {
     let mut seen = Seen::new();
     loop {
         let name = provider.name();
+        let started = Instant::now();
         match ctx.inventory.refresh(provider.as_ref(), &ctx.config.installations()).await {
-            Ok(()) => sweep(&ctx, provider.as_ref(), &mut seen).await,
+            Ok(()) => {
+                let listed = started.elapsed();
+                sweep(&ctx, provider.as_ref(), &mut seen).await;
+                tracing::debug!(provider = %name, ?listed, swept = ?(started.elapsed() - listed), "listed and swept");
+            }
             // Kept as an error: a listing that failed is never "nothing there".
             Err(error) => {
                 tracing::warn!(provider = %name, %error, "could not list instances; nothing is swept on it until it answers")
