@@ -251,3 +251,48 @@ async fn a_leader_whose_runtime_is_starved_keeps_its_lease_and_is_not_fenced() {
     assert_eq!(holder(&leases, "starved").await, None, "released on a graceful stop");
     delete_namespace(&client, &ns).await;
 }
+
+/// An API server that answers every request a second late (as one saturated by
+/// thousands of sessions does): the leader renews early enough, and accepts a
+/// late answer, to see each renewal before its deadline, and is not fenced.
+/// (Renewing at half the lease, as before, left a read-back one second to land:
+/// a leader fenced itself within a few renewals.)
+#[tokio::test]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn a_leader_behind_a_slow_api_server_confirms_its_renewals_and_is_not_fenced() {
+    use gpu_shopper::controller::leader::{self, Candidate};
+    use gpu_shopper::provider::gate::Gate;
+    use std::sync::Arc;
+
+    const SLOW_LEASE_SECONDS: u64 = 8;
+    let latency = Duration::from_secs(1);
+    let client = client().await;
+    let ns = namespace(&client, "slow").await;
+    let proxy = support::proxy::CuttableProxy::start(&ns).await;
+    let gate = Arc::new(Gate::default());
+    let candidate = Candidate {
+        lease_name: "slow".into(),
+        namespace: ns.clone(),
+        identity: "replica-a".into(),
+        duration: Duration::from_secs(SLOW_LEASE_SECONDS),
+    };
+    let metrics = Arc::new(gpu_shopper::metrics::Metrics::default());
+    let mut leadership =
+        leader::acquire(config_from(&proxy.kubeconfig).await, metrics, candidate, gate.clone()).await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let before = renewed_at(&leases, "slow").await;
+
+    proxy.slow_down(latency);
+    let outcome = tokio::time::timeout(Duration::from_secs(SLOW_LEASE_SECONDS * 3), leadership.lost()).await;
+    assert!(outcome.is_err(), "still leading through slow answers, not fenced: {outcome:?}");
+    assert!(!gate.is_closed(), "marketplace calls still allowed");
+    let after = renewed_at(&leases, "slow").await;
+    assert!(
+        after.duration_since(before) >= jiff::SignedDuration::from_secs(SLOW_LEASE_SECONDS as i64),
+        "renewed meanwhile"
+    );
+
+    proxy.slow_down(Duration::ZERO);
+    leadership.release().await;
+    delete_namespace(&client, &ns).await;
+}
