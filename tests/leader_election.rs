@@ -209,6 +209,27 @@ async fn a_leader_stopped_by_sigterm_releases_its_lease() {
     delete_namespace(&client, &ns).await;
 }
 
+/// Takes the lease `name` in this test process, as replica-a, through the API server
+/// `kubeconfig` reaches; the gate is the one it closes when fenced.
+async fn lead_in_process(
+    ns: &str,
+    name: &str,
+    kubeconfig: &std::path::Path,
+    seconds: u64,
+) -> (gpu_shopper::controller::leader::Leadership, std::sync::Arc<gpu_shopper::provider::gate::Gate>) {
+    use gpu_shopper::controller::leader::{self, Candidate};
+    let gate = std::sync::Arc::new(gpu_shopper::provider::gate::Gate::default());
+    let candidate = Candidate {
+        lease_name: name.into(),
+        namespace: ns.into(),
+        identity: "replica-a".into(),
+        duration: Duration::from_secs(seconds),
+    };
+    let metrics = std::sync::Arc::new(gpu_shopper::metrics::Metrics::default());
+    let leadership = leader::acquire(config_from(kubeconfig).await, metrics, candidate, gate.clone()).await.unwrap();
+    (leadership, gate)
+}
+
 /// The leader's runtime starved (every worker busy: thousands of reconciles on two
 /// cores, a CPU limit throttling the pod) for longer than the lease: the lease is
 /// held on its own thread, so it is renewed meanwhile and the leader is not fenced.
@@ -216,22 +237,9 @@ async fn a_leader_stopped_by_sigterm_releases_its_lease() {
 #[tokio::test]
 #[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
 async fn a_leader_whose_runtime_is_starved_keeps_its_lease_and_is_not_fenced() {
-    use gpu_shopper::controller::leader::{self, Candidate};
-    use gpu_shopper::provider::gate::Gate;
-    use std::sync::Arc;
-
     let client = client().await;
     let ns = namespace(&client, "starved").await;
-    let gate = Arc::new(Gate::default());
-    let candidate = Candidate {
-        lease_name: "starved".into(),
-        namespace: ns.clone(),
-        identity: "replica-a".into(),
-        duration: Duration::from_secs(LEASE_SECONDS),
-    };
-    let metrics = Arc::new(gpu_shopper::metrics::Metrics::default());
-    let mut leadership =
-        leader::acquire(config_from(&kubeconfig_path()).await, metrics, candidate, gate.clone()).await.unwrap();
+    let (mut leadership, gate) = lead_in_process(&ns, "starved", &kubeconfig_path(), LEASE_SECONDS).await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let before = renewed_at(&leases, "starved").await;
 
@@ -260,25 +268,12 @@ async fn a_leader_whose_runtime_is_starved_keeps_its_lease_and_is_not_fenced() {
 #[tokio::test]
 #[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
 async fn a_leader_behind_a_slow_api_server_confirms_its_renewals_and_is_not_fenced() {
-    use gpu_shopper::controller::leader::{self, Candidate};
-    use gpu_shopper::provider::gate::Gate;
-    use std::sync::Arc;
-
     const SLOW_LEASE_SECONDS: u64 = 8;
     let latency = Duration::from_secs(1);
     let client = client().await;
     let ns = namespace(&client, "slow").await;
     let proxy = support::proxy::CuttableProxy::start(&ns).await;
-    let gate = Arc::new(Gate::default());
-    let candidate = Candidate {
-        lease_name: "slow".into(),
-        namespace: ns.clone(),
-        identity: "replica-a".into(),
-        duration: Duration::from_secs(SLOW_LEASE_SECONDS),
-    };
-    let metrics = Arc::new(gpu_shopper::metrics::Metrics::default());
-    let mut leadership =
-        leader::acquire(config_from(&proxy.kubeconfig).await, metrics, candidate, gate.clone()).await.unwrap();
+    let (mut leadership, gate) = lead_in_process(&ns, "slow", &proxy.kubeconfig, SLOW_LEASE_SECONDS).await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let before = renewed_at(&leases, "slow").await;
 
