@@ -51,15 +51,7 @@ impl EventPublisher {
         let namespace = regarding.namespace.clone().unwrap_or_else(|| "default".into());
         let events: Api<K8sEvent> = Api::namespaced(self.client.clone(), &namespace);
         let now = Instant::now();
-        let repeat = {
-            let mut published = self.published.lock().await;
-            published.retain(|_, p| now.duration_since(p.last) < SERIES_WINDOW);
-            published.get_mut(&key).map(|p| {
-                p.count += 1;
-                p.last = now;
-                (p.name.clone(), p.count)
-            })
-        };
+        let repeat = repeat_of(&mut *self.published.lock().await, &key, now);
         if let Some((name, count)) = repeat {
             let series = serde_json::json!({
                 "series": EventSeries { count, last_observed_time: MicroTime(Timestamp::now()) }
@@ -76,10 +68,7 @@ impl EventPublisher {
     /// Forgets the series older than the window; called on a clock so that memory
     /// is returned even when nothing new is published.
     pub async fn prune(&self) {
-        let now = Instant::now();
-        let mut published = self.published.lock().await;
-        published.retain(|_, p| now.duration_since(p.last) < SERIES_WINDOW);
-        published.shrink_to_fit();
+        forget_stale(&mut *self.published.lock().await, Instant::now());
     }
 
     fn new_event(&self, event: &Event, regarding: &ObjectReference) -> K8sEvent {
@@ -111,6 +100,21 @@ pub async fn prune_on_a_clock(ctx: std::sync::Arc<super::Context>) {
         tokio::time::sleep(Duration::from_secs(60)).await;
         ctx.events.prune().await;
     }
+}
+
+/// The Event a repeat at `now` folds into (its name and new count), counted; `None`
+/// when there is none within the window. Stale series are skipped here and dropped
+/// by `forget_stale`: no sweep over every series for each Event.
+fn repeat_of(published: &mut HashMap<String, Published>, key: &str, now: Instant) -> Option<(String, i32)> {
+    let series = published.get_mut(key).filter(|p| now.duration_since(p.last) < SERIES_WINDOW)?;
+    series.count += 1;
+    series.last = now;
+    Some((series.name.clone(), series.count))
+}
+
+fn forget_stale(published: &mut HashMap<String, Published>, now: Instant) {
+    published.retain(|_, p| now.duration_since(p.last) < SERIES_WINDOW);
+    published.shrink_to_fit();
 }
 
 fn type_name(type_: EventType) -> &'static str {
@@ -168,6 +172,20 @@ mod tests {
             series_key(&warning("Rekeyed"), &session("u1", "10")),
             series_key(&warning("Rekeyed"), &session("u1", "11"))
         );
+    }
+
+    #[test]
+    fn a_repeat_within_the_window_counts_and_an_old_series_starts_again() {
+        let start = Instant::now();
+        let mut published = HashMap::from([("k".to_string(), Published { name: "e1".into(), count: 1, last: start })]);
+        assert_eq!(repeat_of(&mut published, "k", start + Duration::from_secs(60)), Some(("e1".into(), 2)));
+        assert_eq!(repeat_of(&mut published, "k", start + Duration::from_secs(120)), Some(("e1".into(), 3)));
+        assert_eq!(repeat_of(&mut published, "other", start), None);
+        // Six minutes after its last repeat a series is over: the next is a new Event, and it is forgotten.
+        let later = start + Duration::from_secs(120) + SERIES_WINDOW;
+        assert_eq!(repeat_of(&mut published, "k", later), None);
+        forget_stale(&mut published, later);
+        assert!(published.is_empty());
     }
 
     #[test]
