@@ -83,10 +83,18 @@ pub async fn run(
         connection.close().await;
         output
     };
-    match tokio::time::timeout(timeout, login_and_run).await {
-        Ok(result) => result,
-        Err(_) => Err(SshError::Timeout { addr, timeout }),
-    }
+    within(timeout, &addr, login_and_run).await
+}
+
+/// `work`'s result, or a Timeout error naming `addr` once `timeout` has passed.
+async fn within<T>(
+    timeout: Duration,
+    addr: &str,
+    work: impl std::future::Future<Output = Result<T, SshError>>,
+) -> Result<T, SshError> {
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or_else(|_| Err(SshError::Timeout { addr: addr.to_string(), timeout }))
 }
 
 /// A logged-in SSH connection that runs commands one after another, each on its
@@ -102,10 +110,7 @@ pub struct Connection {
 /// Logs in within `timeout`.
 pub async fn connect(target: &Target<'_>, key: Arc<PrivateKey>, timeout: Duration) -> Result<Connection, SshError> {
     let addr = format!("{}:{}", target.host, target.port);
-    match tokio::time::timeout(timeout, connect_inner(target, &addr, key)).await {
-        Ok(result) => result,
-        Err(_) => Err(SshError::Timeout { addr, timeout }),
-    }
+    within(timeout, &addr, connect_inner(target, &addr, key)).await
 }
 
 async fn connect_inner(target: &Target<'_>, addr: &str, key: Arc<PrivateKey>) -> Result<Connection, SshError> {
@@ -145,10 +150,7 @@ async fn connect_inner(target: &Target<'_>, addr: &str, key: Arc<PrivateKey>) ->
 impl Connection {
     /// Runs `command` on a new channel and collects its output and exit code within `timeout`.
     pub async fn exec(&self, command: &str, timeout: Duration) -> Result<CommandOutput, SshError> {
-        match tokio::time::timeout(timeout, self.exec_inner(command)).await {
-            Ok(result) => result,
-            Err(_) => Err(SshError::Timeout { addr: self.addr.clone(), timeout }),
-        }
+        within(timeout, &self.addr, self.exec_inner(command)).await
     }
 
     async fn exec_inner(&self, command: &str) -> Result<CommandOutput, SshError> {
