@@ -302,10 +302,6 @@ async fn workload_ready<'a>(
         );
         return workload_deadline(step, limits, &error.to_string()).await;
     }
-    if step.session.spec.workload.kind == WorkloadKind::Inference {
-        // The model is probed over HTTP; the login is not needed while it loads or if the host fails.
-        login.close();
-    }
     match step.session.spec.workload.kind {
         WorkloadKind::Interactive => {
             step.condition(
@@ -318,14 +314,20 @@ async fn workload_ready<'a>(
         WorkloadKind::Job => {
             step.condition(types::WORKLOAD_READY, true, "JobRunning", "the job's command is running");
         }
-        WorkloadKind::Inference => match probe_inference(step).await {
-            InferenceProbe::Answered(message) => step.condition(types::WORKLOAD_READY, true, "ModelAnswered", message),
-            InferenceProbe::Crashed(message) => return host_failed(step, "WorkloadCrashed", message).await,
-            InferenceProbe::NotYet(message) => {
-                step.condition(types::WORKLOAD_READY, false, "Loading", message.clone());
-                return workload_deadline(step, limits, &message).await;
+        WorkloadKind::Inference => {
+            // The model is probed over HTTP; the login is not needed while it loads or if the host fails.
+            login.close();
+            match probe_inference(step).await {
+                InferenceProbe::Answered(message) => {
+                    step.condition(types::WORKLOAD_READY, true, "ModelAnswered", message)
+                }
+                InferenceProbe::Crashed(message) => return host_failed(step, "WorkloadCrashed", message).await,
+                InferenceProbe::NotYet(message) => {
+                    step.condition(types::WORKLOAD_READY, false, "Loading", message.clone());
+                    return workload_deadline(step, limits, &message).await;
+                }
             }
-        },
+        }
     }
     Ok(Action::requeue(super::NEXT_STAGE))
 }
