@@ -77,25 +77,19 @@ impl Watched {
     fn saw(&mut self, session: &GpuSession) {
         let name = session.metadata.name.clone().unwrap_or_default();
         let conditions = session.status.as_ref().map(|st| st.conditions.as_slice()).unwrap_or_default();
-        let since_created = |type_: &str| {
-            let created = session.metadata.creation_timestamp.as_ref()?.0;
+        let created = session.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let since_created = |at: jiff::Timestamp| Some(at.duration_since(created?).as_secs_f64());
+        let became_true = |type_: &str| {
             let condition = gpu_shopper::crd::conditions::find(conditions, type_).filter(|c| c.status == "True")?;
-            Some(condition.last_transition_time.0.duration_since(created).as_secs_f64())
+            since_created(condition.last_transition_time.0)
         };
-        let ready = since_created(types::READY).is_some();
-        let was_ready = self.ready.insert(name, ready).unwrap_or(false);
-        if ready && !was_ready {
-            let rented = session.status.as_ref().and_then(|st| {
-                Some(
-                    st.rented_at
-                        .as_ref()?
-                        .0
-                        .duration_since(session.metadata.creation_timestamp.as_ref()?.0)
-                        .as_secs_f64(),
-                )
-            });
-            let running = since_created(types::INSTANCE_RUNNING);
-            if let (Some(rented), Some(running), Some(ready)) = (rented, running, since_created(types::READY)) {
+        let ready_at = became_true(types::READY);
+        let was_ready = self.ready.insert(name, ready_at.is_some()).unwrap_or(false);
+        if let Some(ready) = ready_at
+            && !was_ready
+        {
+            let rented = session.status.as_ref().and_then(|st| since_created(st.rented_at.as_ref()?.0));
+            if let (Some(rented), Some(running)) = (rented, became_true(types::INSTANCE_RUNNING)) {
                 self.stages.push([rented, running, ready]);
             }
         }
