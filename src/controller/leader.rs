@@ -105,7 +105,7 @@ async fn hold_lease(
     metrics: Arc<Metrics>,
     candidate: Candidate,
     gate: Arc<Gate>,
-    acquired: oneshot::Sender<Result<Leadership, String>>,
+    mut acquired: oneshot::Sender<Result<Leadership, String>>,
 ) {
     let Candidate { lease_name: name, namespace, identity, duration } = candidate;
     let timing = Timing::new(duration);
@@ -133,7 +133,6 @@ async fn hold_lease(
     };
     let (mut receiver, manager) = manager.watch().await;
     tracing::info!(lease = %name, %namespace, %identity, "waiting to become the leader");
-    let mut acquired = acquired;
     while !*receiver.borrow_and_update() {
         tokio::select! {
             changed = receiver.changed() => if changed.is_err() {

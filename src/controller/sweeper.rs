@@ -15,11 +15,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::controller::events::{Event as RecordedEvent, EventType};
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, Resource, ResourceExt};
 
 use super::context::{CONTROLLER_NAME, Context};
+use crate::controller::events::{Event as RecordedEvent, EventType};
 use crate::crd::conditions::{self, types};
 use crate::crd::session::after_stored;
 use crate::crd::{GpuSession, GpuSessionStatus, ProviderName, SessionPhase};

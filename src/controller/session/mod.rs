@@ -21,7 +21,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::controller::events::{Event, EventType};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
@@ -31,6 +30,7 @@ use kube::{Resource, ResourceExt};
 
 use super::context::Context;
 use super::status;
+use crate::controller::events::{Event, EventType};
 use crate::crd::conditions::{self, ConditionUpdate, Status, types};
 use crate::crd::{GpuSession, GpuSessionStatus, SessionPhase};
 use crate::error::{Error, Result};
