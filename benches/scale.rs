@@ -173,6 +173,8 @@ fn writes_by_resource(text: &str, n: usize) -> Value {
     Value::Object(by)
 }
 
+const MIB: f64 = 1024.0 * 1024.0;
+
 /// Resident memory now (VmRSS), MiB.
 fn rss_now(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -282,6 +284,9 @@ async fn controller_run(client: &Client, n: usize, load: Load) -> Value {
         "reconcilesPerSessionHour": per_session_hour(delta("gpu_shopper_reconciliations_total", "controller=\"gpusession\"")),
         "rssMiB": proc_figures(pid).0,
         "rssNowMiB": rss_now(pid),
+        // The allocator's view at the window's end: memory in use, and pages it holds.
+        "heapAllocatedMiB": metric_sum(&after, "gpu_shopper_heap_allocated_bytes", "") / MIB,
+        "heapResidentMiB": metric_sum(&after, "gpu_shopper_heap_resident_bytes", "") / MIB,
     });
 
     let deleting = Instant::now();
@@ -420,7 +425,7 @@ async fn main() {
         );
         let steady = &controller["steady"];
         println!(
-            "{n:>6} steady {}s: writes/session/h {:.1}, reads/session/h {:.1}, SSH logins/idle-checked machine/h {:.1}, marketplace calls/interval {:.1} ({:.2}/session/h), reconciles/session/h {:.1}, RSS {:.1} MiB (peak {:.1} MiB)",
+            "{n:>6} steady {}s: writes/session/h {:.1}, reads/session/h {:.1}, SSH logins/idle-checked machine/h {:.1}, marketplace calls/interval {:.1} ({:.2}/session/h), reconciles/session/h {:.1}, RSS {:.1} MiB (peak {:.1} MiB; heap allocated {:.1} MiB, allocator resident {:.1} MiB)",
             steady["windowSeconds"],
             steady["apiWritesPerSessionHour"].as_f64().unwrap(),
             steady["apiReadsPerSessionHour"].as_f64().unwrap(),
@@ -430,6 +435,8 @@ async fn main() {
             steady["reconcilesPerSessionHour"].as_f64().unwrap(),
             steady["rssNowMiB"].as_f64().unwrap(),
             steady["rssMiB"].as_f64().unwrap(),
+            steady["heapAllocatedMiB"].as_f64().unwrap(),
+            steady["heapResidentMiB"].as_f64().unwrap(),
         );
         let stages = &controller["secondsSinceCreatedAtStage"];
         let at = |stage: &str| format!("{}/{}", stages[stage]["median"], stages[stage]["p90"]);
@@ -449,10 +456,12 @@ async fn main() {
         let run = controller_run(&client, idle, Load::Idle).await;
         let steady = &run["steady"];
         println!(
-            "{idle:>6} idle sessions: to Ready {:.0} s, RSS while they run {:.1} MiB (peak {:.1} MiB), writes/session/h {:.1}, reads/session/h {:.1}, delete {:.0} s",
+            "{idle:>6} idle sessions: to Ready {:.0} s, RSS while they run {:.1} MiB (peak {:.1} MiB; heap allocated {:.1} MiB, allocator resident {:.1} MiB), writes/session/h {:.1}, reads/session/h {:.1}, delete {:.0} s",
             run["readySeconds"].as_f64().unwrap(),
             steady["rssNowMiB"].as_f64().unwrap(),
             run["peakRssMiB"].as_f64().unwrap(),
+            steady["heapAllocatedMiB"].as_f64().unwrap(),
+            steady["heapResidentMiB"].as_f64().unwrap(),
             steady["apiWritesPerSessionHour"].as_f64().unwrap(),
             steady["apiReadsPerSessionHour"].as_f64().unwrap(),
             run["deleteSeconds"].as_f64().unwrap(),

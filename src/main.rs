@@ -112,6 +112,18 @@ static ALLOC: dhat::Alloc = dhat::Alloc;
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's own count of what is allocated and what it keeps resident (stats are
+/// refreshed by advancing its epoch), for the heap series at /metrics.
+#[cfg(not(feature = "dhat-heap"))]
+fn jemalloc_figures() -> Option<gpu_shopper::metrics::HeapFigures> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    epoch::advance().ok()?;
+    Some(gpu_shopper::metrics::HeapFigures {
+        allocated_bytes: stats::allocated::read().ok()? as u64,
+        resident_bytes: stats::resident::read().ok()? as u64,
+    })
+}
+
 fn main() -> ExitCode {
     // Written to dhat-heap.json when main returns (a graceful stop).
     #[cfg(feature = "dhat-heap")]
@@ -227,6 +239,8 @@ fn run_controller() -> ExitCode {
 }
 
 async fn controller_main(config: Arc<Config>) -> Result<(), String> {
+    #[cfg(not(feature = "dhat-heap"))]
+    gpu_shopper::metrics::set_heap_reader(jemalloc_figures);
     let metrics = Arc::new(Metrics::default());
     let (client, kube_config) = controller::kube_client::client(metrics.clone())
         .await

@@ -83,6 +83,8 @@ pub mod names {
     pub const PROCESS_CPU_SECONDS: &str = "process_cpu_seconds";
     pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
     pub const PROCESS_START_TIME_SECONDS: &str = "process_start_time_seconds";
+    pub const GPU_SHOPPER_HEAP_ALLOCATED_BYTES: &str = "gpu_shopper_heap_allocated_bytes";
+    pub const GPU_SHOPPER_HEAP_RESIDENT_BYTES: &str = "gpu_shopper_heap_resident_bytes";
     // The names before every metric moved under `gpu_shopper_`, still exported as
     // aliases of the same series for one release so that existing alerts keep working.
     pub const OLD_SESSIONS_ACTIVE: &str = "gpu_sessions_active";
@@ -125,6 +127,8 @@ pub mod names {
         PROCESS_CPU_SECONDS,
         PROCESS_OPEN_FDS,
         PROCESS_START_TIME_SECONDS,
+        GPU_SHOPPER_HEAP_ALLOCATED_BYTES,
+        GPU_SHOPPER_HEAP_RESIDENT_BYTES,
         OLD_SESSIONS_ACTIVE,
         OLD_ORPHANS_DETECTED,
         OLD_DESTROY_FAILURES,
@@ -153,6 +157,39 @@ pub struct Metrics {
     /// 1 while this replica leads (or runs without election), 0 on a standby.
     pub leader: Gauge,
     process: ProcessGauges,
+    heap: HeapGauges,
+}
+
+/// What the memory allocator reports, to tell memory in use from memory it keeps.
+#[derive(Default)]
+struct HeapGauges {
+    allocated_bytes: Gauge,
+    resident_bytes: Gauge,
+}
+
+/// The allocator's figures: bytes handed out to the program, and bytes of pages it
+/// holds resident (in use, free but not yet returned, and its own metadata).
+#[derive(Clone, Copy, Debug)]
+pub struct HeapFigures {
+    pub allocated_bytes: u64,
+    pub resident_bytes: u64,
+}
+
+/// Reads the allocator's figures; set once by the binary, which chooses the allocator.
+static HEAP_READER: std::sync::OnceLock<fn() -> Option<HeapFigures>> = std::sync::OnceLock::new();
+
+/// Called by the binary that installs the global allocator; without it the heap series stay at 0.
+pub fn set_heap_reader(reader: fn() -> Option<HeapFigures>) {
+    let _ = HEAP_READER.set(reader);
+}
+
+impl HeapGauges {
+    fn refresh(&self) {
+        if let Some(figures) = HEAP_READER.get().and_then(|read| read()) {
+            self.allocated_bytes.set(figures.allocated_bytes as i64);
+            self.resident_bytes.set(figures.resident_bytes as i64);
+        }
+    }
 }
 
 /// This process as the usual `process_*` series, read from /proc at each scrape.
@@ -186,6 +223,7 @@ impl Default for Metrics {
             spend_usd: Family::default(),
             leader: Gauge::default(),
             process: ProcessGauges::default(),
+            heap: HeapGauges::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -275,6 +313,16 @@ impl Default for Metrics {
             "Start time of the process since the Unix epoch in seconds",
             m.process.start_time_seconds.clone(),
         );
+        registry.register(
+            names::GPU_SHOPPER_HEAP_ALLOCATED_BYTES,
+            "Bytes the program holds from its memory allocator",
+            m.heap.allocated_bytes.clone(),
+        );
+        registry.register(
+            names::GPU_SHOPPER_HEAP_RESIDENT_BYTES,
+            "Bytes of resident pages the memory allocator holds, in use or kept",
+            m.heap.resident_bytes.clone(),
+        );
         let deprecated = |new: &str| format!("Deprecated alias of {new}, removed in the next release");
         registry.register(
             names::OLD_SESSIONS_ACTIVE,
@@ -304,6 +352,7 @@ impl Metrics {
     /// The registry in Prometheus text format.
     pub fn encode(&self) -> String {
         self.process.refresh();
+        self.heap.refresh();
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
@@ -352,4 +401,17 @@ fn clock_ticks_per_second() -> f64 {
 fn boot_time_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     stat.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_heap_series_show_what_the_allocator_reports() {
+        set_heap_reader(|| Some(HeapFigures { allocated_bytes: 1_000, resident_bytes: 4_096 }));
+        let text = Metrics::default().encode();
+        assert!(text.contains("gpu_shopper_heap_allocated_bytes 1000"), "{text}");
+        assert!(text.contains("gpu_shopper_heap_resident_bytes 4096"), "{text}");
+    }
 }
