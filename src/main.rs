@@ -124,10 +124,28 @@ fn jemalloc_figures() -> Option<gpu_shopper::metrics::HeapFigures> {
     })
 }
 
+/// The heap profile, written to dhat-heap.json when it is dropped: on SIGUSR1 (the heap
+/// as it is then, say with every session running) or when main returns.
+#[cfg(feature = "dhat-heap")]
+static HEAP_PROFILER: std::sync::Mutex<Option<dhat::Profiler>> = std::sync::Mutex::new(None);
+
+#[cfg(feature = "dhat-heap")]
+fn write_heap_profile() {
+    drop(HEAP_PROFILER.lock().unwrap_or_else(|p| p.into_inner()).take());
+}
+
 fn main() -> ExitCode {
-    // Written to dhat-heap.json when main returns (a graceful stop).
     #[cfg(feature = "dhat-heap")]
-    let _profiler = dhat::Profiler::new_heap();
+    {
+        *HEAP_PROFILER.lock().unwrap_or_else(|p| p.into_inner()) = Some(dhat::Profiler::new_heap());
+    }
+    let code = run();
+    #[cfg(feature = "dhat-heap")]
+    write_heap_profile();
+    code
+}
+
+fn run() -> ExitCode {
     let name = invoked_as();
     let matches = Cli::command().bin_name(&name).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -241,6 +259,14 @@ fn run_controller() -> ExitCode {
 async fn controller_main(config: Arc<Config>) -> Result<(), String> {
     #[cfg(not(feature = "dhat-heap"))]
     gpu_shopper::metrics::set_heap_reader(jemalloc_figures);
+    #[cfg(feature = "dhat-heap")]
+    if let Ok(mut requested) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) {
+        tokio::spawn(async move {
+            requested.recv().await;
+            write_heap_profile();
+            tracing::warn!("heap profile written to dhat-heap.json (SIGUSR1); later allocations are not recorded");
+        });
+    }
     let metrics = Arc::new(Metrics::default());
     let (client, kube_config) = controller::kube_client::client(metrics.clone())
         .await

@@ -220,8 +220,13 @@ impl ControllerProcess {
 
     /// SIGTERM, as the kubelet sends on a rollout or a drain.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the named signal (TERM, USR1, ...) to the running process.
+    pub fn signal(&self, name: &str) {
         if let Some(pid) = self.pid() {
-            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            let _ = Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status();
         }
     }
 
