@@ -7,6 +7,9 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+#[path = "common/ranking_input.rs"]
+mod ranking_input;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -261,6 +264,11 @@ async fn controller_run(client: &Client, n: usize, load: Load) -> Value {
     let logins_before = sim.sim.world().ssh_logins.load(std::sync::atomic::Ordering::Relaxed);
     tokio::time::sleep(window).await;
     let after = metrics_text(controller.http_port).await;
+    if std::env::var_os("BENCH_HEAP_SNAPSHOT").is_some() {
+        // A heap-profiled build (GPU_SHOPPER_CONTROLLER_BIN) writes the heap as it is now,
+        // with every session running, to its dhat-heap.json.
+        controller.signal("USR1");
+    }
     let logins = sim.sim.world().ssh_logins.load(std::sync::atomic::Ordering::Relaxed) - logins_before;
     let hours = window.as_secs_f64() / 3600.0;
     let delta = |name: &str, filter: &str| metric_sum(&after, name, filter) - metric_sum(&before, name, filter);
@@ -279,6 +287,7 @@ async fn controller_run(client: &Client, n: usize, load: Load) -> Value {
         "leaseRequestsPerHour": (delta("gpu_shopper_kube_requests_total", "resource=\"leases\"")) / hours,
         // Half the sessions have an idle timeout (checked over SSH); the others need no login at all.
         "sshLoginsPerIdleCheckedMachineHour": logins as f64 / (n / 2).max(1) as f64 / hours,
+        "sshLogins": logins,
         "providerCallsPerInventoryInterval": delta("gpu_shopper_provider_call_duration_seconds_count", "") / (window.as_secs_f64() / 30.0),
         "providerCallsPerSessionHour": per_session_hour(delta("gpu_shopper_provider_call_duration_seconds_count", "")),
         "reconcilesPerSessionHour": per_session_hour(delta("gpu_shopper_reconciliations_total", "controller=\"gpusession\"")),
@@ -468,6 +477,105 @@ async fn main() {
         );
         runs.push(json!({"sessions": idle, "idle": true, "controller": run}));
         write_results(&runs);
+    }
+    print_targets(&runs, ranking_milliseconds(100_000));
+}
+
+/// Filtering and ranking `n` offers, the median of 21 runs in milliseconds (the
+/// criterion bench measures it more carefully; this puts the figure in the table).
+fn ranking_milliseconds(n: usize) -> f64 {
+    let all = ranking_input::offers(n);
+    let requirements = ranking_input::requirements();
+    let mut times: Vec<f64> = (0..21)
+        .map(|_| {
+            let started = Instant::now();
+            std::hint::black_box(ranking_input::filter_and_rank(&all, &requirements));
+            started.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// The targets beside this run's figures: the steady state and ramp of the
+/// largest mixed run (1000 in `make bench`), the idle run's resident set.
+fn print_targets(runs: &[Value], ranking_ms: f64) {
+    let mixed = runs.iter().filter(|r| r["idle"] != true).max_by_key(|r| r["sessions"].as_u64());
+    let idle = runs.iter().find(|r| r["idle"] == true);
+    let mut rows: Vec<(String, String, &str, bool)> = Vec::new();
+    if let Some(run) = mixed {
+        let n = run["sessions"].as_u64().unwrap_or(0);
+        let c = &run["controller"];
+        let s = &c["steady"];
+        let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+        let writes_h = f(&s["apiWritesPerSessionHour"]);
+        let reads_h = f(&s["apiReadsPerSessionHour"]);
+        let logins_h = f(&s["sshLoginsPerIdleCheckedMachineHour"]);
+        let calls = f(&s["providerCallsPerInventoryInterval"]);
+        let ratio = f(&run["readyRatio"]);
+        let (to_ready, in_all) = (f(&c["apiWritesPerSessionToReady"]), f(&c["apiWritesPerSession"]));
+        let peak = f(&c["peakRssMiB"]);
+        rows.push((
+            format!("API writes per running session per hour (N={n})"),
+            format!("{writes_h:.1}"),
+            "<= 12",
+            writes_h <= 12.0,
+        ));
+        rows.push((
+            format!("API reads per running session per hour (N={n})"),
+            format!("{reads_h:.1}"),
+            "<= 12",
+            reads_h <= 12.0,
+        ));
+        rows.push((
+            "SSH logins per idle-checked machine per hour".into(),
+            format!("{logins_h:.1}"),
+            "<= 60",
+            logins_h <= 60.0,
+        ));
+        rows.push((
+            format!("marketplace calls per 30 s interval, {n} running"),
+            format!("{calls:.1}"),
+            "<= 3 (one listing per marketplace)",
+            calls <= 3.0,
+        ));
+        rows.push((
+            format!("{n} sessions to Ready, ratio to the floor"),
+            format!("{ratio:.1}x"),
+            "<= 3x",
+            ratio <= 3.0,
+        ));
+        rows.push((
+            "API writes per session to Ready / in all".into(),
+            format!("{to_ready:.1} / {in_all:.1}"),
+            "<= 12 / <= 16",
+            to_ready <= 12.0 && in_all <= 16.0,
+        ));
+        rows.push((format!("peak RSS, {n} sessions to Ready"), format!("{peak:.1} MiB"), "< 64 MiB", peak < 64.0));
+    }
+    if let Some(run) = idle {
+        let n = run["sessions"].as_u64().unwrap_or(0);
+        let s = &run["controller"]["steady"];
+        let rss = s["rssNowMiB"].as_f64().unwrap_or(f64::NAN);
+        let logins = s["sshLogins"].as_u64().unwrap_or(u64::MAX);
+        rows.push((format!("SSH logins, {n} Interactive without idle timeout"), logins.to_string(), "0", logins == 0));
+        rows.push((
+            format!("RSS, {n} sessions running (idle, steady)"),
+            format!("{rss:.1} MiB"),
+            "< 128 MiB",
+            rss < 128.0,
+        ));
+    }
+    rows.push((
+        "ranking 100k offers (median of 21)".into(),
+        format!("{ranking_ms:.2} ms"),
+        "<= 10 ms",
+        ranking_ms <= 10.0,
+    ));
+    println!();
+    println!("{:<58} {:>16} {:>36}  verdict", "figure (this run)", "measured", "target");
+    for (figure, measured, target, met) in rows {
+        println!("{figure:<58} {measured:>16} {target:>36}  {}", if met { "met" } else { "MISSED" });
     }
 }
 
