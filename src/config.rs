@@ -40,6 +40,9 @@ pub mod env {
     pub const PROVIDER_CALL_TIMEOUT: &str = "PROVIDER_CALL_TIMEOUT";
     /// Least time between two calls to one Vast.ai endpoint (default 100ms; Vast does not publish it, "0s" turns pacing off).
     pub const VASTAI_ENDPOINT_INTERVAL: &str = "VASTAI_ENDPOINT_INTERVAL";
+    /// Reconciles of one kind run at once (default 64): the rest wait their turn as a
+    /// name in the queue instead of each holding its working state and a request.
+    pub const MAX_CONCURRENT_RECONCILES: &str = "MAX_CONCURRENT_RECONCILES";
     /// "false" turns leader election off (a single replica only).
     pub const LEADER_ELECTION: &str = "LEADER_ELECTION";
     /// Namespace of the leader-election Lease (default: POD_NAMESPACE, else WATCH_NAMESPACE, else "default").
@@ -74,6 +77,7 @@ pub mod env {
         BAD_HOST_TTL,
         PROVIDER_CALL_TIMEOUT,
         VASTAI_ENDPOINT_INTERVAL,
+        MAX_CONCURRENT_RECONCILES,
         LEADER_ELECTION,
         LEASE_NAMESPACE,
         LEASE_DURATION,
@@ -86,6 +90,9 @@ pub const DEFAULT_VASTAI_BASE_URL: &str = "https://console.vast.ai/api/v0";
 pub const DEFAULT_TENSORDOCK_BASE_URL: &str = "https://dashboard.tensordock.com/api/v2";
 pub const DEFAULT_RUNPOD_BASE_URL: &str = "https://api.runpod.io/graphql";
 pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
+/// Enough to keep the API server's 32 requests, 32 SSH logins and every marketplace's
+/// calls busy at once; each reconcile in flight holds about 20 KB (docs/performance.md).
+pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 64;
 
 /// A configuration problem that stops the operator from starting.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -112,6 +119,8 @@ pub enum ConfigError {
     InvalidHttpAddr(String),
     #[error("{name} {value:?} is not a duration such as 90s, 15m or 12h")]
     InvalidDuration { name: &'static str, value: String },
+    #[error("{name} {value:?} is not a whole number from 1 to 65535")]
+    InvalidCount { name: &'static str, value: String },
     #[error("{name} {value:?} is not an http(s) URL")]
     InvalidBaseUrl { name: &'static str, value: String },
 }
@@ -169,6 +178,8 @@ pub struct Config {
     pub provider_call_timeout: Duration,
     /// The Vast.ai client's least interval between calls to one endpoint.
     pub vastai_endpoint_interval: Duration,
+    /// Reconciles of one kind (sessions, filters) running at once.
+    pub max_concurrent_reconciles: u16,
     /// `None`: leader election is off.
     pub leader_election: Option<LeaderElection>,
 }
@@ -270,6 +281,12 @@ impl Config {
                 Some(value) => crate::crd::duration::parse(&value).ok_or(ConfigError::InvalidDuration { name, value }),
             }
         };
+        let count = |name: &'static str, default: u16| -> Result<u16, ConfigError> {
+            match get(name) {
+                None => Ok(default),
+                Some(value) => value.parse().ok().filter(|n| *n > 0).ok_or(ConfigError::InvalidCount { name, value }),
+            }
+        };
         let watch_namespaces = namespace_list(get(env::WATCH_NAMESPACE).as_deref());
         let leader_election = match get(env::LEADER_ELECTION).as_deref().map(str::to_ascii_lowercase).as_deref() {
             Some("false") | Some("0") | Some("off") => None,
@@ -296,6 +313,7 @@ impl Config {
                 env::VASTAI_ENDPOINT_INTERVAL,
                 crate::provider::vastai::DEFAULT_ENDPOINT_INTERVAL,
             )?,
+            max_concurrent_reconciles: count(env::MAX_CONCURRENT_RECONCILES, DEFAULT_MAX_CONCURRENT_RECONCILES)?,
             deployment_id,
             cluster_id,
             credentials,
@@ -453,6 +471,18 @@ mod tests {
         assert_eq!(off.vastai_endpoint_interval, Duration::ZERO);
         let wrong = config(&[(env::DEPLOYMENT_ID, "d"), (env::VASTAI_ENDPOINT_INTERVAL, "fast")]);
         assert!(matches!(wrong, Err(ConfigError::InvalidDuration { name: env::VASTAI_ENDPOINT_INTERVAL, .. })));
+    }
+
+    #[test]
+    fn reconcile_concurrency_is_a_positive_count() {
+        let default = config(&[(env::DEPLOYMENT_ID, "d")]).unwrap();
+        assert_eq!(default.max_concurrent_reconciles, DEFAULT_MAX_CONCURRENT_RECONCILES);
+        let set = config(&[(env::DEPLOYMENT_ID, "d"), (env::MAX_CONCURRENT_RECONCILES, "8")]).unwrap();
+        assert_eq!(set.max_concurrent_reconciles, 8);
+        for bad in ["0", "-1", "many", "70000"] {
+            let error = config(&[(env::DEPLOYMENT_ID, "d"), (env::MAX_CONCURRENT_RECONCILES, bad)]).unwrap_err();
+            assert!(error.to_string().contains("MAX_CONCURRENT_RECONCILES"), "{error}");
+        }
     }
 
     #[test]

@@ -92,6 +92,9 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
 
     // Sessions the inventory wants reconciled now go to their namespace's controller.
     let mut wake_routes = std::collections::HashMap::new();
+    // A burst of new sessions waits in the queue as names, not as a thousand reconciles
+    // each holding its working state and a request for the API server (docs/performance.md).
+    let bounded = kube::runtime::controller::Config::default().concurrency(ctx.config.max_concurrent_reconciles);
     let mut stores = Vec::new();
     let mut controllers = Vec::new();
     for namespace in &namespaces {
@@ -105,12 +108,14 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
         let (secret_store, secret_stream) = cached_watch::<Secret>(&client, scope, owned_secrets);
         let (session_store, session_stream) = cached_watch::<GpuSession>(&client, scope, watcher::Config::default());
         let session_controller = Controller::for_stream(session_stream.applied_objects(), session_store)
+            .with_config(bounded.clone())
             .owns_stream(secret_stream.touched_objects())
             .reconcile_on(woken)
             .shutdown_on_signal();
         let (filter_store, filter_stream) = cached_watch::<GpuOfferFilter>(&client, scope, watcher::Config::default());
-        let filter_controller =
-            Controller::for_stream(filter_stream.applied_objects(), filter_store).shutdown_on_signal();
+        let filter_controller = Controller::for_stream(filter_stream.applied_objects(), filter_store)
+            .with_config(bounded.clone())
+            .shutdown_on_signal();
         stores.push(context::NamespaceStores {
             namespace: namespace.clone(),
             sessions: session_controller.store(),
