@@ -33,6 +33,11 @@ pub enum ProviderError {
     Unavailable { provider: ProviderName, message: String },
     #[error("{provider}: API call timed out after {}s", timeout.as_secs_f32())]
     Timeout { provider: ProviderName, timeout: Duration },
+    #[error(
+        "{provider}: not answering (its last {unanswered} calls timed out); calls to it are held back for {}s, then one is tried",
+        retry_in.as_secs().max(1)
+    )]
+    Unresponsive { provider: ProviderName, unanswered: u32, retry_in: Duration },
     #[error("{provider}: unexpected response (HTTP {status}): {body}")]
     BadResponse { provider: ProviderName, status: u16, body: String },
     #[error("{provider}: request refused (HTTP {status}): {body}")]
@@ -49,6 +54,7 @@ impl ProviderError {
             Self::RateLimited { .. }
             | Self::Unavailable { .. }
             | Self::Timeout { .. }
+            | Self::Unresponsive { .. }
             | Self::BadResponse { .. }
             | Self::StillExists { .. } => NextStep::Retry,
             Self::Rejected { .. } => NextStep::GiveUp,
@@ -65,6 +71,7 @@ impl ProviderError {
             Self::InsufficientFunds { .. } => "InsufficientFunds",
             Self::Unavailable { .. } => "ProviderUnavailable",
             Self::Timeout { .. } => "ProviderTimeout",
+            Self::Unresponsive { .. } => "ProviderUnresponsive",
             Self::BadResponse { .. } => "BadResponse",
             Self::Rejected { .. } => "Rejected",
             Self::StillExists { .. } => "DestroyUnconfirmed",
@@ -73,7 +80,8 @@ impl ProviderError {
 
     /// For a create: the marketplace may have acted on it although no answer
     /// said so (a timeout, a 5xx, a dropped connection, an unreadable answer).
-    /// Such a create stays pending until a listing shows what landed.
+    /// Such a create stays pending until a listing shows what landed. A call held
+    /// back from an unresponsive marketplace was never sent.
     pub fn create_may_have_landed(&self) -> bool {
         matches!(self, Self::Timeout { .. } | Self::Unavailable { .. } | Self::BadResponse { .. })
     }

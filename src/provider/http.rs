@@ -7,7 +7,9 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use reqwest::{RequestBuilder, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
+use tokio::time::Instant;
 
+use super::circuit::{Circuit, Permission, Refusal};
 use super::error::{ProviderError, excerpt};
 use super::pacing::{Limits, Pacer};
 use crate::crd::ProviderName;
@@ -60,6 +62,8 @@ pub struct Transport {
     pacer: Pacer,
     /// Calls on the wire at once (see `CALLS_IN_FLIGHT`).
     in_flight: tokio::sync::Semaphore,
+    /// Calls held back while the marketplace does not answer.
+    circuit: Circuit,
 }
 
 /// At most this many calls to one marketplace on the wire at once: each holds a
@@ -79,6 +83,7 @@ impl Transport {
         Transport {
             provider,
             client,
+            circuit: Circuit::new(policy.timeout),
             policy,
             secret,
             pacer: Pacer::new(limits),
@@ -118,11 +123,30 @@ impl Transport {
         build: impl Fn() -> RequestBuilder,
     ) -> Result<Reply, ProviderError> {
         let mut delays = self.backoff();
+        // A retry held back by the circuit reports what the call itself met.
+        let mut last_error: Option<ProviderError> = None;
         loop {
+            if let Some(refusal) = self.circuit.would_refuse(Instant::now()) {
+                return Err(last_error.unwrap_or_else(|| self.held_back(refusal)));
+            }
             self.pacer.wait(endpoint).await;
             let outcome = {
                 let _on_the_wire = self.in_flight.acquire().await.expect("the semaphore is never closed");
-                self.attempt(build()).await
+                // Checked again: the calls ahead in the queue may have found it hanging.
+                let permission = self.circuit.permission(Instant::now());
+                if let Permission::Refuse(refusal) = permission {
+                    return Err(last_error.unwrap_or_else(|| self.held_back(refusal)));
+                }
+                let probe = ProbeGuard { circuit: &self.circuit, armed: permission == Permission::Probe };
+                let outcome = self.attempt(build()).await;
+                match &outcome {
+                    Err(Attempt::Transient { error: ProviderError::Timeout { .. }, .. }) => {
+                        self.circuit.timed_out(&permission, Instant::now())
+                    }
+                    _ => self.circuit.answered(),
+                }
+                probe.disarm();
+                outcome
             };
             if let Err(Attempt::Transient { error: ProviderError::RateLimited { .. }, .. }) = &outcome {
                 self.pacer.rate_limited(endpoint);
@@ -145,8 +169,14 @@ impl Transport {
                 delay = delay.max(*after);
             }
             tracing::debug!(provider = %self.provider, %error, delay_ms = delay.as_millis() as u64, "retrying provider call");
+            last_error = Some(error);
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// The error for a call the circuit holds back (it was never sent).
+    fn held_back(&self, Refusal { unanswered, retry_in }: Refusal) -> ProviderError {
+        ProviderError::Unresponsive { provider: self.provider, unanswered, retry_in }
     }
 
     /// Delays between attempts: exponential with jitter, `max_attempts - 1` of them.
@@ -232,6 +262,26 @@ impl Transport {
     }
 }
 
+/// Frees the probe of a held marketplace when its caller goes away before the answer.
+struct ProbeGuard<'a> {
+    circuit: &'a Circuit,
+    armed: bool,
+}
+
+impl ProbeGuard<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.circuit.probe_abandoned();
+        }
+    }
+}
+
 enum Attempt {
     Final(ProviderError),
     /// `arrived`: the provider may have acted on the request.
@@ -289,5 +339,56 @@ mod tests {
             assert_eq!(reply.unwrap().status.as_u16(), 200);
         }
         assert_eq!(most.load(Ordering::SeqCst), CALLS_IN_FLIGHT, "the marketplace never saw more at once");
+    }
+
+    #[tokio::test]
+    async fn a_marketplace_that_stops_answering_is_not_waited_on_by_every_caller() {
+        let (hanging, received) = (Arc::new(std::sync::atomic::AtomicBool::new(true)), Arc::new(AtomicUsize::new(0)));
+        let (hangs, count) = (hanging.clone(), received.clone());
+        let app = axum::Router::new().route(
+            "/x",
+            axum::routing::get(move || {
+                let (hangs, count) = (hangs.clone(), count.clone());
+                async move {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    if hangs.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                    }
+                    "{}"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/x", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let timeout = Duration::from_millis(300);
+        let policy = CallPolicy { timeout, max_attempts: 1, ..CallPolicy::default() };
+        let transport = Transport::new(ProviderName::Vastai, SecretString::from("k"), policy, Limits::NONE);
+        let call = || transport.bearer_call(reqwest::Method::GET, &url, "GET /x", None, Idempotency::Safe);
+
+        for _ in 0..super::super::circuit::OPEN_AFTER {
+            assert!(matches!(call().await, Err(ProviderError::Timeout { .. })));
+        }
+        let started = tokio::time::Instant::now();
+        let held: Vec<_> = futures::future::join_all((0..20).map(|_| call())).await;
+        assert!(
+            started.elapsed() < timeout / 3,
+            "held back at once, not each after its timeout: {:?}",
+            started.elapsed()
+        );
+        for error in held {
+            let error = error.err().expect("held back");
+            assert!(matches!(error, ProviderError::Unresponsive { unanswered: 2, .. }), "{error:?}");
+            assert!(!error.create_may_have_landed(), "a call held back was never sent");
+            assert!(error.to_string().contains("not answering"), "{error}");
+        }
+        assert_eq!(received.load(Ordering::SeqCst), 2, "no held-back call reached the marketplace");
+
+        // Once it answers again, the probe after the hold goes through and so does everyone after it.
+        hanging.store(false, Ordering::SeqCst);
+        tokio::time::sleep(timeout).await;
+        assert_eq!(call().await.unwrap().status.as_u16(), 200);
+        assert_eq!(call().await.unwrap().status.as_u16(), 200);
+        assert_eq!(received.load(Ordering::SeqCst), 4);
     }
 }

@@ -1,6 +1,7 @@
 //! The boundary to the GPU marketplaces: one trait, one real HTTP client per
 //! marketplace. Nothing outside a client knows a marketplace's field names.
 
+pub mod circuit;
 pub mod error;
 pub mod gate;
 pub mod http;

@@ -18,7 +18,7 @@ use crate::crd::session::{Attempt, CreateIntent};
 use crate::crd::{GpuOfferFilter, OfferRequirements, ProviderName, SessionPhase, WorkloadKind};
 use crate::error::Result;
 use crate::market::{self, rank};
-use crate::provider::{CreateRequest, Instance, InstanceLabel, InstanceState, NextStep, Offer};
+use crate::provider::{CreateRequest, Instance, InstanceLabel, InstanceState, NextStep, Offer, ProviderError};
 
 pub const DEFAULT_IMAGE: &str = "nvidia/cuda:12.4.1-runtime-ubuntu22.04";
 pub const DEFAULT_DISK_GB: u32 = 40;
@@ -166,6 +166,13 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
             step.event(false, "Rented", format!("rented {} on {}: {why}", instance.id, best.provider));
             record_rented(step, best.provider, &instance, Some(&best), why);
             Ok(Action::requeue(PROVISIONING_POLL))
+        }
+        Err(error @ ProviderError::Unresponsive { .. }) => {
+            // Held back, never sent: the offer was not tried, and its marketplace's offers
+            // are not offered again until one of its searches is answered.
+            ctx.offer_cache.invalidate(best.provider);
+            step.phase(SessionPhase::Provisioning, error.reason(), format!("{error}; other marketplaces are tried"));
+            Ok(Action::requeue(super::NEXT_STAGE))
         }
         Err(error) => {
             if error.next_step() == NextStep::NextOffer {
