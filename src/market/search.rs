@@ -47,26 +47,24 @@ pub async fn search_cached(
         let query = &query;
         async move {
             let name = provider.name();
-            if let Some(offers) = cache.and_then(|c| c.get(name, query)) {
-                return (name, Ok(offers));
-            }
-            let result = match tokio::time::timeout(timeout, provider.search_offers(query)).await {
-                Ok(result) => result,
-                Err(_) => Err(ProviderError::Timeout { provider: name, timeout }),
+            let answer = match cache {
+                Some(cache) => cache.search(provider, query, timeout).await,
+                None => match tokio::time::timeout(timeout, provider.search_offers(query)).await {
+                    Ok(result) => result.map(Arc::from),
+                    Err(_) => Err(ProviderError::Timeout { provider: name, timeout }),
+                },
             };
-            if let (Some(cache), Ok(offers)) = (cache, &result) {
-                cache.put(name, query, offers.clone());
-            }
-            (name, result)
+            (name, answer)
         }
     });
     let mut view = MarketView::default();
     let matcher = super::Matcher::new(requirements);
-    for (provider, result) in futures::future::join_all(searches).await {
-        match result {
+    for (provider, answer) in futures::future::join_all(searches).await {
+        match answer {
             Ok(offers) => {
                 view.searched.push(provider);
-                view.offers.extend(offers.into_iter().filter(|o| matcher.matches(o)));
+                // Only the matching offers are copied out of the shared answer.
+                view.offers.extend(offers.iter().filter(|o| matcher.matches(o)).cloned());
             }
             Err(error) => view.failures.push(ProviderFailure { provider, error }),
         }
