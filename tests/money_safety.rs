@@ -44,6 +44,42 @@ async fn a_hung_marketplace_does_not_stall_a_session_another_can_serve() {
 
 #[tokio::test]
 #[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn sessions_waiting_on_a_hung_marketplace_do_not_take_every_reconcile_slot() {
+    // Two reconciles at a time, and four sessions whose machines are on RunPod.
+    let env = [("PROVIDER_CALL_TIMEOUT", "3s"), ("MAX_CONCURRENT_RECONCILES", "2")];
+    let h = Harness::with_env("hungslots", fast_market(), &env).await;
+    let doomed = ["r0", "r1", "r2", "r3"];
+    for name in doomed {
+        h.apply(name, on("runpod")).await;
+    }
+    for name in doomed {
+        h.wait_ready(name).await;
+    }
+    // RunPod stops answering; the four are deleted, and each deletion needs RunPod to
+    // destroy and confirm. Every lookup there would wait out its timeout and retries.
+    h.sim.set_faults(ProviderName::Runpod, Faults { hangs: 100_000, hang_ms: 60_000, ..Default::default() });
+    for name in doomed {
+        h.sessions.delete(name, &Default::default()).await.unwrap();
+    }
+    // A session Vast can serve still gets its turns.
+    let started = std::time::Instant::now();
+    h.apply("v", on("vastai")).await;
+    h.wait_ready("v").await;
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(25),
+        "a session on a healthy marketplace waited {waited:?} for a reconcile slot"
+    );
+    // The deletions say why they wait, and nothing of theirs is forgotten.
+    let terminating = h.sessions.get("r0").await.unwrap();
+    assert_eq!(status(&terminating).phase, Some(SessionPhase::Terminating));
+    assert_eq!(h.live_instances().len(), 5, "RunPod's four still run until it answers, and Vast's");
+    h.sim.set_faults(ProviderName::Runpod, Faults::default());
+    h.finish().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
 async fn a_machine_destroyed_behind_the_operators_back_fails_the_session_and_its_cost_stops() {
     let h = Harness::new("vanish", fast_market()).await;
     h.apply("s", on("vastai")).await;
