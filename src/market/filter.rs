@@ -3,15 +3,22 @@
 
 use crate::crd::{Billing, OfferRequirements};
 use crate::provider::Offer;
-use crate::provider::types::{display_gpu_model, gpu_model_key};
+use crate::provider::types::{display_gpu_model, gpu_model_key, with_gpu_model_key};
 
 /// "12.10" >= "12.9": versions compare as numbers, not text.
 pub fn cuda_at_least(version: &str, minimum: &str) -> bool {
-    fn parse(v: &str) -> Option<(u32, u32)> {
-        let mut parts = v.trim().split('.');
-        Some((parts.next()?.parse().ok()?, parts.next().map(|m| m.parse().ok()).unwrap_or(Some(0))?))
-    }
-    match (parse(version), parse(minimum)) {
+    cuda_at_least_parsed(version, parse_cuda(minimum))
+}
+
+/// "12.4" as (12, 4), "12" as (12, 0); `None` for anything else.
+fn parse_cuda(v: &str) -> Option<(u32, u32)> {
+    let mut parts = v.trim().split('.');
+    Some((parts.next()?.parse().ok()?, parts.next().map(|m| m.parse().ok()).unwrap_or(Some(0))?))
+}
+
+/// An unreadable minimum or version is not met.
+fn cuda_at_least_parsed(version: &str, minimum: Option<(u32, u32)>) -> bool {
+    match (parse_cuda(version), minimum) {
         (Some(have), Some(need)) => have >= need,
         _ => false,
     }
@@ -52,16 +59,22 @@ impl RequestedModel {
 pub struct Matcher<'a> {
     requirements: &'a OfferRequirements,
     models: Vec<RequestedModel>,
+    /// `Some` when a minimum is set; its value `None` when it cannot be read (nothing meets it).
+    min_cuda: Option<Option<(u32, u32)>>,
 }
 
 impl<'a> Matcher<'a> {
     pub fn new(requirements: &'a OfferRequirements) -> Self {
-        Matcher { requirements, models: requirements.gpu_models.iter().map(|m| RequestedModel::new(m)).collect() }
+        Matcher {
+            requirements,
+            models: requirements.gpu_models.iter().map(|m| RequestedModel::new(m)).collect(),
+            min_cuda: requirements.min_cuda_version.as_deref().map(parse_cuda),
+        }
     }
 
     /// `true` when `offer` meets every requirement (see `matches`).
     pub fn matches(&self, offer: &Offer) -> bool {
-        matches_with(offer, self.requirements, &self.models)
+        matches_with(offer, self)
     }
 }
 
@@ -80,7 +93,8 @@ pub fn matches(offer: &Offer, r: &OfferRequirements) -> bool {
     Matcher::new(r).matches(offer)
 }
 
-fn matches_with(offer: &Offer, r: &OfferRequirements, models: &[RequestedModel]) -> bool {
+fn matches_with(offer: &Offer, matcher: &Matcher<'_>) -> bool {
+    let (r, models) = (matcher.requirements, &matcher.models);
     let at_least = |value: Option<f64>, min: Option<f64>| min.is_none_or(|min| value.is_some_and(|v| v >= min));
     // The numeric tests first: they reject most offers without touching a string.
     (r.providers.is_empty() || r.providers.contains(&offer.provider))
@@ -95,12 +109,10 @@ fn matches_with(offer: &Offer, r: &OfferRequirements, models: &[RequestedModel])
             Billing::Interruptible => offer.interruptible,
             Billing::Any => true,
         }
-        && (models.is_empty() || {
-            let offered = gpu_model_key(&offer.gpu_model);
-            models.iter().any(|m| m.accepts(&offered, offer.vram_gb))
-        })
-        && match (&r.min_cuda_version, &offer.cuda_version) {
-            (Some(min), Some(advertised)) => cuda_at_least(advertised, min),
+        && (models.is_empty()
+            || with_gpu_model_key(&offer.gpu_model, |offered| models.iter().any(|m| m.accepts(offered, offer.vram_gb))))
+        && match (matcher.min_cuda, &offer.cuda_version) {
+            (Some(min), Some(advertised)) => cuda_at_least_parsed(advertised, min),
             _ => true,
         }
         // Excluded countries fail closed: an offer whose country is unknown may be in one.

@@ -156,12 +156,13 @@ pub fn display_gpu_model(name: &str) -> String {
     if kept.is_empty() { name.trim().to_string() } else { kept.join(" ") }
 }
 
+const VENDOR_WORDS: [&str; 3] = ["nvidia", "geforce", "tesla"];
+
 /// Normalises a GPU model name for comparison: case, spaces, dashes and
 /// vendor words do not matter ("NVIDIA GeForce RTX 4090" == "rtx-4090").
 pub fn gpu_model_key(name: &str) -> String {
-    // One pass, one allocation: this runs for every offer of every search.
     let mut key: String = name.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect();
-    for vendor in ["nvidia", "geforce", "tesla"] {
+    for vendor in VENDOR_WORDS {
         if key.contains(vendor) {
             key = key.replace(vendor, "");
         }
@@ -169,9 +170,53 @@ pub fn gpu_model_key(name: &str) -> String {
     key
 }
 
+/// Calls `f` with `gpu_model_key(name)`, built on the stack for any name up to 64
+/// letters and digits: this runs for every offer of every search, and an allocation
+/// per offer was most of the time ranking a large market took.
+pub fn with_gpu_model_key<R>(name: &str, f: impl FnOnce(&str) -> R) -> R {
+    let mut key = [0u8; 64];
+    let mut len = 0;
+    for byte in name.bytes().filter(u8::is_ascii_alphanumeric) {
+        let Some(slot) = key.get_mut(len) else { return f(&gpu_model_key(name)) };
+        *slot = byte.to_ascii_lowercase();
+        len += 1;
+    }
+    for vendor in VENDOR_WORDS {
+        len = remove_every(&mut key, len, vendor.as_bytes());
+    }
+    // Only ASCII letters and digits were kept.
+    f(std::str::from_utf8(&key[..len]).unwrap_or_default())
+}
+
+/// `String::replace(word, "")` in place on `text[..len]`: one left-to-right pass over the
+/// original, each match skipped. Returns the new length.
+fn remove_every(text: &mut [u8], len: usize, word: &[u8]) -> usize {
+    let (mut read, mut write) = (0, 0);
+    while read < len {
+        if text[read..len].starts_with(word) {
+            read += word.len();
+        } else {
+            text[write] = text[read];
+            write += 1;
+            read += 1;
+        }
+    }
+    write
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The stack-built key is the key, for any name: vendor words split, doubled or
+        /// nested ("nvnvidiaidia"), non-ASCII, and names too long for the stack buffer.
+        #[test]
+        fn the_key_built_on_the_stack_is_the_same_key(name in "(nvidia|NVIDIA |GeForce|tesla|nv|idia|gefor|[ -~]|é|🚀){0,70}") {
+            prop_assert_eq!(with_gpu_model_key(&name, str::to_string), gpu_model_key(&name));
+        }
+    }
 
     #[test]
     fn label_round_trips_and_rejects_other_deployments_shapes() {
