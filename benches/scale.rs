@@ -41,9 +41,12 @@ fn session(name: &str, idle_checked: bool) -> GpuSession {
     .unwrap()
 }
 
-/// How long the steady phase watches N running sessions (BENCH_STEADY_SECONDS, default 330: one cost write of every running session falls inside).
+/// How long the steady phase watches N running sessions (BENCH_STEADY_SECONDS, default 360: one
+/// cost write of every running session falls inside, and a whole number of the controller's
+/// one-minute machine checks, so logins per machine are not rounded up or down by where in a
+/// machine's check interval the window happens to start).
 fn steady_window() -> Duration {
-    Duration::from_secs(std::env::var("BENCH_STEADY_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(330))
+    Duration::from_secs(std::env::var("BENCH_STEADY_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(360))
 }
 
 /// Whether the simulated marketplaces enforce their rate limits and the Vast client
@@ -224,6 +227,10 @@ async fn controller_run(client: &Client, n: usize, load: Load) -> Value {
     // The chart's lease, not the tests' short one: a starved 3 s lease fences the leader.
     // BENCH_LEASE_DURATION: a 10 000-session ramp on two shared cores delays renewals past 15 s.
     env.push(("LEASE_DURATION", std::env::var("BENCH_LEASE_DURATION").unwrap_or_else(|_| "15s".into())));
+    // MAX_CONCURRENT_RECONCILES: the controller's bound on reconciles in flight (its default unless set).
+    if let Ok(bound) = std::env::var("MAX_CONCURRENT_RECONCILES") {
+        env.push(("MAX_CONCURRENT_RECONCILES", bound));
+    }
     if std::env::var_os("GPU_SHOPPER_CONTROLLER_BIN").is_some() {
         // A heap-profiled build runs too slowly to renew a lease in time: it would fence itself.
         env.push(("LEADER_ELECTION", "false".into()));
