@@ -408,6 +408,9 @@ async fn main() {
         .collect();
     let client = client().await;
     install_crds(&client).await;
+    // Before any run: afterwards the API server is still clearing the deleted sessions for
+    // minutes, and the ranking figure measured the machine's load more than the code.
+    let ranking_ms = ranking_milliseconds(100_000);
     let mut runs = Vec::new();
     println!(
         "{:>6} {:>9} {:>9} {:>7} {:>9} {:>9} {:>11} {:>11} {:>9} {:>8} {:>8}",
@@ -485,7 +488,7 @@ async fn main() {
         runs.push(json!({"sessions": idle, "idle": true, "controller": run}));
         write_results(&runs);
     }
-    print_targets(&runs, ranking_milliseconds(100_000));
+    print_targets(&runs, ranking_ms);
 }
 
 /// Filtering and ranking `n` offers, the median of 21 runs in milliseconds (the
