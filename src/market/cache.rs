@@ -73,26 +73,33 @@ impl OfferCache {
     /// search in flight or a new one, which is bounded by `timeout`.
     pub async fn search(&self, provider: &Arc<dyn Provider>, query: &OfferQuery, timeout: Duration) -> Answer {
         let name = provider.name();
+        let key = Self::key(name, query);
         let plan = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             let ttl = self.ttl(name);
-            slots.retain(|(p, _), slot| {
-                slot.in_flight.is_some() || slot.last.as_ref().is_some_and(|(at, _)| at.elapsed() < self.ttl(*p))
-            });
-            let key = Self::key(name, query);
-            let slot = slots.entry(key.clone()).or_default();
-            match (&slot.last, &slot.in_flight) {
-                (Some((at, Ok(offers))), _) if at.elapsed() < ttl => Plan::Answer(Ok(offers.clone())),
-                (Some((at, Err(error))), _) if at.elapsed() < FAILURE_TTL.min(ttl) => Plan::Answer(Err(error.clone())),
-                // It failed last time: do not queue behind a marketplace that may be hanging.
-                (Some((_, Err(error))), Some(_)) => Plan::Answer(Err(error.clone())),
-                (_, Some(in_flight)) => Plan::Wait(in_flight.clone()),
-                (_, None) => {
-                    let search = self.start(provider.clone(), query.clone(), timeout, key);
-                    slot.in_flight = Some(search.clone());
-                    Plan::Wait(search)
+            let known = slots.get(&key).and_then(|slot| match (&slot.last, &slot.in_flight) {
+                (Some((at, Ok(offers))), _) if at.elapsed() < ttl => Some(Plan::Answer(Ok(offers.clone()))),
+                (Some((at, Err(error))), _) if at.elapsed() < FAILURE_TTL.min(ttl) => {
+                    Some(Plan::Answer(Err(error.clone())))
                 }
-            }
+                // It failed last time: do not queue behind a marketplace that may be hanging.
+                (Some((_, Err(error))), Some(_)) => Some(Plan::Answer(Err(error.clone()))),
+                (_, Some(in_flight)) => Some(Plan::Wait(in_flight.clone())),
+                (_, None) => None,
+            });
+            known.unwrap_or_else(|| {
+                // A new search: the time to forget other answers gone stale (not on every
+                // question). This one's last answer stays: if it was a failure, nobody
+                // queues behind the search now starting.
+                slots.retain(|k @ (p, _), slot| {
+                    *k == key
+                        || slot.in_flight.is_some()
+                        || slot.last.as_ref().is_some_and(|(at, _)| at.elapsed() < self.ttl(*p))
+                });
+                let search = self.start(provider.clone(), query.clone(), timeout, key.clone());
+                slots.entry(key).or_default().in_flight = Some(search.clone());
+                Plan::Wait(search)
+            })
         };
         match plan {
             Plan::Answer(answer) => answer,
@@ -112,10 +119,7 @@ impl OfferCache {
         let slots = self.slots.clone();
         let name = provider.name();
         let task = tokio::spawn(async move {
-            let answer: Answer = match tokio::time::timeout(timeout, provider.search_offers(&query)).await {
-                Ok(result) => result.map(Arc::from),
-                Err(_) => Err(ProviderError::Timeout { provider: name, timeout }),
-            };
+            let answer = super::search::search_within(provider.as_ref(), &query, timeout).await;
             let mut slots = slots.lock().unwrap_or_else(|p| p.into_inner());
             let slot = slots.entry(key).or_default();
             slot.last = Some((Instant::now(), answer.clone()));

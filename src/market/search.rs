@@ -24,6 +24,18 @@ pub struct MarketView {
     pub failures: Vec<ProviderFailure>,
 }
 
+/// One marketplace's offers for `query`, or a timeout error after `timeout`.
+pub(super) async fn search_within(
+    provider: &dyn Provider,
+    query: &OfferQuery,
+    timeout: Duration,
+) -> super::cache::Answer {
+    match tokio::time::timeout(timeout, provider.search_offers(query)).await {
+        Ok(result) => result.map(Arc::from),
+        Err(_) => Err(ProviderError::Timeout { provider: provider.name(), timeout }),
+    }
+}
+
 /// Searches the marketplaces `requirements` allow, concurrently.
 pub async fn search(
     providers: &[Arc<dyn Provider>],
@@ -49,10 +61,7 @@ pub async fn search_cached(
             let name = provider.name();
             let answer = match cache {
                 Some(cache) => cache.search(provider, query, timeout).await,
-                None => match tokio::time::timeout(timeout, provider.search_offers(query)).await {
-                    Ok(result) => result.map(Arc::from),
-                    Err(_) => Err(ProviderError::Timeout { provider: name, timeout }),
-                },
+                None => search_within(provider.as_ref(), query, timeout).await,
             };
             (name, answer)
         }
