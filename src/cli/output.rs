@@ -1,6 +1,16 @@
 //! `-o table|wide|json|yaml`, as kubectl spells it, for every command that prints data.
 
+use std::sync::OnceLock;
+
 use serde_json::Value;
+
+/// The `-o` flag given, recorded once before a command runs.
+static CHOSEN: OnceLock<Format> = OnceLock::new();
+
+/// Records the `-o` flag (once, before a command runs).
+pub fn choose(format: Option<Format>) {
+    let _ = CHOSEN.set(format.unwrap_or_default());
+}
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Format {
@@ -16,7 +26,7 @@ pub enum Format {
 impl Format {
     /// The `-o` flag, or JSON where a command's older `--json` flag was given.
     pub fn chosen(legacy_json: bool) -> Format {
-        if legacy_json { Format::Json } else { super::globals().output.unwrap_or_default() }
+        if legacy_json { Format::Json } else { CHOSEN.get().copied().unwrap_or_default() }
     }
 
     pub fn is_table(self) -> bool {

@@ -94,14 +94,6 @@ impl EventPublisher {
     }
 }
 
-/// Prunes the publisher's series every minute, for as long as the controllers run.
-pub async fn prune_on_a_clock(ctx: std::sync::Arc<super::Context>) {
-    loop {
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        ctx.events.prune().await;
-    }
-}
-
 /// The Event a repeat at `now` folds into (its name and new count), counted; `None`
 /// when there is none within the window. Stale series are skipped here and dropped
 /// by `forget_stale`: no sweep over every series for each Event.

@@ -7,6 +7,7 @@ pub mod identity;
 pub mod kube_client;
 pub mod leader;
 pub mod offer_filter;
+pub mod scope;
 pub mod session;
 pub mod status;
 pub mod sweeper;
@@ -16,18 +17,15 @@ use std::sync::atomic::Ordering;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
 use kube::api::ListParams;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
-use kube::{Api, Client};
 
 pub use context::Context;
+pub use scope::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, scoped, watch_scopes, watched_apis};
 
 use crate::crd::{GpuOfferFilter, GpuSession};
 use crate::http::Health;
-
-/// Label the operator sets on every object it creates, so its watches see only those.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY_VALUE: &str = "gpu-shopper";
 
 /// Why the controllers could not start.
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +137,7 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
     let router = tokio::spawn(route_wakes(ctx.woken_sessions(), wake_routes));
 
     let sweeper = tokio::spawn(sweeper::run(ctx.clone()));
-    let event_pruner = tokio::spawn(events::prune_on_a_clock(ctx.clone()));
+    let event_pruner = tokio::spawn(prune_events_on_a_clock(ctx.clone()));
     health.ready.store(true, Ordering::Relaxed);
     tracing::info!(deployment_id = %ctx.config.deployment_id, installation = %ctx.config.installation(), "controllers running");
     let mut leadership = leadership;
@@ -220,33 +218,6 @@ fn random_identity() -> String {
     format!("{host}-{:08x}", rand::random::<u32>())
 }
 
-/// What the operator watches: each listed namespace, or the whole cluster (`None`) when none is.
-pub fn watch_scopes(namespaces: &[String]) -> Vec<Option<String>> {
-    match namespaces {
-        [] => vec![None],
-        list => list.iter().cloned().map(Some).collect(),
-    }
-}
-
-/// One Api per watched scope.
-pub fn watched_apis<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
-where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
-{
-    watch_scopes(namespaces).iter().map(|scope| scoped(client, scope.as_deref())).collect()
-}
-
-/// An Api over one namespace, or over all of them.
-fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
-{
-    match namespace {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    }
-}
-
 async fn ensure_crd_served<K>(client: &Client, namespace: Option<&str>, kind: &'static str) -> Result<(), StartError>
 where
     K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -289,6 +260,14 @@ fn trim_for_cache<K: kube::Resource>(object: &mut K) {
     meta.managed_fields = None;
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// Prunes the Event publisher's series every minute, for as long as the controllers run.
+async fn prune_events_on_a_clock(ctx: Arc<Context>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        ctx.events.prune().await;
     }
 }
 

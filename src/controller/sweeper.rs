@@ -193,7 +193,7 @@ pub async fn sweep(ctx: &Context, provider: &dyn Provider, seen: &mut Seen) {
 /// Every session in the watched namespaces, from the API server.
 async fn list_watched_sessions(ctx: &Context) -> kube::Result<Vec<Arc<GpuSession>>> {
     let mut all = Vec::new();
-    for api in super::watched_apis::<GpuSession>(&ctx.client, &ctx.config.watch_namespaces) {
+    for api in super::scope::watched_apis::<GpuSession>(&ctx.client, &ctx.config.watch_namespaces) {
         all.extend(api.list(&ListParams::default()).await?.items.into_iter().map(Arc::new));
     }
     Ok(all)

@@ -214,6 +214,16 @@ pub struct InferenceProbe {
     pub test_prompt: Option<String>,
 }
 
+/// The model port when `workload.inference.port` is not given.
+pub const DEFAULT_INFERENCE_PORT: u16 = 8000;
+
+impl InferenceProbe {
+    /// The port the model server listens on, on the machine.
+    pub fn port_or_default(&self) -> u16 {
+        self.port.unwrap_or(DEFAULT_INFERENCE_PORT)
+    }
+}
+
 /// Time allowed for each readiness stage, as durations such as "90s", "15m" or "1h30m".
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -15,11 +15,9 @@ use tokio::time::Instant;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
+use super::ask::{Answer, search_within};
 use crate::crd::ProviderName;
-use crate::provider::{Offer, OfferQuery, Provider, ProviderError};
-
-/// A search's answer, shared by everyone who asked for it.
-pub type Answer = Result<Arc<[Offer]>, ProviderError>;
+use crate::provider::{OfferQuery, Provider, ProviderError};
 
 /// How long a failed search is answered from memory before the marketplace is asked again.
 const FAILURE_TTL: Duration = Duration::from_secs(5);
@@ -119,7 +117,7 @@ impl OfferCache {
         let slots = self.slots.clone();
         let name = provider.name();
         let task = tokio::spawn(async move {
-            let answer = super::search::search_within(provider.as_ref(), &query, timeout).await;
+            let answer = search_within(provider.as_ref(), &query, timeout).await;
             let mut slots = slots.lock().unwrap_or_else(|p| p.into_inner());
             let slot = slots.entry(key).or_default();
             slot.last = Some((Instant::now(), answer.clone()));
@@ -153,7 +151,7 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::provider::{CreateRequest, Instance};
+    use crate::provider::{CreateRequest, Instance, Offer};
 
     /// A marketplace that answers each search after `delay`, or hangs while `hangs`.
     struct Counting {

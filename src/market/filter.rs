@@ -4,25 +4,8 @@
 use crate::crd::{Billing, OfferRequirements};
 use crate::provider::Offer;
 use crate::provider::types::{display_gpu_model, gpu_model_key, with_gpu_model_key};
-
-/// "12.10" >= "12.9": versions compare as numbers, not text.
-pub fn cuda_at_least(version: &str, minimum: &str) -> bool {
-    cuda_at_least_parsed(version, parse_cuda(minimum))
-}
-
-/// "12.4" as (12, 4), "12" as (12, 0); `None` for anything else.
-fn parse_cuda(v: &str) -> Option<(u32, u32)> {
-    let mut parts = v.trim().split('.');
-    Some((parts.next()?.parse().ok()?, parts.next().map(|m| m.parse().ok()).unwrap_or(Some(0))?))
-}
-
-/// An unreadable minimum or version is not met.
-fn cuda_at_least_parsed(version: &str, minimum: Option<(u32, u32)>) -> bool {
-    match (parse_cuda(version), minimum) {
-        (Some(have), Some(need)) => have >= need,
-        _ => false,
-    }
-}
+pub use crate::units::cuda_at_least;
+use crate::units::{cuda_at_least_parsed, parse_cuda, requested_memory_gb};
 
 /// "A100 80GB" matches an A100 with about 80 GB per GPU (cards report a
 /// little less than their name: 24564 MB for 24 GB); "A100" any A100; the
@@ -76,14 +59,6 @@ impl<'a> Matcher<'a> {
     pub fn matches(&self, offer: &Offer) -> bool {
         matches_with(offer, self)
     }
-}
-
-/// 80 from "A100 80GB" or "a100-80gb": the memory a model name asks for.
-pub fn requested_memory_gb(model: &str) -> Option<u32> {
-    model.split(|c: char| c.is_whitespace() || c == '-' || c == '_').find_map(|t| {
-        let lower = t.to_ascii_lowercase();
-        lower.strip_suffix("gb")?.parse().ok()
-    })
 }
 
 /// `true` when `offer` meets every requirement. A requirement on something the

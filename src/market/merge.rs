@@ -57,7 +57,7 @@ pub fn merge(filter: &OfferRequirements, inline: &OfferRequirements) -> Result<O
         (a, b) => a.or(b),
     };
     let min_cuda_version = match (&filter.min_cuda_version, &inline.min_cuda_version) {
-        (Some(a), Some(b)) => Some(if super::cuda_at_least(a, b) { a.clone() } else { b.clone() }),
+        (Some(a), Some(b)) => Some(if crate::units::cuda_at_least(a, b) { a.clone() } else { b.clone() }),
         (a, b) => a.clone().or_else(|| b.clone()),
     };
     let billing = match (filter.billing, inline.billing) {

@@ -1,6 +1,7 @@
 //! The market: every configured marketplace searched at once, offers filtered
 //! against the requirements and ranked.
 
+pub mod ask;
 pub mod bad_hosts;
 pub mod cache;
 pub mod filter;

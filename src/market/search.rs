@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::ask::search_within;
 use crate::crd::{OfferRequirements, ProviderName};
 use crate::provider::{Offer, OfferQuery, Provider, ProviderError};
 
@@ -22,18 +23,6 @@ pub struct MarketView {
     /// Marketplaces that were searched successfully.
     pub searched: Vec<ProviderName>,
     pub failures: Vec<ProviderFailure>,
-}
-
-/// One marketplace's offers for `query`, or a timeout error after `timeout`.
-pub(super) async fn search_within(
-    provider: &dyn Provider,
-    query: &OfferQuery,
-    timeout: Duration,
-) -> super::cache::Answer {
-    match tokio::time::timeout(timeout, provider.search_offers(query)).await {
-        Ok(result) => result.map(Arc::from),
-        Err(_) => Err(ProviderError::Timeout { provider: provider.name(), timeout }),
-    }
 }
 
 /// Searches the marketplaces `requirements` allow, concurrently.

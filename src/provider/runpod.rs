@@ -145,7 +145,7 @@ const CUDA_VERSIONS: &[&str] =
 
 /// Every known CUDA version at least `minimum`.
 fn allowed_cuda_versions(minimum: &str) -> Vec<&'static str> {
-    CUDA_VERSIONS.iter().copied().filter(|v| crate::market::filter::cuda_at_least(v, minimum)).collect()
+    CUDA_VERSIONS.iter().copied().filter(|v| crate::units::cuda_at_least(v, minimum)).collect()
 }
 
 /// A container start command for images other than RunPod's own: installs

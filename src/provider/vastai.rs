@@ -171,7 +171,7 @@ pub fn search_query(query: &OfferQuery) -> Value {
     // vast-cli multiplies GB by 1000 (`offers_mult`): real cards report less
     // than GB x 1024 (a 24 GB card: 24564 MB) and would be dropped.
     // A memory named in every requested model ("A100 80GB") bounds it too.
-    let named: Option<Vec<u32>> = r.gpu_models.iter().map(|m| crate::market::filter::requested_memory_gb(m)).collect();
+    let named: Option<Vec<u32>> = r.gpu_models.iter().map(|m| crate::units::requested_memory_gb(m)).collect();
     let by_name = named.filter(|n| !n.is_empty()).and_then(|n| n.into_iter().min());
     if let Some(vram) = r.min_vram_gb.max(by_name) {
         q["gpu_ram"] = json!({"gte": vram * 1000});

@@ -17,8 +17,8 @@ use axum::routing::post;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::sim::{Sim, bearer};
 use super::world::{ListingFault, NewInstance, SimInstance, SimState, World};
-use super::{Sim, bearer};
 use crate::crd::ProviderName;
 
 const P: ProviderName = ProviderName::Runpod;

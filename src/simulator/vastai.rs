@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::market::Host;
+use super::sim::{Sim, bearer};
 use super::world::{ListingFault, NewInstance, SimInstance, SimState, World};
-use super::{Sim, bearer};
 use crate::crd::ProviderName;
 
 const P: ProviderName = ProviderName::Vastai;

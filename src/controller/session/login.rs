@@ -13,10 +13,11 @@ use std::time::Duration;
 use russh::keys::PrivateKey;
 use tokio::sync::SemaphorePermit;
 
-use super::Step;
 use super::secret::SessionKey;
+use super::step::Step;
 use crate::crd::session::SshEndpoint;
 use crate::keys;
+use crate::metrics::ProviderLabels;
 use crate::probe::ssh::{self, CommandOutput, Connection, SshError, Target};
 
 /// Time allowed to one SSH login, and to one command.
@@ -70,6 +71,12 @@ impl<'a> StageLogin<'a> {
     pub fn close(&mut self) {
         self.open = None;
     }
+}
+
+/// Counts a failed SSH proof against the session's marketplace.
+pub fn count_ssh_failure(step: &Step<'_>) {
+    let provider = step.status.provider.map(|p| p.as_str()).unwrap_or("unknown");
+    step.ctx.metrics.ssh_verify_failures.get_or_create(&ProviderLabels { provider }).inc();
 }
 
 fn endpoint_and_key(step: &Step<'_>, key: &SessionKey) -> Result<(SshEndpoint, Arc<PrivateKey>), SshError> {

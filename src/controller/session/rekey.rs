@@ -9,9 +9,9 @@
 
 use kube::ResourceExt;
 
-use super::Step;
 use super::login::run_on_machine;
 use super::secret::{self, SessionKey};
+use super::step::Step;
 use crate::crd::session::RekeyStatus;
 use crate::error::Result;
 use crate::keys;

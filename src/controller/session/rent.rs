@@ -6,16 +6,15 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use kube::api::Api;
 use kube::runtime::controller::Action;
 
+use super::requirements;
 use super::secret::SessionKey;
+use super::step::{NEXT_STAGE, PROVISIONING_POLL, Step};
 use super::teardown;
-use super::{PROVISIONING_POLL, Step};
-use crate::controller::context::cached_or_get;
 use crate::crd::conditions::{Status, types};
 use crate::crd::session::{Attempt, CreateIntent};
-use crate::crd::{GpuOfferFilter, OfferRequirements, ProviderName, SessionPhase, WorkloadKind};
+use crate::crd::{OfferRequirements, ProviderName, SessionPhase, WorkloadKind};
 use crate::error::Result;
 use crate::market::{self, rank};
 use crate::provider::{CreateRequest, Instance, InstanceLabel, InstanceState, NextStep, Offer, ProviderError};
@@ -23,7 +22,6 @@ use crate::provider::{CreateRequest, Instance, InstanceLabel, InstanceState, Nex
 pub const DEFAULT_IMAGE: &str = "nvidia/cuda:12.4.1-runtime-ubuntu22.04";
 pub const DEFAULT_DISK_GB: u32 = 40;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
-pub const DEFAULT_INFERENCE_PORT: u16 = 8000;
 const WAIT_FOR_MARKET: Duration = Duration::from_secs(30);
 
 /// Adopts a machine carrying this session's label that status does not hold (a
@@ -89,7 +87,7 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
         return Ok(Action::await_change());
     }
 
-    let requirements = match effective_requirements(step).await? {
+    let requirements = match requirements::effective(step).await? {
         Ok(requirements) => requirements,
         Err((reason, message)) => {
             step.phase(SessionPhase::Pending, reason, message.clone());
@@ -172,7 +170,7 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
             // are not offered again until one of its searches is answered.
             ctx.offer_cache.invalidate(best.provider);
             step.phase(SessionPhase::Provisioning, error.reason(), format!("{error}; other marketplaces are tried"));
-            Ok(Action::requeue(super::NEXT_STAGE))
+            Ok(Action::requeue(NEXT_STAGE))
         }
         Err(error) => {
             if error.next_step() == NextStep::NextOffer {
@@ -208,35 +206,13 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
                 )
             };
             step.phase(SessionPhase::Provisioning, "NextOffer", message);
-            Ok(Action::requeue(super::NEXT_STAGE))
+            Ok(Action::requeue(NEXT_STAGE))
         }
     }
 }
 
 fn tried_before(step: &Step<'_>, offer: &Offer) -> bool {
     step.status.attempts.iter().any(|a| a.provider == Some(offer.provider) && a.offer_id == offer.id)
-}
-
-/// The referenced filter merged with the inline requirements, or why the session cannot shop.
-pub(super) async fn effective_requirements(
-    step: &Step<'_>,
-) -> Result<Result<OfferRequirements, (&'static str, String)>> {
-    let inline = step.session.spec.requirements.clone().unwrap_or_default();
-    let Some(filter_ref) = &step.session.spec.offer_filter_ref else { return Ok(Ok(inline)) };
-    let namespace = step.session.namespace().unwrap_or_default();
-    let filters: Api<GpuOfferFilter> = Api::namespaced(step.ctx.client.clone(), &namespace);
-    let cache = step.ctx.stores().and_then(|stores| stores.filters(&namespace));
-    let Some(filter) = cached_or_get(cache, &filters, &namespace, &filter_ref.name).await? else {
-        return Ok(Err((
-            "OfferFilterNotFound",
-            format!(
-                "GpuOfferFilter {:?} does not exist in namespace {namespace:?}: create it or fix spec.offerFilterRef.name",
-                filter_ref.name
-            ),
-        )));
-    };
-    Ok(market::merge(&filter.spec.requirements, &inline)
-        .map_err(|why| ("ConflictingRequirements", format!("the filter and the session contradict each other: {why}"))))
 }
 
 fn create_request(step: &Step<'_>, offer: &Offer, key: &SessionKey, requirements: &OfferRequirements) -> CreateRequest {
@@ -247,7 +223,7 @@ fn create_request(step: &Step<'_>, offer: &Offer, key: &SessionKey, requirements
         && let Some(inference) = &spec.workload.inference
     {
         env.push(("GPU_SHOPPER_MODEL".into(), inference.model.clone()));
-        let port = inference.port.unwrap_or(DEFAULT_INFERENCE_PORT);
+        let port = inference.port_or_default();
         if !ports.contains(&port) {
             ports.push(port);
         }

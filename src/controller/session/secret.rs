@@ -12,7 +12,7 @@ use kube::{Api, Resource, ResourceExt};
 use secrecy::SecretString;
 
 use crate::controller::context::{Context, cached_or_get};
-use crate::controller::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::controller::scope::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::crd::GpuSession;
 use crate::error::{Error, Result};
 use crate::keys;
@@ -156,7 +156,7 @@ pub async fn record_endpoint(session: &GpuSession, ctx: &Context, host: &str, po
 /// The key Secret was deleted while the machine runs and a fresh pair was
 /// stored: put the new key on the machine where the marketplace can (Vast
 /// attaches keys through its API), and say what happened either way.
-pub(crate) async fn key_secret_recreated(step: &mut super::Step<'_>, key: &SessionKey) {
+pub(crate) async fn key_secret_recreated(step: &mut super::step::Step<'_>, key: &SessionKey) {
     let (Some(provider), Some(id)) = (step.status.provider, step.status.instance_id.clone()) else { return };
     let attached = match step.ctx.provider(provider) {
         Some(client) if provider == crate::crd::ProviderName::Vastai => {

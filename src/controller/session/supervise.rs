@@ -7,7 +7,9 @@
 use jiff::Timestamp;
 use kube::runtime::controller::Action;
 
-use super::{Step, stages, teardown};
+use super::bad_host;
+use super::step::Step;
+use super::teardown;
 use crate::crd::conditions::types;
 use crate::crd::session::{InstanceLossPolicy, after_stored};
 use crate::crd::{Billing, SessionPhase};
@@ -94,7 +96,7 @@ async fn lost(step: &mut Step<'_>, loss: Loss) -> Result<Action> {
     // A stopped machine still bills storage: destroy it; one already gone is confirmed gone.
     teardown::release_at(step, Some(last_alive.unwrap_or(step.now))).await?;
     match policy {
-        InstanceLossPolicy::Replace => stages::host_failed(step, loss.reason, message).await,
+        InstanceLossPolicy::Replace => bad_host::replace(step, loss.reason, message).await,
         InstanceLossPolicy::Fail => {
             teardown::end(step, SessionPhase::Failed, loss.reason, message).await?;
             step.condition(types::INSTANCE_RUNNING, false, loss.reason, "the machine was lost");

@@ -7,7 +7,8 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
-use super::Step;
+use super::cost::settle_cost;
+use super::step::Step;
 use crate::crd::SessionPhase;
 use crate::crd::conditions::{find, types};
 use crate::crd::session::after_stored;
@@ -84,25 +85,6 @@ fn last_stage_proved(step: &Step<'_>) -> Option<Timestamp> {
         .filter(|c| c.status == "True")
         .map(|c| c.last_transition_time.0)
         .max()
-}
-
-/// What the current machine has cost: price x time from rent to release (or now).
-pub fn current_machine_cost(step: &Step<'_>) -> f64 {
-    let (Some(price), Some(rented)) = (step.status.price_per_hour, step.status.rented_at.as_ref()) else { return 0.0 };
-    let end = step.status.released_at.as_ref().map(|t| t.0).unwrap_or(step.now);
-    let hours = end.duration_since(rented.0).as_secs_f64().max(0.0) / 3600.0;
-    super::limits::finite_cost(price * hours)
-}
-
-/// Accrued cost = what earlier attempts' machines cost + the current machine so far.
-pub fn settle_cost(step: &mut Step<'_>) {
-    let earlier: f64 = step.status.attempts.iter().filter_map(|a| a.cost_usd).sum();
-    let current = current_machine_cost(step);
-    if earlier > 0.0 || step.status.rented_at.is_some() {
-        let total = super::limits::finite_cost(earlier + current);
-        step.status.accrued_cost_usd = Some((total * 10_000.0).round() / 10_000.0);
-        step.status.accrued_cost_at = Some(step.time());
-    }
 }
 
 /// Ends the session: destroys its machine first, then records the outcome.

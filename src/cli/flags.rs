@@ -1,0 +1,46 @@
+//! kubectl's own flags, read once before a command runs, and the parsers of
+//! the flags several commands share.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use super::output;
+
+/// kubectl's own flags, accepted before or after any command.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct GlobalFlags {
+    /// The kubeconfig context to use (default: the current context).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+    /// The kubeconfig file to use (default: $KUBECONFIG, else ~/.kube/config).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum)]
+    pub output: Option<output::Format>,
+}
+
+/// `--provider NAME` of every command.
+pub(crate) fn parse_provider(text: &str) -> Result<crate::crd::ProviderName, String> {
+    crate::crd::ProviderName::ALL
+        .into_iter()
+        .find(|p| p.as_str() == text)
+        .ok_or_else(|| format!("unknown marketplace {text:?}: use vastai, tensordock or runpod"))
+}
+
+/// `--timeout 90s|30m|2h` of every command.
+pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::crd::duration::parse(text).ok_or_else(|| format!("{text:?} is not a duration such as 90s, 30m or 2h"))
+}
+
+static GLOBALS: OnceLock<GlobalFlags> = OnceLock::new();
+
+/// Records the global flags (once, before a command runs).
+pub fn set_globals(flags: GlobalFlags) {
+    output::choose(flags.output);
+    let _ = GLOBALS.set(flags);
+}
+
+pub fn globals() -> &'static GlobalFlags {
+    GLOBALS.get_or_init(GlobalFlags::default)
+}

@@ -1,0 +1,56 @@
+//! A host that failed: destroy it, avoid it, record the attempt, shop again.
+//! Every stage's "the host failed" and every machine lost with
+//! `onInstanceLoss: Replace` end here.
+
+use kube::runtime::controller::Action;
+
+use super::cost::current_machine_cost;
+use super::step::{NEXT_STAGE, Step};
+use super::teardown;
+use crate::crd::SessionPhase;
+use crate::crd::conditions::{Status, types};
+use crate::crd::session::Attempt;
+use crate::error::Result;
+
+/// The host failed a stage: destroy it, avoid it, record the attempt, shop again.
+pub async fn replace(step: &mut Step<'_>, reason: &str, message: String) -> Result<Action> {
+    let provider = step.status.provider;
+    let offer_id = step.status.offer_id.clone().unwrap_or_default();
+    if let (Some(provider), Some(host)) = (provider, step.status.host_id.as_deref()) {
+        step.ctx.bad_hosts.mark(provider, host, reason);
+    }
+    teardown::release(step).await?;
+    let cost_usd = step.status.rented_at.is_some().then(|| current_machine_cost(step));
+    step.status.attempts.push(Attempt {
+        provider,
+        offer_id: offer_id.clone(),
+        price_per_hour: step.status.price_per_hour,
+        cost_usd,
+        reason: reason.to_string(),
+        message: message.clone(),
+        time: step.time(),
+    });
+    step.event(
+        true,
+        reason,
+        format!("offer {offer_id}: {message}; the host is avoided and another offer will be tried"),
+    );
+    let s = &mut step.status;
+    s.instance_id = None;
+    s.ssh = None;
+    s.verified = None;
+    s.rented_at = None;
+    s.released_at = None;
+    s.price_per_hour = None;
+    s.gpu = None;
+    s.started_at = None;
+    s.expires_at = None;
+    s.idle_since = None;
+    for stage in [types::INSTANCE_RUNNING, types::SSH_READY, types::CUDA_VERIFIED, types::WORKLOAD_READY] {
+        step.condition(stage, Status::Unknown, "Reshopping", format!("previous host failed: {reason}"));
+    }
+    // Not a failure of the session: it shops again, so readiness is not known yet.
+    step.condition(types::READY, Status::Unknown, reason, message.clone());
+    step.phase(SessionPhase::Provisioning, reason, format!("{message}; trying another offer"));
+    Ok(Action::requeue(NEXT_STAGE))
+}
