@@ -18,6 +18,7 @@ use crate::crd::conditions::{self, ConditionUpdate, Status, types};
 use crate::crd::{GpuOfferFilter, GpuOfferFilterStatus, OfferSummary};
 use crate::error::{Error, Result};
 use crate::market::{self, MarketView};
+use crate::provider::caller::{Urgency, calling};
 
 /// How often a filter's view of the market is refreshed.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
@@ -48,7 +49,10 @@ pub async fn reconcile(filter: Arc<GpuOfferFilter>, ctx: Arc<Context>) -> Result
             message: "no marketplace credentials are configured in the operator, so no market can be searched".into(),
         }
     } else {
-        let view = market::search(&ctx.providers, &filter.spec.requirements, SEARCH_TIMEOUT).await;
+        // A filter's view waits behind every rent's calls to the marketplace.
+        let namespace = filter.namespace().unwrap_or_default();
+        let search = market::search(&ctx.providers, &filter.spec.requirements, SEARCH_TIMEOUT);
+        let view = calling(Urgency::Background, &namespace, search).await;
         desired.matching_offers = Some(view.offers.len() as u32);
         desired.cheapest_price_per_hour = view.offers.first().map(|o| o.price_per_hour);
         desired.best_offers = view.offers.iter().take(BEST_OFFERS).map(summary).collect();

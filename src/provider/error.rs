@@ -38,6 +38,10 @@ pub enum ProviderError {
         retry_in.as_secs().max(1)
     )]
     Unresponsive { provider: ProviderName, unanswered: u32, retry_in: Duration },
+    #[error(
+        "{provider}: {waiting} calls of this namespace already wait for the marketplace's rate limit; not sent, tried again later"
+    )]
+    Busy { provider: ProviderName, waiting: usize },
     #[error("{provider}: unexpected response (HTTP {status}): {body}")]
     BadResponse { provider: ProviderName, status: u16, body: String },
     #[error("{provider}: request refused (HTTP {status}): {body}")]
@@ -55,6 +59,7 @@ impl ProviderError {
             | Self::Unavailable { .. }
             | Self::Timeout { .. }
             | Self::Unresponsive { .. }
+            | Self::Busy { .. }
             | Self::BadResponse { .. }
             | Self::StillExists { .. } => NextStep::Retry,
             Self::Rejected { .. } => NextStep::GiveUp,
@@ -72,6 +77,7 @@ impl ProviderError {
             Self::Unavailable { .. } => "ProviderUnavailable",
             Self::Timeout { .. } => "ProviderTimeout",
             Self::Unresponsive { .. } => "ProviderUnresponsive",
+            Self::Busy { .. } => "ProviderBusy",
             Self::BadResponse { .. } => "BadResponse",
             Self::Rejected { .. } => "Rejected",
             Self::StillExists { .. } => "DestroyUnconfirmed",

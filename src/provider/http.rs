@@ -129,7 +129,11 @@ impl Transport {
             if let Some(refusal) = self.circuit.would_refuse(Instant::now()) {
                 return Err(last_error.unwrap_or_else(|| self.held_back(refusal)));
             }
-            self.pacer.wait(endpoint).await;
+            if let Err(full) = self.pacer.acquire(endpoint).await {
+                return Err(
+                    last_error.unwrap_or(ProviderError::Busy { provider: self.provider, waiting: full.waiting })
+                );
+            }
             let outcome = {
                 let _on_the_wire = self.in_flight.acquire().await.expect("the semaphore is never closed");
                 // Checked again: the calls ahead in the queue may have found it hanging.
@@ -148,8 +152,12 @@ impl Transport {
                 probe.disarm();
                 outcome
             };
-            if let Err(Attempt::Transient { error: ProviderError::RateLimited { .. }, .. }) = &outcome {
-                self.pacer.rate_limited(endpoint);
+            match &outcome {
+                Err(Attempt::Transient { error: ProviderError::RateLimited { .. }, .. }) => {
+                    self.pacer.rate_limited(endpoint)
+                }
+                Ok(_) => self.pacer.succeeded(endpoint),
+                Err(_) => {}
             }
             let error = match outcome {
                 Ok(reply) => return Ok(reply),

@@ -46,6 +46,7 @@ use super::status;
 use crate::crd::conditions::types;
 use crate::crd::{GpuSession, SessionPhase};
 use crate::error::{Error, Result};
+use crate::provider::caller::{Urgency, calling};
 use step::{PROVISIONING_POLL, Step};
 
 /// Finalizer that keeps a GpuSession until its instance is confirmed destroyed.
@@ -55,14 +56,14 @@ pub async fn reconcile(session: Arc<GpuSession>, ctx: Arc<Context>) -> Result<Ac
     let started = std::time::Instant::now();
     let namespace = session.namespace().ok_or(Error::MissingNamespace { kind: "GpuSession" })?;
     let api: Api<GpuSession> = Api::namespaced(ctx.client.clone(), &namespace);
-    let result = finalizer(&api, FINALIZER, session.clone(), |event| async {
+    // Its marketplace calls wait their turn as this namespace's (the pacer's fair share).
+    let steps = finalizer(&api, FINALIZER, session.clone(), |event| async {
         match event {
             FinalizerEvent::Apply(session) => apply(&session, &ctx).await,
             FinalizerEvent::Cleanup(session) => cleanup(&session, &api, &ctx).await,
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    });
+    let result = calling(Urgency::Lookup, &namespace, steps).await.map_err(|e| Error::Finalizer(Box::new(e)));
     let result = match result {
         Err(error) if error.is_finalizer_of_deleted_object() => Ok(Action::await_change()),
         other => other,
