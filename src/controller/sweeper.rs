@@ -297,6 +297,7 @@ mod tests {
             price_per_hour: None,
             gpu_model: None,
             endpoints: Vec::new(),
+            ports_open_on_public_ip: false,
         }
     }
 

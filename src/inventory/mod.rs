@@ -13,6 +13,7 @@ use jiff::Timestamp;
 use tokio::sync::Notify;
 
 use crate::crd::ProviderName;
+use crate::provider::caller::{Urgency, with_urgency};
 use crate::provider::{Instance, InstanceState, Provider, ProviderError};
 
 /// How long an instance this process destroyed is hidden from stale listings.
@@ -76,6 +77,8 @@ impl Index {
 struct Marketplace {
     entry: Mutex<Entry>,
     wake: Notify,
+    /// Woken whenever a listing is stored.
+    stored: Notify,
 }
 
 /// The shared inventory of every configured marketplace.
@@ -104,7 +107,8 @@ impl Inventory {
     /// never reads as "nothing there".
     pub async fn refresh(&self, provider: &dyn Provider, installations: &[String]) -> Result<(), ProviderError> {
         let started = Timestamp::now();
-        let result = provider.list_instances(installations).await;
+        // The listing confirms destroys and shows what still bills: a money call.
+        let result = with_urgency(Urgency::Money, provider.list_instances(installations)).await;
         self.store(provider.name(), started, result)
     }
 
@@ -115,31 +119,68 @@ impl Inventory {
         started: Timestamp,
         result: Result<Vec<Instance>, ProviderError>,
     ) -> Result<(), ProviderError> {
-        self.with_entry(provider, |entry| match result {
-            Ok(instances) => {
-                for instance in &instances {
-                    if matches!(instance.state, InstanceState::Running | InstanceState::Provisioning) {
-                        entry.last_alive.insert(instance.id.clone(), started);
+        let stored = self
+            .with_entry(provider, |entry| match result {
+                Ok(instances) => {
+                    for instance in &instances {
+                        if matches!(instance.state, InstanceState::Running | InstanceState::Provisioning) {
+                            entry.last_alive.insert(instance.id.clone(), started);
+                        }
                     }
+                    // Kept after an instance vanishes: its loss is settled at the last time it was seen alive.
+                    entry
+                        .last_alive
+                        .retain(|_, seen| started.duration_since(*seen).as_secs_f64() < FORGET_AFTER.as_secs_f64());
+                    entry
+                        .tombstones
+                        .retain(|_, at| started.duration_since(*at).as_secs_f64() < TOMBSTONE_TTL.as_secs_f64());
+                    entry.index = Index::of(&instances);
+                    entry.last = Some(Snapshot { started, instances });
+                    entry.last_error = None;
+                    Ok(())
                 }
-                // Kept after an instance vanishes: its loss is settled at the last time it was seen alive.
-                entry
-                    .last_alive
-                    .retain(|_, seen| started.duration_since(*seen).as_secs_f64() < FORGET_AFTER.as_secs_f64());
-                entry
-                    .tombstones
-                    .retain(|_, at| started.duration_since(*at).as_secs_f64() < TOMBSTONE_TTL.as_secs_f64());
-                entry.index = Index::of(&instances);
-                entry.last = Some(Snapshot { started, instances });
-                entry.last_error = None;
-                Ok(())
+                Err(error) => {
+                    entry.last_error = Some((started, error.clone()));
+                    Err(error)
+                }
+            })
+            .unwrap_or(Ok(()));
+        if let Some(marketplace) = self.marketplace(provider) {
+            marketplace.stored.notify_waiters();
+        }
+        stored
+    }
+
+    /// Whether a listing of `provider` sent after `after` shows `id` gone (absent,
+    /// or listed destroyed): a destroy confirmed by the one shared listing instead of
+    /// a lookup per instance. Asks for a listing and waits for it at most `wait`;
+    /// `None` when none came (the caller looks the instance up itself).
+    pub async fn gone_in_a_listing_after(
+        &self,
+        provider: ProviderName,
+        id: &str,
+        after: Timestamp,
+        wait: Duration,
+    ) -> Option<bool> {
+        let marketplace = self.marketplace(provider)?.clone();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let stored = marketplace.stored.notified();
+            tokio::pin!(stored);
+            stored.as_mut().enable();
+            let answer = self.with_entry(provider, |entry| {
+                let snapshot = entry.last.as_ref().filter(|s| s.started > after)?;
+                let listed = entry.index.by_id.get(id).and_then(|position| snapshot.instances.get(*position));
+                Some(listed.is_none_or(|instance| instance.state == InstanceState::Destroyed))
+            });
+            if let Some(Some(gone)) = answer {
+                return Some(gone);
             }
-            Err(error) => {
-                entry.last_error = Some((started, error.clone()));
-                Err(error)
+            self.request_refresh(provider);
+            if tokio::time::timeout_at(deadline, stored).await.is_err() {
+                return None;
             }
-        })
-        .unwrap_or(Ok(()))
+        }
     }
 
     /// Asks the refresh loop of `provider` to list now rather than at its next interval.
@@ -255,6 +296,7 @@ mod tests {
             price_per_hour: Some(1.0),
             gpu_model: None,
             endpoints: Vec::new(),
+            ports_open_on_public_ip: false,
         }
     }
 

@@ -60,7 +60,7 @@ impl OfferCache {
     }
 
     fn key(provider: ProviderName, query: &OfferQuery) -> Key {
-        (provider, format!("{:?}/{}", query.requirements, query.limit))
+        (provider, format!("{query:?}"))
     }
 
     fn ttl(&self, provider: ProviderName) -> Duration {
@@ -192,6 +192,7 @@ mod tests {
                 download_mbps: None,
                 upload_mbps: None,
                 interruptible: false,
+                bid_per_hour: None,
                 host_id: None,
             }])
         }
@@ -204,7 +205,7 @@ mod tests {
         async fn list_instances(&self, _: &[String]) -> Result<Vec<Instance>, ProviderError> {
             unimplemented!()
         }
-        async fn destroy_instance(&self, _: &str) -> Result<(), ProviderError> {
+        async fn destroy_instance(&self, _: &str) -> Result<crate::provider::Gone, ProviderError> {
             unimplemented!()
         }
     }

@@ -77,7 +77,7 @@ impl Provider for Gated {
         self.inner.list_instances(installations).await
     }
 
-    async fn destroy_instance(&self, id: &str) -> Result<(), ProviderError> {
+    async fn destroy_instance(&self, id: &str) -> Result<super::Gone, ProviderError> {
         self.check()?;
         self.inner.destroy_instance(id).await
     }

@@ -4,6 +4,7 @@
 
 use async_trait::async_trait;
 
+use super::caller::{Urgency, with_urgency};
 use super::error::ProviderError;
 use super::pacing;
 use super::types::{CreateRequest, Instance, InstanceState, Offer};
@@ -17,8 +18,12 @@ pub struct OfferQuery {
     /// At most this many offers per marketplace.
     pub limit: u32,
     /// Disk the rent will ask for, GB; 0: the marketplace's minimum. Marketplaces
-    /// that price storage separately (TensorDock) price it in.
+    /// that price storage separately price it in (Vast's `allocated_storage`,
+    /// TensorDock's per-GB rate), so offers compare at the price really paid.
     pub disk_gb: u32,
+    /// The rent exposes ports on the machine's public address (`spec.ports`):
+    /// only hosts that can map ports directly qualify (Vast's `direct_port_count`).
+    pub public_ports: bool,
 }
 
 #[async_trait]
@@ -37,8 +42,9 @@ pub trait Provider: Send + Sync {
     /// Every instance labelled for one of `installations`, and no other.
     async fn list_instances(&self, installations: &[String]) -> Result<Vec<Instance>, ProviderError>;
 
-    /// Idempotent: destroying an instance that is already gone succeeds.
-    async fn destroy_instance(&self, id: &str) -> Result<(), ProviderError>;
+    /// Idempotent: destroying an instance that is already gone succeeds, as
+    /// `Gone::Already` (the marketplace answered that it does not know it).
+    async fn destroy_instance(&self, id: &str) -> Result<Gone, ProviderError>;
 
     /// Makes sure `ssh_public_key` can log in to an adopted instance, for
     /// marketplaces where the key is attached after create (a create whose
@@ -74,17 +80,27 @@ fn is_gone(instance: &Option<Instance>) -> bool {
 /// Destroys `id` and counts it done only when the marketplace shows it gone or
 /// destroyed: a destroy refused inside a successful answer, or one the
 /// marketplace has not acted on yet, is an error to retry, never a success.
+/// Money calls: they go before every other call waiting for the marketplace.
 pub async fn destroy_confirmed(provider: &dyn Provider, id: &str) -> Result<Gone, ProviderError> {
-    if is_gone(&provider.get_instance(id).await?) {
-        return Ok(Gone::Already);
-    }
-    provider.destroy_instance(id).await?;
-    match provider.get_instance(id).await? {
-        instance if is_gone(&instance) => Ok(Gone::Now),
-        instance => Err(ProviderError::StillExists {
-            provider: provider.name(),
-            id: id.to_string(),
-            state: instance.map(|i| format!("{:?}", i.state)).unwrap_or_default(),
-        }),
-    }
+    with_urgency(Urgency::Money, async {
+        let gone = provider.destroy_instance(id).await?;
+        confirm_gone(provider, id, gone).await
+    })
+    .await
+}
+
+/// Looks `id` up after its destroy was answered (`gone` is what that answer said):
+/// the destroy counts only when the marketplace no longer shows it alive.
+pub async fn confirm_gone(provider: &dyn Provider, id: &str, gone: Gone) -> Result<Gone, ProviderError> {
+    with_urgency(Urgency::Money, async {
+        match provider.get_instance(id).await? {
+            instance if is_gone(&instance) => Ok(gone),
+            instance => Err(ProviderError::StillExists {
+                provider: provider.name(),
+                id: id.to_string(),
+                state: instance.map(|i| format!("{:?}", i.state)).unwrap_or_default(),
+            }),
+        }
+    })
+    .await
 }

@@ -79,7 +79,7 @@ impl Provider for Metered {
         result
     }
 
-    async fn destroy_instance(&self, id: &str) -> Result<(), ProviderError> {
+    async fn destroy_instance(&self, id: &str) -> Result<super::Gone, ProviderError> {
         let started = Instant::now();
         let result = self.inner.destroy_instance(id).await;
         self.record("destroy", started, &result);

@@ -1,6 +1,7 @@
 //! The boundary to the GPU marketplaces: one trait, one real HTTP client per
 //! marketplace. Nothing outside a client knows a marketplace's field names.
 
+pub mod caller;
 pub mod circuit;
 pub mod error;
 pub mod gate;
@@ -17,7 +18,7 @@ pub mod vastai;
 use std::sync::Arc;
 
 pub use error::{NextStep, ProviderError};
-pub use marketplace::{Gone, OfferQuery, Provider, destroy_confirmed, labelled_for_any};
+pub use marketplace::{Gone, OfferQuery, Provider, confirm_gone, destroy_confirmed, labelled_for_any};
 pub use types::{CreateRequest, Instance, InstanceLabel, InstanceState, Offer, PortEndpoint, SshTarget};
 
 use crate::config::Config;

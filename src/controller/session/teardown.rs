@@ -3,6 +3,8 @@
 //! or unconfirmed destroy is an error (retried with backoff, counted), never
 //! dropped.
 
+use std::time::Duration;
+
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -14,7 +16,8 @@ use crate::crd::conditions::{find, types};
 use crate::crd::session::after_stored;
 use crate::error::{Error, Result};
 use crate::metrics::ProviderLabels;
-use crate::provider::{Gone, ProviderError, destroy_confirmed};
+use crate::provider::caller::{Urgency, with_urgency};
+use crate::provider::{Gone, Provider, ProviderError, confirm_gone, destroy_confirmed};
 
 /// Destroys the recorded instance unless already released, and waits for the marketplace to confirm it.
 pub async fn release(step: &mut Step<'_>) -> Result<()> {
@@ -33,7 +36,7 @@ pub async fn release_at(step: &mut Step<'_>, billing_ended: Option<Timestamp>) -
         step.event(true, "DestroyFailed", &message);
         return Err(ProviderError::AuthFailed { provider: provider_name, status: 0 }.into());
     };
-    let gone = match destroy_confirmed(provider.as_ref(), &id).await {
+    let gone = match destroy_and_confirm(step, provider.as_ref(), &id).await {
         Ok(gone) => gone,
         Err(error) => {
             step.ctx.metrics.destroy_failures.get_or_create(&ProviderLabels { provider: provider_name.as_str() }).inc();
@@ -56,6 +59,22 @@ pub async fn release_at(step: &mut Step<'_>, billing_ended: Option<Timestamp>) -
         step.event(false, "InstanceDestroyed", format!("instance {id} on {provider_name} destroyed"));
     }
     Ok(())
+}
+
+/// How long a destroy waits for the shared listing to confirm it before looking the instance up itself.
+const LISTING_CONFIRMS_WITHIN: Duration = Duration::from_secs(5);
+
+/// Sends the destroy, then counts it done when the marketplace shows the instance
+/// gone: from the shared listing when one comes soon (one listing confirms every
+/// destroy of that moment), else by one lookup. Money calls: they go first.
+async fn destroy_and_confirm(step: &Step<'_>, provider: &dyn Provider, id: &str) -> Result<Gone, ProviderError> {
+    let gone = with_urgency(Urgency::Money, provider.destroy_instance(id)).await?;
+    let answered = Timestamp::now();
+    let inventory = &step.ctx.inventory;
+    match inventory.gone_in_a_listing_after(provider.name(), id, answered, LISTING_CONFIRMS_WITHIN).await {
+        Some(true) => Ok(gone),
+        _ => confirm_gone(provider, id, gone).await,
+    }
 }
 
 /// The last time the recorded machine is known to have been alive: the later of the
