@@ -156,7 +156,7 @@ fn vast_statuses_that_never_run_by_themselves_are_stopped() {
 }
 
 #[test]
-fn vast_search_asks_in_mb_of_1000_and_names_the_models() {
+fn vast_search_asks_for_memory_with_gpuhuntss_margin_prices_the_disk_and_names_the_models() {
     use gpu_shopper::crd::OfferRequirements;
     use gpu_shopper::provider::OfferQuery;
     let query = OfferQuery {
@@ -166,22 +166,49 @@ fn vast_search_asks_in_mb_of_1000_and_names_the_models() {
             ..Default::default()
         },
         limit: 50,
-        disk_gb: 0,
+        disk_gb: 60,
+        public_ports: true,
     };
     let q = vastai::search_query(&query);
-    assert_eq!(q["gpu_ram"]["gte"], 80_000, "the memory both names ask for, x1000 like vast-cli");
+    // 80 x 1024 x 0.93: dstackai/gpuhunt's bound, below which no 80 GB card reports.
+    assert_eq!(q["gpu_ram"]["gte"], 76185.0, "the memory both names ask for");
+    assert_eq!(q["allocated_storage"], 60, "priced with the disk the rent asks for (vast-cli)");
+    assert_eq!(q["direct_port_count"]["gte"], 1, "public ports need a host with direct ports (dstack)");
     let names: Vec<&str> = q["gpu_name"]["in"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
     for expected in ["A100 PCIE", "A100 SXM4", "H100 SXM", "H100 PCIE", "H100 NVL"] {
         assert!(names.contains(&expected), "{expected} in {names:?}");
     }
     assert!(!names.contains(&"A100X"), "another model");
     let plain = vastai::search_query(&OfferQuery {
-        requirements: OfferRequirements { min_vram_gb: Some(24), ..Default::default() },
+        requirements: OfferRequirements { min_vram_gb: Some(48), ..Default::default() },
         limit: 50,
-        disk_gb: 0,
+        ..Default::default()
     });
-    assert_eq!(plain["gpu_ram"]["gte"], 24_000, "a 24 GB card reports 24564 MB and must be found");
+    let bound = plain["gpu_ram"]["gte"].as_f64().unwrap();
+    assert!(bound <= 46068.0, "an L40S reports 46068 MB for 48 GB (gpuhunt's table) and must be found: {bound}");
     assert!(plain.get("gpu_name").is_none());
+    assert!(plain.get("direct_port_count").is_none(), "no public port asked for");
+}
+
+#[test]
+fn a_vast_card_that_reports_under_its_name_is_offered_at_its_name() {
+    let offer = vastai::parse_offer(
+        &serde_json::json!({"id": 1, "num_gpus": 1, "dph_total": 0.9, "gpu_name": "L40S", "gpu_ram": 46068}),
+        false,
+    )
+    .unwrap();
+    assert_eq!(offer.vram_gb, 48);
+}
+
+#[test]
+fn a_vast_spot_offer_bids_its_minimum_bid() {
+    let offer = vastai::parse_offer(
+        &serde_json::json!({"id": 1, "num_gpus": 1, "dph_total": 0.21, "min_bid": 0.18, "gpu_name": "RTX 4090", "gpu_ram": 24564}),
+        true,
+    )
+    .unwrap();
+    assert_eq!(offer.bid_per_hour, Some(0.18), "dstack and SkyPilot bid min_bid");
+    assert_eq!(offer.price_per_hour, 0.21, "the price includes the storage");
 }
 
 fn arbitrary_json() -> impl Strategy<Value = Value> {

@@ -435,7 +435,7 @@ async fn an_orphan_from_a_crashed_run_is_destroyed_and_other_installations_insta
         Default::default(),
     );
     let offer = vast
-        .search_offers(&OfferQuery { requirements: Default::default(), limit: 10, disk_gb: 0 })
+        .search_offers(&OfferQuery { requirements: Default::default(), limit: 10, disk_gb: 0, public_ports: false })
         .await
         .unwrap()
         .remove(0);

@@ -42,7 +42,12 @@ fn client(sim: &SimulatorHandle, provider: ProviderName) -> Arc<dyn Provider> {
 /// Rents the cheapest offer matching `model` and waits until it runs with an SSH endpoint.
 async fn rent(provider: &Arc<dyn Provider>, model: &str, public_key: &str) -> (Instance, SshTarget) {
     let offers = provider
-        .search_offers(&OfferQuery { requirements: OfferRequirements::default(), limit: 50, disk_gb: 0 })
+        .search_offers(&OfferQuery {
+            requirements: OfferRequirements::default(),
+            limit: 50,
+            disk_gb: 0,
+            public_ports: false,
+        })
         .await
         .unwrap();
     let offer = offers.into_iter().find(|o| o.gpu_model.contains(model) && !o.interruptible).expect("offer");
@@ -80,8 +85,10 @@ async fn nvidia_smi_tells_the_real_cuda_not_the_advertised_one() {
     let key = Arc::new(keys::parse_private(&pair.private_openssh).unwrap());
     // Host 4101 advertises CUDA 12.9 and really has 12.8.
     let (instance, endpoint) = rent(&vast, "4090", &pair.public_openssh).await;
-    let advertised =
-        vast.search_offers(&OfferQuery { requirements: Default::default(), limit: 50, disk_gb: 0 }).await.unwrap();
+    let advertised = vast
+        .search_offers(&OfferQuery { requirements: Default::default(), limit: 50, disk_gb: 0, public_ports: false })
+        .await
+        .unwrap();
     assert_eq!(advertised.iter().find(|o| o.id == "4101").unwrap().cuda_version.as_deref(), Some("12.9"));
 
     let out = ssh::run(&target(&endpoint, "root", None), key.clone(), "nvidia-smi", TIMEOUT).await.unwrap();
@@ -150,7 +157,12 @@ async fn a_changed_host_key_is_refused_once_pinned() {
 
 async fn rent_inference(provider: &Arc<dyn Provider>, offer_id_prefix: &str, image: &str) -> Instance {
     let offers = provider
-        .search_offers(&OfferQuery { requirements: OfferRequirements::default(), limit: 50, disk_gb: 0 })
+        .search_offers(&OfferQuery {
+            requirements: OfferRequirements::default(),
+            limit: 50,
+            disk_gb: 0,
+            public_ports: false,
+        })
         .await
         .unwrap();
     let offer = offers.into_iter().find(|o| o.id.starts_with(offer_id_prefix) && !o.interruptible).expect("offer");

@@ -27,6 +27,7 @@ pub fn offers(n: usize) -> Vec<Offer> {
             download_mbps: Some(rng.random_range(100.0..2000.0)),
             upload_mbps: Some(rng.random_range(100.0..2000.0)),
             interruptible: false,
+            bid_per_hour: None,
             host_id: None,
         })
         .collect()

@@ -121,6 +121,7 @@ mod tests {
             download_mbps: Some(500.0),
             upload_mbps: None,
             interruptible: false,
+            bid_per_hour: None,
             host_id: None,
         }
     }

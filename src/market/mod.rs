@@ -14,4 +14,4 @@ pub use cache::OfferCache;
 pub use filter::{Matcher, cuda_at_least, matches};
 pub use merge::merge;
 pub use rank::rank;
-pub use search::{MarketView, ProviderFailure, search, search_cached};
+pub use search::{MarketView, OFFERS_PER_MARKETPLACE, ProviderFailure, search, search_cached};

@@ -67,6 +67,7 @@ mod tests {
             download_mbps: None,
             upload_mbps: None,
             interruptible: false,
+            bid_per_hour: None,
             host_id: None,
         }
     }

@@ -25,35 +25,38 @@ pub struct MarketView {
     pub failures: Vec<ProviderFailure>,
 }
 
-/// Searches the marketplaces `requirements` allow, concurrently.
+/// How many offers each marketplace is asked for.
+pub const OFFERS_PER_MARKETPLACE: u32 = 200;
+
+/// Searches the marketplaces `requirements` allow, concurrently, priced at
+/// each marketplace's minimum disk.
 pub async fn search(
     providers: &[Arc<dyn Provider>],
     requirements: &OfferRequirements,
     timeout: Duration,
 ) -> MarketView {
-    search_cached(providers, requirements, timeout, None).await
+    let query = OfferQuery { requirements: requirements.clone(), limit: OFFERS_PER_MARKETPLACE, ..Default::default() };
+    search_cached(providers, &query, timeout, None).await
 }
 
-/// Like `search`, answering from `cache` where it is fresh and filling it.
+/// Searches for `query` (a rent's disk and ports priced in), answering from
+/// `cache` where it is fresh and filling it.
 pub async fn search_cached(
     providers: &[Arc<dyn Provider>],
-    requirements: &OfferRequirements,
+    query: &OfferQuery,
     timeout: Duration,
     cache: Option<&super::OfferCache>,
 ) -> MarketView {
-    let query = OfferQuery { requirements: requirements.clone(), limit: 200, disk_gb: 0 };
+    let requirements = &query.requirements;
     let allowed =
         providers.iter().filter(|p| requirements.providers.is_empty() || requirements.providers.contains(&p.name()));
-    let searches = allowed.map(|provider| {
-        let query = &query;
-        async move {
-            let name = provider.name();
-            let answer = match cache {
-                Some(cache) => cache.search(provider, query, timeout).await,
-                None => search_within(provider.as_ref(), query, timeout).await,
-            };
-            (name, answer)
-        }
+    let searches = allowed.map(|provider| async move {
+        let name = provider.name();
+        let answer = match cache {
+            Some(cache) => cache.search(provider, query, timeout).await,
+            None => search_within(provider.as_ref(), query, timeout).await,
+        };
+        (name, answer)
     });
     let mut view = MarketView::default();
     let matcher = super::Matcher::new(requirements);

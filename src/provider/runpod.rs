@@ -18,7 +18,7 @@ use super::http::{CallPolicy, Idempotency, Transport, parse_json};
 use super::json::{number, text, unsigned};
 use super::pacing::Limits;
 use super::types::{CreateRequest, Instance, InstanceLabel, InstanceState, Offer, SshTarget, display_gpu_model};
-use super::{OfferQuery, Provider};
+use super::{Gone, OfferQuery, Provider};
 use crate::crd::{Billing, ProviderName};
 
 const PROVIDER: ProviderName = ProviderName::Runpod;
@@ -139,15 +139,6 @@ fn is_request_shape_error(message: &str) -> bool {
         .any(|text| lower.contains(text))
 }
 
-/// CUDA versions RunPod's `allowedCudaVersions` takes, oldest first.
-const CUDA_VERSIONS: &[&str] =
-    &["11.8", "12.0", "12.1", "12.2", "12.3", "12.4", "12.5", "12.6", "12.7", "12.8", "12.9", "13.0", "13.1"];
-
-/// Every known CUDA version at least `minimum`.
-fn allowed_cuda_versions(minimum: &str) -> Vec<&'static str> {
-    CUDA_VERSIONS.iter().copied().filter(|v| crate::units::cuda_at_least(v, minimum)).collect()
-}
-
 /// A container start command for images other than RunPod's own: installs
 /// sshd if missing, authorises `$PUBLIC_KEY` (the key travels in env, never in
 /// the command), starts sshd and keeps the container alive. Base64 because
@@ -200,6 +191,7 @@ pub fn parse_gpu_types(data: &Value, gpu_count: u32, billing: Billing) -> Option
             download_mbps: None,
             upload_mbps: None,
             interruptible,
+            bid_per_hour: None,
             host_id: None,
         };
         if billing != Billing::Interruptible
@@ -221,8 +213,9 @@ pub fn parse_pod(v: &Value) -> Option<Instance> {
     let runtime = v.get("runtime").filter(|r| !r.is_null());
     let state = match text(v, &["desiredStatus"]).map(|s| s.to_ascii_uppercase()).as_deref() {
         Some("RUNNING") if runtime.is_some() => InstanceState::Running,
-        Some("RUNNING") | Some("CREATED") | None => InstanceState::Provisioning,
-        Some("EXITED") | Some("STOPPED") => InstanceState::Stopped,
+        Some("RUNNING") | Some("CREATED") | Some("RESTARTING") | None => InstanceState::Provisioning,
+        // EXITED (REST v1 docs); PAUSED and DEAD (the pod schema's enum) never run by themselves.
+        Some("EXITED") | Some("STOPPED") | Some("PAUSED") | Some("DEAD") => InstanceState::Stopped,
         Some("TERMINATED") => InstanceState::Destroyed,
         Some(other) => InstanceState::Unknown(other.to_string()),
     };
@@ -261,6 +254,7 @@ pub fn parse_pod(v: &Value) -> Option<Instance> {
         price_per_hour: number(v, &["costPerHr"]),
         gpu_model: v.get("machine").and_then(|m| text(m, &["gpuDisplayName"])),
         endpoints,
+        ports_open_on_public_ip: false,
     })
 }
 
@@ -287,7 +281,11 @@ impl Provider for RunPod {
         let offer = &request.offer;
         let gpu_type = offer.id.strip_suffix(SPOT_SUFFIX).unwrap_or(&offer.id);
         let mut env: Vec<Value> = request.env.iter().map(|(k, v)| json!({"key": k, "value": v})).collect();
-        env.push(json!({"key": "PUBLIC_KEY", "value": request.ssh_public_key}));
+        // A deploy-time PUBLIC_KEY or SSH_PUBLIC_KEY replaces the account's keys (runpod/docs PR #748,
+        // RunPod's reviewer); the docs name SSH_PUBLIC_KEY as the per-pod override. Both carry the session's key.
+        for name in ["PUBLIC_KEY", "SSH_PUBLIC_KEY"] {
+            env.push(json!({"key": name, "value": request.ssh_public_key}));
+        }
         let ports: Vec<String> =
             std::iter::once("22/tcp".to_string()).chain(request.ports.iter().map(|p| format!("{p}/tcp"))).collect();
         let mut input = json!({
@@ -307,8 +305,9 @@ impl Provider for RunPod {
         if !starts_ssh_itself(&request.image) {
             input["dockerArgs"] = json!(ssh_bootstrap_args());
         }
+        // A floor, as runpodctl (`--min-cuda-version`) and dstack send it: no list of versions to keep current.
         if let Some(minimum) = &request.min_cuda_version {
-            input["allowedCudaVersions"] = json!(allowed_cuda_versions(minimum));
+            input["minCudaVersion"] = json!(minimum);
         }
         let (mutation, field) = if offer.interruptible {
             input["bidPerGpu"] = json!(offer.price_per_hour / f64::from(offer.gpu_count.max(1)));
@@ -317,9 +316,11 @@ impl Provider for RunPod {
             (DEPLOY_ON_DEMAND, "podFindAndDeployOnDemand")
         };
         let data = match self.graphql(mutation, json!({"input": input}), Idempotency::Unsafe).await {
-            // Anything but a malformed request is about this offer: try the next.
+            // RunPod publishes no error catalogue: an error that is neither a known capacity text
+            // nor a malformed request may come after the pod was made (REST v1 documents a 500
+            // after the pod exists). It stays pending until a listing shows whether it landed.
             Err(ProviderError::Rejected { body, .. }) if !is_request_shape_error(&body) => {
-                return Err(ProviderError::NoCapacity { provider: PROVIDER, message: body });
+                return Err(ProviderError::Unavailable { provider: PROVIDER, message: body });
             }
             other => other?,
         };
@@ -362,10 +363,13 @@ impl Provider for RunPod {
         Ok(pods.iter().filter_map(parse_pod).filter(|i| super::labelled_for_any(i, installations)).collect())
     }
 
-    async fn destroy_instance(&self, id: &str) -> Result<(), ProviderError> {
+    async fn destroy_instance(&self, id: &str) -> Result<Gone, ProviderError> {
         match self.graphql(TERMINATE, json!({"input": {"podId": id}}), Idempotency::Safe).await {
-            Ok(_) => Ok(()),
-            Err(ProviderError::Rejected { body, .. }) if body.to_ascii_lowercase().contains("not found") => Ok(()),
+            Ok(_) => Ok(Gone::Now),
+            // "pod not found to terminate" (seen in public captures).
+            Err(ProviderError::Rejected { body, .. }) if body.to_ascii_lowercase().contains("not found") => {
+                Ok(Gone::Already)
+            }
             Err(error) => Err(error),
         }
     }

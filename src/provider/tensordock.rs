@@ -20,7 +20,7 @@ use super::http::{CallPolicy, Idempotency, Reply, Transport, parse_json};
 use super::json::{country_code, country_suffix, number, text, unsigned};
 use super::pacing::{Budget, Limits};
 use super::types::{CreateRequest, Instance, InstanceLabel, InstanceState, Offer, SshTarget, display_gpu_model};
-use super::{OfferQuery, Provider};
+use super::{Gone, OfferQuery, Provider};
 use crate::crd::ProviderName;
 
 const PROVIDER: ProviderName = ProviderName::Tensordock;
@@ -29,7 +29,7 @@ const PROVIDER: ProviderName = ProviderName::Tensordock;
 /// started): paced at 90 with bursts of 10, so no minute ever sees more than 100.
 pub const LIMITS: Limits = Limits {
     account: Some(Budget { calls: 90, period: std::time::Duration::from_secs(60), burst: 10 }),
-    per_endpoint: None,
+    ..Limits::NONE
 };
 
 /// The smallest storage TensorDock creates (cloud-gpu-shopper `defaultStorageGB`).
@@ -38,23 +38,45 @@ pub const MIN_STORAGE_GB: u32 = 100;
 const VCPUS_PER_GPU: u32 = 4;
 const RAM_GB_PER_GPU: u32 = 16;
 
-/// Texts of a create refused for this offer (stale inventory, no nodes, no
-/// public IPs), as peers logged them (cloud-gpu-shopper `isStaleInventoryErrorMessage`).
+/// Texts of a create refused for this offer, as cloud-gpu-shopper lists them
+/// (`isStaleInventoryErrorMessage`, matched lower-case as a substring). Two were
+/// seen live ("No available nodes found", "No available public IPs on
+/// hostnode"); the rest are its authors' patterns. Moving on is the money-safe
+/// reading: a refused create made nothing.
 const OFFER_SPECIFIC: &[&str] = &[
     "no available nodes",
-    "no nodes available",
     "insufficient capacity",
     "not enough capacity",
+    "resource unavailable",
     "out of stock",
+    "no nodes available",
+    "nodes unavailable",
     "gpu unavailable",
     "gpu not available",
     "no gpus available",
     "requested gpu",
+    "gpu capacity",
+    "no matching gpu",
+    "gpu is not available",
+    "datacenter unavailable",
     "location unavailable",
     "temporarily unavailable",
+    "under maintenance",
+    "region unavailable",
+    "site unavailable",
+    "high demand",
     "sold out",
+    "fully allocated",
     "at capacity",
     "no capacity",
+    "capacity limit",
+    "cannot allocate",
+    "allocation failed",
+    "resource limit",
+    "quota exceeded",
+    "limit reached",
+    "maximum",
+    "no available public ips",
     "no available public ip",
     "no public ip",
 ];
@@ -145,6 +167,7 @@ pub fn parse_locations(body: &Value, gpu_count: u32, storage_gb: u32) -> Option<
                 upload_mbps: None,
                 interruptible: false,
                 // A location is many machines: never a host to avoid.
+                bid_per_hour: None,
                 host_id: None,
             });
         }
@@ -171,14 +194,24 @@ pub fn parse_instance(v: &Value) -> Option<Instance> {
         None | Some("creating") | Some("starting") | Some("pending") | Some("provisioning") => {
             InstanceState::Provisioning
         }
-        Some("stopped") | Some("stopping") | Some("error") => InstanceState::Stopped,
-        Some("deleted") | Some("deleting") | Some("terminated") | Some("destroyed") => InstanceState::Destroyed,
+        // The docs name 'Stopped' and 'StoppedDisassociated'; terraform-provider-tensordock reads both as stopped.
+        Some("stopped")
+        | Some("stopping")
+        | Some("stoppeddisassociated")
+        | Some("stopped_disassociated")
+        | Some("error") => InstanceState::Stopped,
+        // Still there while it is deleted: not gone until a lookup answers 404 (as the terraform
+        // provider waits for). No source says whether `deleting` bills: read as still billing.
+        Some("deleting") => InstanceState::Unknown("deleting".into()),
+        Some("deleted") | Some("terminated") | Some("destroyed") => InstanceState::Destroyed,
         Some(other) => InstanceState::Unknown(other.to_string()),
     };
     let ip = text(&v, &["ipAddress", "ip_address", "ip"]);
     let forwards = port_forwards(v.get("portForwards").or(v.get("port_forwards")));
     let forwarded_ssh = forwards.iter().find(|(internal, _)| *internal == 22).map(|(_, external)| *external);
-    // With a dedicated IP every port is open as itself; a forward, when listed, wins.
+    // A forward, when listed, says where a port is; with a dedicated IP every port is also open
+    // as itself (cloud-gpu-shopper: "Request dedicated IP for direct port access (all ports
+    // exposed)"), which is how a port is reached when the forwards are not echoed (seen: `[]`).
     let endpoints =
         ip.iter()
             .flat_map(|host| {
@@ -197,6 +230,7 @@ pub fn parse_instance(v: &Value) -> Option<Instance> {
         price_per_hour: number(&v, &["rateHourly", "rate_hourly"]),
         gpu_model: None,
         endpoints,
+        ports_open_on_public_ip: true,
     })
 }
 
@@ -337,7 +371,8 @@ impl Provider for TensorDock {
         let body = json!({"data": {"type": "virtualmachine", "attributes": {
             "name": request.label.to_string(),
             "type": "virtualmachine",
-            "image": "ubuntu2404",
+            // cloud-gpu-shopper moved to ubuntu2204: "ubuntu2404 is missing NVIDIA drivers".
+            "image": "ubuntu2204",
             "resources": {
                 "vcpu_count": VCPUS_PER_GPU * count,
                 "ram_gb": RAM_GB_PER_GPU * count,
@@ -350,14 +385,9 @@ impl Provider for TensorDock {
             "cloud_init": cloud_init(&request.ssh_public_key, &request.env, request.start_script.as_deref()),
             "port_forwards": forwards,
         }}});
-        let reply =
-            match self.call(Method::POST, "POST /instances", "/instances", Some(&body), Idempotency::Unsafe).await {
-                Err(ProviderError::Unavailable { message, .. }) if is_offer_specific(&message) => {
-                    return Err(ProviderError::NoCapacity { provider: PROVIDER, message });
-                }
-                other => other?,
-            };
-        // Refusals arrive as 4xx or inside a 200 (`{"status": 400, "error": ...}`).
+        // A 5xx stays "may have landed" whatever its text: no source says a 503 made nothing.
+        let reply = self.call(Method::POST, "POST /instances", "/instances", Some(&body), Idempotency::Unsafe).await?;
+        // Refusals arrive inside a 200 (`{"status": 400, "error": ...}`, cloud-gpu-shopper) or as a 4xx.
         let refusal = if reply.status.is_success() { refusal_in_body(&reply.body) } else { None };
         if !reply.status.is_success() || refusal.is_some() {
             // `excerpt` bounds the text and removes the token.
@@ -412,7 +442,7 @@ impl Provider for TensorDock {
         Ok(items.iter().filter_map(parse_instance).filter(|i| super::labelled_for_any(i, installations)).collect())
     }
 
-    async fn destroy_instance(&self, id: &str) -> Result<(), ProviderError> {
+    async fn destroy_instance(&self, id: &str) -> Result<Gone, ProviderError> {
         let path = format!("/instances/{id}");
         let reply = self.call(Method::DELETE, "DELETE /instances/{id}", &path, None, Idempotency::Safe).await?;
         match reply.status.as_u16() {
@@ -421,9 +451,9 @@ impl Provider for TensorDock {
                 Some(message) => {
                     Err(ProviderError::Rejected { provider: PROVIDER, status: reply.status.as_u16(), body: message })
                 }
-                None => Ok(()),
+                None => Ok(Gone::Now),
             },
-            404 => Ok(()),
+            404 => Ok(Gone::Already),
             _ => Err(self.unexpected(&reply)),
         }
     }

@@ -30,6 +30,9 @@ pub struct Offer {
     pub download_mbps: Option<f64>,
     pub upload_mbps: Option<f64>,
     pub interruptible: bool,
+    /// What an interruptible rent bids, per hour, where the marketplace's bid is not
+    /// the price (Vast bids `min_bid` for the machine; the price adds its storage).
+    pub bid_per_hour: Option<f64>,
     /// The marketplace's host/machine id, for remembering bad hosts.
     pub host_id: Option<String>,
 }
@@ -92,12 +95,19 @@ pub struct Instance {
     pub gpu_model: Option<String>,
     /// Exposed ports other than SSH, once the marketplace reports them.
     pub endpoints: Vec<PortEndpoint>,
+    /// Every port is open as itself on `public_ip` (a dedicated IP), whether or
+    /// not the marketplace lists it among `endpoints`.
+    pub ports_open_on_public_ip: bool,
 }
 
 impl Instance {
-    /// Where `private_port` is reached, if exposed.
-    pub fn endpoint(&self, private_port: u16) -> Option<&PortEndpoint> {
-        self.endpoints.iter().find(|e| e.private_port == private_port)
+    /// Where `private_port` is reached, if exposed: a listed mapping, else the
+    /// port itself on a dedicated public IP.
+    pub fn endpoint(&self, private_port: u16) -> Option<PortEndpoint> {
+        self.endpoints.iter().find(|e| e.private_port == private_port).cloned().or_else(|| {
+            let host = self.public_ip.clone().filter(|_| self.ports_open_on_public_ip)?;
+            Some(PortEndpoint { private_port, host, port: private_port })
+        })
     }
 }
 

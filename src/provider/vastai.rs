@@ -19,11 +19,11 @@ use serde_json::{Value, json};
 use super::error::ProviderError;
 use super::http::{CallPolicy, Idempotency, Reply, Transport, parse_json};
 use super::json::{boolean, country_suffix, cuda_version, number, text, unsigned};
-use super::pacing::Limits;
+use super::pacing::{Limits, Window};
 use super::types::{
     CreateRequest, Instance, InstanceLabel, InstanceState, Offer, SshTarget, display_gpu_model, gpu_model_key,
 };
-use super::{OfferQuery, Provider};
+use super::{Gone, OfferQuery, Provider};
 use crate::crd::{Billing, ProviderName};
 
 const PROVIDER: ProviderName = ProviderName::Vastai;
@@ -34,6 +34,13 @@ const PROVIDER: ProviderName = ProviderName::Vastai;
 /// without a unit), so this is a guess the pacer widens on a 429 and
 /// `VASTAI_ENDPOINT_INTERVAL` overrides.
 pub const DEFAULT_ENDPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Vast's one published limit: search, "requests: 10, per: minute", per IP
+/// (vast-ai/docs `api-reference/openapi/yaml/search_offers.yaml`, `x-rate-limit`).
+const SEARCH_WINDOW: &[(&str, Window)] = &[("POST /bundles/", Window { calls: 10, period: Duration::from_secs(60) })];
+
+/// What `allocated_storage` says when the rent names no disk: vast-cli's default for pricing.
+const DEFAULT_ALLOCATED_STORAGE_GB: u32 = 5;
 
 /// Instances per page of the v1 listing: what vast-ai/vast-cli `show_instances` asks for.
 const LIST_PAGE_SIZE: u32 = 25;
@@ -62,7 +69,11 @@ impl VastAi {
     ) -> Self {
         let base_url = base_url.trim_end_matches('/').to_string();
         let root_url = base_url.strip_suffix("/api/v0").unwrap_or(&base_url).to_string();
-        let limits = Limits { account: None, per_endpoint: (!interval.is_zero()).then_some(interval) };
+        let limits = Limits {
+            per_endpoint: (!interval.is_zero()).then_some(interval),
+            endpoint_windows: if interval.is_zero() { &[] } else { SEARCH_WINDOW },
+            ..Limits::NONE
+        };
         VastAi { base_url, root_url, transport: Transport::new(PROVIDER, api_key, policy, limits) }
     }
 
@@ -84,6 +95,9 @@ impl VastAi {
 
     /// What a refused create means. Only an account problem or a request we
     /// built wrong stops the session; anything about this offer moves on.
+    /// vast-ai/docs openapi.yaml (create instance): a taken ask is a 404 whose
+    /// `error` is `invalid_args` and whose `msg` reads "error 404/3603: no_such_ask
+    /// ..." (or a 410 with `error: no_such_ask`), so the message decides, not the code.
     fn create_refusal(&self, request: &CreateRequest, reply: &Reply, answer: &Value) -> ProviderError {
         let error = text(answer, &["error"]).unwrap_or_default();
         let message = text(answer, &["msg", "message"]).unwrap_or_else(|| self.transport.excerpt(&reply.body));
@@ -92,15 +106,21 @@ impl VastAi {
             offer_id: request.offer.id.clone(),
             message: message.clone(),
         };
+        let status = reply.status.as_u16();
+        if error == "no_such_ask" || message.contains("no_such_ask") || matches!(status, 404 | 410) {
+            return offer_gone();
+        }
         match error.as_str() {
-            "insufficient_credit" | "insufficient_funds" => {
+            // No published code for a lack of credit on create: both spellings seen elsewhere are read.
+            "insufficient_credit" | "insufficient_funds" | "insufficient_balance" => {
                 ProviderError::InsufficientFunds { provider: PROVIDER, message }
             }
-            "invalid_args" | "invalid_request" | "bad_request" => {
-                ProviderError::Rejected { provider: PROVIDER, status: reply.status.as_u16(), body: message }
+            // The price moved since the search (the docs' SLA table: re-search and rent again).
+            "invalid_price" => offer_gone(),
+            "invalid_args" | "invalid_request" | "bad_request" | "no_ssh_key_for_vm" => {
+                ProviderError::Rejected { provider: PROVIDER, status, body: message }
             }
-            // no_such_ask, invalid_price (the price moved), unavailable hosts,
-            // and a spot bid outbid at once: all about this offer.
+            // Unavailable hosts and a spot bid outbid at once: about this offer.
             _ => offer_gone(),
         }
     }
@@ -120,14 +140,15 @@ impl VastAi {
         let mut instances = Vec::new();
         let mut after: Option<String> = None;
         for _ in 0..MAX_LIST_PAGES {
-            // vast-cli sends every query argument JSON-encoded.
+            // vast-cli (`VastClient._build_url`) JSON-encodes lists, objects and numbers
+            // and sends a string as it is: the cursor goes raw.
             let mut params = vec![
                 ("select_filters", "{}".to_string()),
                 ("order_by", json!([{"col": "id", "dir": "asc"}]).to_string()),
                 ("limit", LIST_PAGE_SIZE.to_string()),
             ];
             if let Some(token) = &after {
-                params.push(("after_token", Value::String(token.clone()).to_string()));
+                params.push(("after_token", token.clone()));
             }
             let reply = self
                 .transport
@@ -168,13 +189,20 @@ pub fn search_query(query: &OfferQuery) -> Value {
     if let Some(count) = r.gpu_count {
         q["num_gpus"] = json!({"eq": count});
     }
-    // vast-cli multiplies GB by 1000 (`offers_mult`): real cards report less
-    // than GB x 1024 (a 24 GB card: 24564 MB) and would be dropped.
+    // Prices with the disk the rent asks for (vast-cli `search_offers` sends
+    // `allocated_storage`; without it `dph_total` prices Vast's 8 GB default).
+    q["allocated_storage"] = json!(if query.disk_gb == 0 { DEFAULT_ALLOCATED_STORAGE_GB } else { query.disk_gb });
+    // Ports mapped on the host's public address need a host with direct ports (dstack asks the same).
+    if query.public_ports {
+        q["direct_port_count"] = json!({"gte": 1});
+    }
+    // Cards report less than their name: an L40S 46068 MB for 48 GB, below
+    // even GB x 1000. dstackai/gpuhunt asks for GB x 1024 x 0.93.
     // A memory named in every requested model ("A100 80GB") bounds it too.
     let named: Option<Vec<u32>> = r.gpu_models.iter().map(|m| crate::units::requested_memory_gb(m)).collect();
     let by_name = named.filter(|n| !n.is_empty()).and_then(|n| n.into_iter().min());
     if let Some(vram) = r.min_vram_gb.max(by_name) {
-        q["gpu_ram"] = json!({"gte": vram * 1000});
+        q["gpu_ram"] = json!({"gte": (f64::from(vram) * 1024.0 * crate::units::REPORTED_MEMORY_MARGIN).floor()});
     }
     // The cheapest `limit` offers come back: without a name filter an
     // expensive model is crowded out by cheap ones.
@@ -200,6 +228,28 @@ pub fn search_query(query: &OfferQuery) -> Value {
         q["geolocation"] = json!({"notin": r.excluded_countries});
     }
     q
+}
+
+/// The start command: puts the session's key where the container's sshd reads
+/// it (dstack installs its keys the same way), so the key is on the machine
+/// even when the attach call after create fails.
+fn onstart(request: &CreateRequest) -> String {
+    let key: String = request
+        .ssh_public_key
+        .split_whitespace()
+        .take(2)
+        .filter(|part| {
+            part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=' | '-' | '@' | '.'))
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let install = format!(
+        "mkdir -p ~/.ssh && chmod 700 ~/.ssh && touch ~/.ssh/authorized_keys && (grep -qF '{key}' ~/.ssh/authorized_keys || echo '{key}' >> ~/.ssh/authorized_keys) && chmod 600 ~/.ssh/authorized_keys"
+    );
+    match request.start_script.as_deref().filter(|s| !s.is_empty()) {
+        Some(script) => format!("{install}\n{script}"),
+        None => install,
+    }
 }
 
 /// `gpu_name` values Vast lists, spaces for vast-cli's underscores (a
@@ -277,14 +327,16 @@ pub fn vast_gpu_names(models: &[String]) -> Vec<String> {
 pub fn parse_offer(v: &Value, interruptible: bool) -> Option<Offer> {
     let id = text(v, &["id", "ask_contract_id"])?;
     let gpu_count = unsigned::<u32>(v, &["num_gpus"]).filter(|n| *n > 0)?;
+    // A bid search prices `dph_total` at the minimum bid, storage included.
     let price_per_hour = number(v, &["dph_total", "dph"]).filter(|p| *p > 0.0)?;
     let location = text(v, &["geolocation"]);
+    let reported_mb = number(v, &["gpu_ram"]).unwrap_or(0.0);
     Some(Offer {
         provider: PROVIDER,
         id,
         gpu_model: display_gpu_model(&text(v, &["gpu_name"])?),
         gpu_count,
-        vram_gb: (number(v, &["gpu_ram"]).unwrap_or(0.0) / 1024.0).round() as u32,
+        vram_gb: crate::units::nominal_memory_gb(reported_mb),
         cuda_version: number(v, &["cuda_max_good"]).and_then(|c| cuda_version(&format!("{c}"))),
         driver_version: text(v, &["driver_version"]),
         price_per_hour,
@@ -294,6 +346,8 @@ pub fn parse_offer(v: &Value, interruptible: bool) -> Option<Offer> {
         download_mbps: number(v, &["inet_down"]),
         upload_mbps: number(v, &["inet_up"]),
         interruptible,
+        // dstack and SkyPilot bid the offer's `min_bid` (per machine, storage apart).
+        bid_per_hour: if interruptible { number(v, &["min_bid"]).filter(|b| *b > 0.0) } else { None },
         host_id: text(v, &["machine_id", "host_id"]),
     })
 }
@@ -309,8 +363,19 @@ pub fn parse_instance(v: &Value) -> Option<Instance> {
         Some(_) => text(v, &["actual_status"]),
         None => text(v, &["cur_state"]),
     };
+    // docs.vast.ai show-instance: `cur_state` `unloaded` is the contract released on destroy.
+    if text(v, &["cur_state"]).as_deref() == Some("unloaded") {
+        return Some(Instance { state: InstanceState::Destroyed, ..parse_instance_with(v, id, None)? });
+    }
+    parse_instance_with(v, id, status)
+}
+
+fn parse_instance_with(v: &Value, id: String, status: Option<String>) -> Option<Instance> {
     let state = match status.as_deref().map(str::to_ascii_lowercase).as_deref() {
-        None | Some("created") | Some("loading") | Some("scheduling") => InstanceState::Provisioning,
+        // `rebooting`: "Container is restarting (transient)".
+        None | Some("created") | Some("loading") | Some("scheduling") | Some("rebooting") => {
+            InstanceState::Provisioning
+        }
         Some("running") => InstanceState::Running,
         // docs.vast.ai show-instances: `exited` (the container exited),
         // `frozen` (paused, still billing), `offline` (host disconnected) and
@@ -344,6 +409,7 @@ pub fn parse_instance(v: &Value) -> Option<Instance> {
         price_per_hour: number(v, &["dph_total"]),
         gpu_model: text(v, &["gpu_name"]),
         endpoints: endpoints(v, public_ip_for_ports.as_deref()),
+        ports_open_on_public_ip: false,
     })
 }
 
@@ -396,13 +462,13 @@ impl Provider for VastAi {
             "client_id": "me",
             "image": request.image,
             "env": env,
-            "onstart": request.start_script.clone().unwrap_or_default(),
+            "onstart": onstart(request),
             "runtype": "ssh",
             "disk": request.disk_gb,
             "label": request.label.to_string(),
         });
         if request.offer.interruptible {
-            body["price"] = json!(request.offer.price_per_hour);
+            body["price"] = json!(request.offer.bid_per_hour.unwrap_or(request.offer.price_per_hour));
         }
         let path = format!("/asks/{}/", request.offer.id);
         let reply = self.call(Method::PUT, "PUT /asks/{id}/", &path, Some(&body), Idempotency::Unsafe).await?;
@@ -410,13 +476,15 @@ impl Provider for VastAi {
         let made = text(&answer, &["new_contract"]);
         if !reply.status.is_success() || answer.get("success") == Some(&Value::Bool(false)) {
             let error = self.create_refusal(request, &reply, &answer);
-            // Seen on spot creates: refused, yet an instance was made (stopped,
-            // billing storage). Destroy it now; if that fails, it carries our
-            // label and the stray reaper destroys it.
-            if let Some(id) = made
-                && let Err(destroy_error) = super::destroy_confirmed(self, &id).await
-            {
-                tracing::warn!(provider = %PROVIDER, instance = %id, error = %destroy_error, "a refused create left an instance; the stray reaper will destroy it");
+            // A refused spot create can still make a stopped instance and name it (dstack
+            // `api_client.py`: "created despite the error"); it bills storage. It may not show in
+            // lookups yet, so the destroy is sent before any lookup; if it fails, the instance
+            // carries our label and the stray reaper destroys it.
+            if let Some(id) = made {
+                let destroyed = super::destroy_confirmed(self, &id).await;
+                if let Err(destroy_error) = destroyed {
+                    tracing::warn!(provider = %PROVIDER, instance = %id, error = %destroy_error, "a refused create left an instance; the stray reaper will destroy it");
+                }
             }
             return Err(error);
         }
@@ -428,10 +496,14 @@ impl Provider for VastAi {
                 None => return Err(self.unexpected(&reply)),
             },
         };
-        self.ensure_ssh_key(&id, &request.ssh_public_key).await?;
-        Ok(self.get_instance(&id).await?.unwrap_or(Instance {
+        // From here the machine exists and bills: nothing below may read as "not landed".
+        // The key is also in `onstart`; a failed attach is retried on adoption and by SSHReady.
+        if let Err(error) = self.ensure_ssh_key(&id, &request.ssh_public_key).await {
+            tracing::warn!(provider = %PROVIDER, instance = %id, %error, "attaching the key failed; the start command installs it too");
+        }
+        let fallback = || Instance {
             provider: PROVIDER,
-            id,
+            id: id.clone(),
             label: Some(request.label.clone()),
             state: InstanceState::Provisioning,
             ssh: None,
@@ -439,7 +511,16 @@ impl Provider for VastAi {
             price_per_hour: Some(request.offer.price_per_hour),
             gpu_model: Some(request.offer.gpu_model.clone()),
             endpoints: Vec::new(),
-        }))
+            ports_open_on_public_ip: false,
+        };
+        match self.get_instance(&id).await {
+            Ok(Some(instance)) => Ok(instance),
+            Ok(None) => Ok(fallback()),
+            Err(error) => {
+                tracing::debug!(provider = %PROVIDER, instance = %id, %error, "the lookup after create failed; the listing will show it");
+                Ok(fallback())
+            }
+        }
     }
 
     async fn get_instance(&self, id: &str) -> Result<Option<Instance>, ProviderError> {
@@ -473,7 +554,7 @@ impl Provider for VastAi {
         Ok(all.into_iter().filter(|i| super::labelled_for_any(i, installations)).collect())
     }
 
-    async fn destroy_instance(&self, id: &str) -> Result<(), ProviderError> {
+    async fn destroy_instance(&self, id: &str) -> Result<Gone, ProviderError> {
         let reply = self
             .call(Method::DELETE, "DELETE /instances/{id}/", &format!("/instances/{id}/"), None, Idempotency::Safe)
             .await?;
@@ -481,6 +562,10 @@ impl Provider for VastAi {
             // vast-ai/vast-python `destroy__instance`: a 200 may still say `success: false` with a `msg`.
             200..=299 => {
                 let answer: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+                // dstack reads `no_such_instance` as already gone; the docs' destroy 404 says `not_found`.
+                if matches!(text(&answer, &["error"]).as_deref(), Some("no_such_instance" | "not_found")) {
+                    return Ok(Gone::Already);
+                }
                 if answer.get("success") == Some(&Value::Bool(false)) {
                     let message =
                         text(&answer, &["msg", "error"]).unwrap_or_else(|| self.transport.excerpt(&reply.body));
@@ -490,9 +575,9 @@ impl Provider for VastAi {
                         body: message,
                     });
                 }
-                Ok(())
+                Ok(Gone::Now)
             }
-            404 => Ok(()), // already gone
+            404 => Ok(Gone::Already),
             _ => Err(self.unexpected(&reply)),
         }
     }

@@ -122,6 +122,17 @@ pub struct Host {
     /// GPUs available at this host (TensorDock lists counts).
     #[serde(default = "default_available")]
     pub available: u32,
+    /// Vast: storage price, USD per GB per month (`storage_cost`); priced into `dph_total` for
+    /// the `allocated_storage` a search names.
+    #[serde(default)]
+    pub storage_per_gb_month: f64,
+    /// Vast: open ports on the host's router (`direct_port_count`).
+    #[serde(default = "default_direct_ports")]
+    pub direct_ports: u32,
+    /// Vast: the memory the card reports, MB, when not the usual GB x 1024 - GB/2
+    /// (an L40S reports 46068 MB for 48 GB: dstackai/gpuhunt's test table).
+    #[serde(default)]
+    pub reported_vram_mb: Option<u32>,
 }
 
 fn one() -> u32 {
@@ -141,6 +152,9 @@ fn default_speed() -> f64 {
 }
 fn default_available() -> u32 {
     8
+}
+fn default_direct_ports() -> u32 {
+    100
 }
 
 impl Host {

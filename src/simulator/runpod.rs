@@ -4,7 +4,12 @@
 //! As docs/providers.md records: a GPU type out of stock keeps its prices but
 //! has no `stockStatus`; a pod lists 22 as UDP first, `/http` ports with a
 //! private address; an image that is not RunPod's has no sshd unless
-//! `dockerArgs` installs and starts one.
+//! `dockerArgs` installs and starts one; the account's keys reach a pod only
+//! when the deploy names no key of its own; a pod may land on a dearer
+//! machine than `lowestPrice` quoted (dstack issue #1886).
+//!
+//! Answers follow runpod/runpodctl, runpod-python and RunPod's docs; where no
+//! source gives the words, the answer says "invented" beside it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,9 +27,9 @@ use super::world::{ListingFault, NewInstance, SimInstance, SimState, World};
 use crate::crd::ProviderName;
 
 const P: ProviderName = ProviderName::Runpod;
+/// RunPod's words (its docs and peers' logs) for a create nothing can serve.
 const NO_CAPACITY: &str =
     "There are no longer any instances available with the requested specifications. Please refresh and try again.";
-const SUPPLY_CONSTRAINT: &str = "SUPPLY_CONSTRAINT: Unable to find a machine with capacity for this pod.";
 
 pub fn router(sim: Arc<Sim>) -> Router {
     Router::new().route("/graphql", post(graphql)).with_state(sim)
@@ -115,16 +120,27 @@ fn deploy(sim: &Sim, input: &Value, interruptible: bool, field: &str) -> Respons
     let mut world = sim.world();
     let faults = world.faults(P).clone();
     if faults.insufficient_funds {
+        // Invented words.
         return graphql_error("Your balance is too low to deploy this pod (insufficient funds).");
     }
     let Some(host) = world.host(P, &gpu_type) else {
+        // Invented words.
         return graphql_error(&format!("Invalid gpuTypeId {gpu_type}"));
     };
-    if faults.stale_inventory || count > host.available {
+    // `minCudaVersion` is a floor; `allowedCudaVersions` matches exactly ("a version no
+    // machine reports yields a capacity error", RunPod's REST docs).
+    let cuda = host.real_cuda().to_string();
+    let below_floor = input["minCudaVersion"].as_str().is_some_and(|floor| !crate::units::cuda_at_least(&cuda, floor));
+    let not_allowed = input["allowedCudaVersions"]
+        .as_array()
+        .is_some_and(|allowed| !allowed.iter().any(|v| v.as_str() == Some(cuda.as_str())));
+    if faults.stale_inventory
+        || count > host.available
+        || faults.snatched_offers.contains(&gpu_type)
+        || below_floor
+        || not_allowed
+    {
         return graphql_error(NO_CAPACITY);
-    }
-    if faults.snatched_offers.contains(&gpu_type) {
-        return graphql_error(SUPPLY_CONSTRAINT);
     }
     let env: BTreeMap<String, String> = input["env"]
         .as_array()
@@ -134,7 +150,19 @@ fn deploy(sim: &Sim, input: &Value, interruptible: bool, field: &str) -> Respons
         .collect();
     let per_gpu = if interruptible { input["bidPerGpu"].as_f64().unwrap_or(0.0) } else { host.price_per_hour };
     if interruptible && per_gpu < host.min_bid_per_hour.unwrap_or(f64::MAX) {
+        // Invented words.
         return graphql_error("Your bid is below the minimum bid price for this GPU type.");
+    }
+    // `lowestPrice` quotes the cheapest cloud; with cloudType ALL the pod may land on a dearer
+    // machine (dstack issue #1886: a $0.98 offer became a $1.52 pod).
+    let per_gpu =
+        if interruptible { per_gpu } else { per_gpu * (1.0 + f64::from(faults.placement_markup_percent) / 100.0) };
+    let mut env = env;
+    // The account's keys go in as PUBLIC_KEY when startSsh is set and the deploy names no key of
+    // its own; a deploy-time PUBLIC_KEY or SSH_PUBLIC_KEY replaces them (runpod/docs PR #748).
+    let own_key = env.get("PUBLIC_KEY").or(env.get("SSH_PUBLIC_KEY")).cloned();
+    if own_key.is_none() && input["startSsh"] == Value::Bool(true) && !faults.account_keys.is_empty() {
+        env.insert("PUBLIC_KEY".into(), faults.account_keys.join("\n"));
     }
     let image_name = input["imageName"].as_str().unwrap_or_default();
     // Only RunPod's images start sshd from PUBLIC_KEY; any other needs dockerArgs that do.
@@ -154,7 +182,6 @@ fn deploy(sim: &Sim, input: &Value, interruptible: bool, field: &str) -> Respons
         .collect();
     let ports: Vec<u16> = port_specs.iter().map(|(p, _)| *p).collect();
     let http_ports: Vec<u16> = port_specs.iter().filter(|(_, k)| k == "http").map(|(p, _)| *p).collect();
-    let mut env = env;
     if !http_ports.is_empty() {
         env.insert(HTTP_PORTS_ENV.into(), http_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(","));
     }
@@ -169,9 +196,10 @@ fn deploy(sim: &Sim, input: &Value, interruptible: bool, field: &str) -> Respons
         env,
         ports,
         driver_broken: false,
+        cloud_init: None,
     };
     let Ok(instance) = world.create(new) else {
-        return graphql_error("Something went wrong (internal error).");
+        return graphql_error("Something went wrong. Please try again later or contact support.");
     };
     let faults = world.faults(P);
     if faults.lose_create_responses > 0 {
@@ -210,7 +238,8 @@ fn terminate(sim: &Sim, input: &Value) -> Response {
     if world.refuse_destroy(P) {
         return data(json!({"podTerminate": null})); // answered like a success, nothing done
     }
-    if world.destroy(P, id) { data(json!({"podTerminate": null})) } else { graphql_error("Pod not found") }
+    // `{"podTerminate": null}` on success; "pod not found to terminate" for an unknown pod (public captures).
+    if world.destroy(P, id) { data(json!({"podTerminate": null})) } else { graphql_error("pod not found to terminate") }
 }
 
 fn pod_json(world: &World, i: &SimInstance, now: Instant) -> Value {

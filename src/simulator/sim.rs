@@ -32,6 +32,7 @@ impl Sim {
     ) -> Result<(), Response> {
         let hang = {
             let mut world = self.world();
+            world.finish_deletes();
             world.calls.push(CallRecord { provider, method: method.into(), path: path.into() });
             let expected = world.market.keys.of(provider).to_string();
             let faults = world.faults(provider);
@@ -43,9 +44,17 @@ impl Sim {
                     .into_response());
             }
             let limited = !faults.no_rate_limits;
+            let vast_interval = match faults.endpoint_interval_ms {
+                0 => super::world::VAST_ENDPOINT_INTERVAL,
+                ms => Duration::from_millis(ms),
+            };
             if limited
-                && let Some(body) =
-                    world.rate_limits.over(provider, &format!("{method} {path}"), tokio::time::Instant::now())
+                && let Some(body) = world.rate_limits.over(
+                    provider,
+                    &format!("{method} {path}"),
+                    tokio::time::Instant::now(),
+                    vast_interval,
+                )
             {
                 // Vast sends no Retry-After (its docs say so); plain text, as its docs show.
                 return Err((StatusCode::TOO_MANY_REQUESTS, body).into_response());

@@ -21,6 +21,14 @@ pub struct Machine {
     pub cuda: String,
     /// No NVIDIA driver in the image: `nvidia-smi` is not found.
     pub driver_missing: bool,
+    /// A VM whose driver cloud-init is still repairing: until then `nvidia-smi`
+    /// cannot talk to the driver and `cloud-init status` says running.
+    pub driver_works_from: Option<std::time::Instant>,
+    /// The VM has cloud-init (TensorDock VMs; containers have none): `cloud-init
+    /// status` says running until this moment, done after.
+    pub cloud_init_done_at: Option<std::time::Instant>,
+    /// The repair rebooted the VM: no login is accepted in this window.
+    pub rebooting: Option<(std::time::Instant, std::time::Instant)>,
     pub env: BTreeMap<String, String>,
     /// Users that may log in (TensorDock: root and user; others: root).
     pub users: Vec<String>,
@@ -46,6 +54,9 @@ pub fn authorized_keys(home: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(authorized_keys_path(home)).unwrap_or_default();
     text.lines().map(|line| line.trim().to_string()).filter(|line| !line.is_empty()).collect()
 }
+
+/// nvidia-smi's words when the kernel module is not loaded.
+const DRIVER_NOT_LOADED: &str = "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure that the latest NVIDIA driver is installed and running.\n";
 
 /// Binds a loopback port and serves SSH on it until the task is aborted.
 pub fn serve(machine: Machine) -> std::io::Result<(u16, tokio::task::JoinHandle<()>)> {
@@ -86,8 +97,8 @@ struct Connection {
 
 impl Connection {
     fn authorized(&self, user: &str, key: &PublicKey) -> bool {
-        if !self.machine.users.iter().any(|u| u == user) || std::time::Instant::now() < self.machine.keys_accepted_after
-        {
+        let now = std::time::Instant::now();
+        if !self.machine.users.iter().any(|u| u == user) || now < self.machine.keys_accepted_after {
             return false;
         }
         authorized_keys(&self.machine.home)
@@ -102,6 +113,10 @@ impl Connection {
         let m = &self.machine;
         if m.driver_missing {
             return ("".into(), 127);
+        }
+        if m.driver_works_from.is_some_and(|from| std::time::Instant::now() < from) {
+            // What nvidia-smi prints, exit code 9, while no driver module is loaded.
+            return (DRIVER_NOT_LOADED.into(), 9);
         }
         let util = m.gpu_utilization.load(std::sync::atomic::Ordering::Relaxed);
         if let Some(fields) = command.split("--query-gpu=").nth(1).and_then(|rest| rest.split_whitespace().next()) {
@@ -133,6 +148,15 @@ impl Connection {
         (out, 0)
     }
 
+    /// `cloud-init status` as cloud-init prints it; not found on a container.
+    fn cloud_init_status(&self) -> (Vec<u8>, Vec<u8>, u32) {
+        match self.machine.cloud_init_done_at {
+            None => (Vec::new(), b"sh: 1: cloud-init: not found\n".to_vec(), 127),
+            Some(done) if std::time::Instant::now() < done => (b"status: running\n".to_vec(), Vec::new(), 0),
+            Some(_) => (b"status: done\n".to_vec(), Vec::new(), 0),
+        }
+    }
+
     /// Commands made only of `nvidia-smi` calls joined by `&&` or `;` are
     /// answered here (the host has no GPU); anything else runs in `sh -c`.
     fn only_nvidia_smi(command: &str) -> Option<Vec<String>> {
@@ -150,6 +174,11 @@ impl russh::server::Handler for Connection {
     type Error = russh::Error;
 
     async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+        // A rebooting VM drops the connection (sshd is down).
+        let now = std::time::Instant::now();
+        if self.machine.rebooting.is_some_and(|(from, to)| from <= now && now < to) {
+            return Err(russh::Error::Disconnect);
+        }
         if !self.authorized(user, key.public_key) {
             return Ok(Auth::reject());
         }
@@ -175,7 +204,9 @@ impl russh::server::Handler for Connection {
     ) -> Result<(), Self::Error> {
         let command = String::from_utf8_lossy(data).to_string();
         session.channel_success(channel)?;
-        let (stdout, stderr, code) = if let Some(segments) = Self::only_nvidia_smi(&command) {
+        let (stdout, stderr, code) = if command.trim() == "cloud-init status" {
+            self.cloud_init_status()
+        } else if let Some(segments) = Self::only_nvidia_smi(&command) {
             let (mut out, mut code) = (String::new(), 0);
             for segment in segments {
                 let (text, status) = self.nvidia_smi(&segment);

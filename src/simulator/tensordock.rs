@@ -1,12 +1,17 @@
 //! TensorDock's REST v2 API, simulated under `/api/v2`, in the shapes of
 //! docs/providers.md: countries by name, the GPU price apart from vCPU, RAM
-//! and storage prices, a 100 GB storage minimum, port 22 forwarded or refused,
-//! stale inventory refused inside an HTTP 200, the documented nested listing,
-//! and (fault `brokenDrivers`) VMs without a working driver unless cloud-init
-//! repairs it.
+//! and storage prices, a 100 GB storage minimum, port 22 forwarded unless the
+//! IP is dedicated, stale inventory refused inside an HTTP 200, the documented
+//! nested listing, and (fault `brokenDrivers`) VMs without a working driver
+//! until cloud-init has repaired it, which takes minutes and may reboot.
+//!
+//! Answers follow TensorDock's v2 docs (dashboard.tensordock.com/api/docs) and
+//! cloud-gpu-shopper's live notes; where no source gives the words, the answer
+//! says "invented" beside it (docs/providers.md lists them).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -18,7 +23,7 @@ use tokio::time::Instant;
 
 use super::market::Host;
 use super::sim::{Sim, bearer};
-use super::world::{ListingFault, NewInstance, SimInstance, SimState, World};
+use super::world::{CloudInit, ListingFault, NewInstance, SimInstance, SimState, World};
 use crate::crd::ProviderName;
 
 const P: ProviderName = ProviderName::Tensordock;
@@ -112,9 +117,11 @@ async fn create(State(sim): State<Arc<Sim>>, headers: HeaderMap, axum::Json(body
     let mut world = sim.world();
     let faults = world.faults(P).clone();
     if faults.insufficient_funds {
+        // Invented words: the docs say only "Minimum balance: $1".
         return error(StatusCode::PAYMENT_REQUIRED, "Insufficient balance to deploy this instance");
     }
     let Some(host) = world.host(P, &location) else {
+        // Invented words.
         return error(StatusCode::NOT_FOUND, "Location not found");
     };
     let requested =
@@ -128,15 +135,22 @@ async fn create(State(sim): State<Arc<Sim>>, headers: HeaderMap, axum::Json(body
     let resources = &attributes["resources"];
     let storage = resources["storage_gb"].as_u64().unwrap_or(0);
     if storage < 100 {
-        // The validation-list shape cloud-gpu-shopper's `parseCreateError` reads.
+        // The validation-list shape cloud-gpu-shopper's `parseCreateError` reads ("Minimum
+        // storage: 100GB" in the docs); the code and words of this entry are invented.
         let refusal = json!([{"code": "too_small", "message": "Storage must be at least 100 GB", "path": ["data", "attributes", "resources", "storage_gb"]}]);
         return (StatusCode::BAD_REQUEST, axum::Json(refusal)).into_response();
     }
     let forwards_ssh = attributes["port_forwards"]
         .as_array()
         .is_some_and(|f| f.iter().any(|f| f["internal_port"].as_u64() == Some(22)));
-    if !forwards_ssh {
-        return error(StatusCode::BAD_REQUEST, "SSH port (22) must be forwarded for Ubuntu VMs");
+    let dedicated_ip = attributes["useDedicatedIp"] == Value::Bool(true);
+    if !forwards_ssh && !dedicated_ip {
+        // cloud-gpu-shopper's live notes (without a dedicated IP).
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "SSH port (22) must be forwarded for Ubuntu VMs"})),
+        )
+            .into_response();
     }
     if faults.stale_inventory || faults.snatched_offers.contains(&location) || count > host.available {
         // Seen: the refusal arrives as HTTP 200 with the error in the body.
@@ -171,6 +185,18 @@ async fn create(State(sim): State<Arc<Sim>>, headers: HeaderMap, axum::Json(body
         .collect();
     let repairs_driver =
         runcmd.iter().filter_map(Value::as_str).any(|c| c.contains("nvidia-smi") && c.contains("dkms"));
+    let repair_takes =
+        Duration::from_millis(if faults.driver_repair_ms == 0 { 120_000 } else { faults.driver_repair_ms });
+    let reboots = faults.broken_drivers && repairs_driver && faults.driver_repair_reboots > 0;
+    if reboots {
+        world.faults(P).driver_repair_reboots -= 1;
+    }
+    // Every VM runs cloud-init; with a broken driver it runs until the repair is done.
+    let cloud_init = CloudInit {
+        takes: if faults.broken_drivers && repairs_driver { repair_takes } else { Duration::ZERO },
+        repairs_driver: faults.broken_drivers && repairs_driver,
+        reboot: reboots.then(|| Duration::from_millis(faults.reboot_ms.max(1))),
+    };
     let ports: Vec<u16> = attributes["port_forwards"]
         .as_array()
         .into_iter()
@@ -184,10 +210,11 @@ async fn create(State(sim): State<Arc<Sim>>, headers: HeaderMap, axum::Json(body
         price_per_hour: hourly,
         label: name,
         ssh_public_key: key,
-        image: "ubuntu2404".into(),
+        image: attributes["image"].as_str().unwrap_or("ubuntu2204").into(),
         env,
         ports,
         driver_broken: faults.broken_drivers && !repairs_driver,
+        cloud_init: Some(cloud_init),
     });
     let Ok(instance) = created else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "could not start the simulated machine");
@@ -197,10 +224,16 @@ async fn create(State(sim): State<Arc<Sim>>, headers: HeaderMap, axum::Json(body
         faults.lose_create_responses -= 1;
         return (StatusCode::GATEWAY_TIMEOUT, "gateway timeout").into_response();
     }
+    // The docs' example answers "running"; cloud-gpu-shopper notes the IP comes 5-30 s later.
     axum::Json(
-        json!({"data": {"type": "virtualmachine", "id": instance.id, "name": instance.label, "status": "creating"}}),
+        json!({"data": {"type": "virtualmachine", "id": instance.id, "name": instance.label, "status": "running"}}),
     )
     .into_response()
+}
+
+/// How long a delete shows `deleting` before the VM is gone (fault `slowDeletesMs`).
+fn faults_slow_delete(world: &mut World) -> u64 {
+    world.faults(P).slow_deletes_ms
 }
 
 fn instance_json(world: &World, i: &SimInstance, now: Instant) -> Value {
@@ -211,6 +244,8 @@ fn instance_json(world: &World, i: &SimInstance, now: Instant) -> Value {
         SimState::Stopped => "stopped",
         SimState::Destroyed => "deleted",
     };
+    // Invented (no source shows it): a VM being deleted says so until it is gone.
+    let status = if i.deleting_until.is_some_and(|until| now < until) { "deleting" } else { status };
     let reachable = state == SimState::Running && !world.faults.get(&P).is_some_and(|f| f.unreachable_instances);
     json!({
         "type": "virtualmachine",
@@ -307,9 +342,14 @@ async fn destroy(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(id): Path
         // No published source shows TensorDock's refusal form; a 200 carrying an error is assumed (docs/providers.md).
         return axum::Json(json!({"status": "error", "error": "Instance is busy; try again later"})).into_response();
     }
-    if world.destroy(P, &id) {
-        axum::Json(json!({"status": "success"})).into_response()
+    let slow = Duration::from_millis(faults_slow_delete(&mut world));
+    let deleted = if slow.is_zero() { world.destroy(P, &id) } else { world.destroy_slowly(P, &id, slow) };
+    if deleted {
+        // The docs' Delete Instance example.
+        axum::Json(json!({"data": {"type": "success", "attributes": {"message": "Instance deleted successfully"}}}))
+            .into_response()
     } else {
+        // Invented words (cloud-gpu-shopper's mock); a 404 is what the terraform provider waits for.
         error(StatusCode::NOT_FOUND, "Instance not found")
     }
 }

@@ -67,8 +67,23 @@ pub struct Faults {
     /// TensorDock: VMs boot without a working NVIDIA driver unless their
     /// cloud-init repairs it (seen live by cloud-gpu-shopper).
     pub broken_drivers: bool,
+    /// TensorDock: how long cloud-init's driver repair takes, ms (0: two minutes,
+    /// inside cloud-gpu-shopper's "2-5 min" dpkg lock and "2-3 minutes" install).
+    pub driver_repair_ms: u64,
+    /// TensorDock: the next N repairs reboot the VM at their end (no login for `reboot_ms`).
+    pub driver_repair_reboots: u32,
+    pub reboot_ms: u64,
+    /// TensorDock: a delete leaves the VM listed as `deleting` (still billing) this long.
+    pub slow_deletes_ms: u64,
+    /// RunPod: SSH keys registered on the account, given to pods that name no key of their own.
+    pub account_keys: Vec<String>,
+    /// RunPod: an on-demand pod lands on a machine this much dearer than `lowestPrice` quoted.
+    pub placement_markup_percent: u32,
     /// Switches off the marketplace's published rate limits (on by default).
     pub no_rate_limits: bool,
+    /// Vast: the least time between two calls to one endpoint, ms (0: the simulator's
+    /// default, `VAST_ENDPOINT_INTERVAL`). Vast does not publish it.
+    pub endpoint_interval_ms: u64,
 }
 
 /// What a test makes happen to a running instance behind the operator's back.
@@ -107,6 +122,8 @@ pub struct SimInstance {
     pub destroyed: Option<Instant>,
     /// Stopped behind the operator's back (still exists).
     pub stopped: Option<Instant>,
+    /// A delete was accepted; the machine is shown `deleting` and bills until then.
+    pub deleting_until: Option<Instant>,
     /// Listings and lookups show the instance only from this moment.
     pub visible_from: Instant,
     /// Loopback port of the instance's SSH server.
@@ -131,6 +148,19 @@ pub struct NewInstance {
     pub ports: Vec<u16>,
     /// The VM came up without a working NVIDIA driver and nothing repaired it.
     pub driver_broken: bool,
+    /// The VM runs cloud-init for this long after it starts; its driver works only after
+    /// it, and it may reboot at the end (TensorDock VMs; `None` for containers).
+    pub cloud_init: Option<CloudInit>,
+}
+
+/// A VM's boot-time setup as the simulated machine plays it.
+#[derive(Clone, Copy, Debug)]
+pub struct CloudInit {
+    pub takes: Duration,
+    /// The driver is broken until cloud-init ends (it repairs it).
+    pub repairs_driver: bool,
+    /// The repair ends with a reboot this long.
+    pub reboot: Option<Duration>,
 }
 
 impl SimInstance {
@@ -142,6 +172,19 @@ impl SimInstance {
     /// The lines of `~/.ssh/authorized_keys` on the machine now.
     pub fn authorized_keys(&self) -> Vec<String> {
         ssh::authorized_keys(&self.home)
+    }
+
+    /// Runs the marketplace's start command on the machine (Vast's `onstart`), as the
+    /// container starts: with the machine's env and `HOME`. Its output is the machine's own.
+    pub fn run_at_start(&self, command: &str) {
+        let log = std::fs::File::create(self.home.join(".onstart.log")).ok();
+        let mut run = std::process::Command::new("sh");
+        run.arg("-c").arg(command).envs(&self.env).env("HOME", &self.home).current_dir(&self.home);
+        if let Some(log) = log {
+            run.stdout(log.try_clone().map(std::process::Stdio::from).unwrap_or(std::process::Stdio::null()));
+            run.stderr(std::process::Stdio::from(log));
+        }
+        let _ = run.status();
     }
 }
 
@@ -203,47 +246,69 @@ pub struct World {
     pub rate_limits: RateLimits,
 }
 
-/// Vast: a minimum interval per endpoint; TensorDock: 100 calls a minute per
-/// account (docs/providers.md). Calls refused with 429 count as `refused`.
+/// Vast: a minimum interval per endpoint, and search at most 10 a minute;
+/// TensorDock: 100 calls a minute per account (docs/providers.md). Calls
+/// refused with 429 count as `refused`.
 #[derive(Default)]
 pub struct RateLimits {
     last_call: BTreeMap<(ProviderName, String), Instant>,
-    recent: BTreeMap<ProviderName, std::collections::VecDeque<Instant>>,
+    recent: BTreeMap<(ProviderName, String), std::collections::VecDeque<Instant>>,
     pub refused: BTreeMap<ProviderName, u64>,
 }
 
-/// The per-endpoint interval the simulated Vast enforces (the real one is unpublished).
+/// The per-endpoint interval the simulated Vast enforces by default (the real one is unpublished).
 pub const VAST_ENDPOINT_INTERVAL: Duration = Duration::from_millis(20);
+/// Vast search: "requests: 10, per: minute" (vast-ai/docs `search_offers.yaml`, `x-rate-limit`).
+pub const VAST_SEARCHES_PER_MINUTE: usize = 10;
 /// TensorDock: "100 requests per minute per organization".
 pub const TENSORDOCK_CALLS_PER_MINUTE: usize = 100;
 
 impl RateLimits {
-    /// `Some(body)` when this call is over the marketplace's limit.
-    pub fn over(&mut self, provider: ProviderName, endpoint: &str, now: Instant) -> Option<&'static str> {
+    /// `Some(body)` when this call is over the marketplace's limit. `vast_interval`: the
+    /// per-endpoint interval the simulated Vast enforces now.
+    pub fn over(
+        &mut self,
+        provider: ProviderName,
+        endpoint: &str,
+        now: Instant,
+        vast_interval: Duration,
+    ) -> Option<&'static str> {
         let over = match provider {
             ProviderName::Vastai => {
-                let last = self.last_call.insert((provider, endpoint.to_string()), now);
-                last.is_some_and(|last| now.duration_since(last) < VAST_ENDPOINT_INTERVAL)
-                    .then_some("API requests too frequent: endpoint threshold=0.02")
-            }
-            ProviderName::Tensordock => {
-                let window = self.recent.entry(provider).or_default();
-                while window.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60)) {
-                    window.pop_front();
-                }
-                if window.len() >= TENSORDOCK_CALLS_PER_MINUTE {
-                    Some("Rate limit exceeded. Please try again later.")
+                let searching = endpoint == "POST /bundles/";
+                if searching && self.window_full(provider, endpoint, now, VAST_SEARCHES_PER_MINUTE) {
+                    // The rate-limits page: 429 with plain text "API requests too frequent".
+                    Some("API requests too frequent")
                 } else {
-                    window.push_back(now);
-                    None
+                    let last = self.last_call.insert((provider, endpoint.to_string()), now);
+                    // The rate-limits page's second form; the threshold's unit is not published.
+                    last.is_some_and(|last| now.duration_since(last) < vast_interval)
+                        .then_some("API requests too frequent: endpoint threshold=...")
                 }
             }
+            ProviderName::Tensordock => self
+                .window_full(provider, "account", now, TENSORDOCK_CALLS_PER_MINUTE)
+                // Invented: TensorDock documents the limit, not its 429 body.
+                .then_some("Rate limit exceeded. Please try again later."),
             ProviderName::Runpod => None,
         };
         if over.is_some() {
             *self.refused.entry(provider).or_default() += 1;
         }
         over
+    }
+
+    /// Whether `calls` went to `key` in the last minute; counts this call when not.
+    fn window_full(&mut self, provider: ProviderName, key: &str, now: Instant, calls: usize) -> bool {
+        let window = self.recent.entry((provider, key.to_string())).or_default();
+        while window.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60)) {
+            window.pop_front();
+        }
+        if window.len() >= calls {
+            return true;
+        }
+        window.push_back(now);
+        false
     }
 }
 
@@ -313,7 +378,14 @@ impl World {
             ProviderName::Tensordock => vec!["root".to_string(), "user".to_string()],
             _ => vec!["root".to_string()],
         };
+        let boot = std::time::Instant::now()
+            + Duration::from_millis(self.market.timings.created_ms + self.market.timings.loading_ms);
+        let setup_done = new.cloud_init.map(|c| boot + c.takes);
+        let rebooting = new.cloud_init.and_then(|c| c.reboot.map(|r| (boot + c.takes, boot + c.takes + r)));
         let machine = ssh::Machine {
+            driver_works_from: new.cloud_init.filter(|c| c.repairs_driver).map(|c| boot + c.takes),
+            cloud_init_done_at: setup_done,
+            rebooting,
             gpu_name: new.host.gpu.clone(),
             gpu_count: new.gpu_count,
             vram_mib: u64::from(new.host.vram_gb) * 1024,
@@ -359,6 +431,7 @@ impl World {
             created: Instant::now(),
             destroyed: None,
             stopped: None,
+            deleting_until: None,
             visible_from: Instant::now() + late_by,
             ssh_port,
             port_map,
@@ -385,6 +458,13 @@ impl World {
     /// A live instance the API shows now, by id.
     pub fn find_visible(&self, provider: ProviderName, id: &str) -> Option<&SimInstance> {
         self.visible(provider).find(|i| i.id == id)
+    }
+
+    /// Keeps a live instance out of listings and lookups until `until` (a create that shows late).
+    pub fn hide_until(&mut self, id: &str, until: Instant) {
+        if let Some(instance) = self.instances.iter_mut().find(|i| i.id == id) {
+            instance.visible_from = until;
+        }
     }
 
     /// Counts down a listing fault: `Some(refusal)` when this listing must fail.
@@ -441,6 +521,39 @@ impl World {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Accepts a delete that takes `takes` to happen: listed `deleting` (and billing)
+    /// until then. `false` when the id is unknown or already destroyed.
+    pub fn destroy_slowly(&mut self, provider: ProviderName, id: &str, takes: Duration) -> bool {
+        let now = Instant::now();
+        let Some(instance) =
+            self.instances.iter_mut().find(|i| i.provider == provider && i.id == id && i.destroyed.is_none())
+        else {
+            return false;
+        };
+        match instance.deleting_until {
+            Some(until) if until <= now => self.destroy(provider, id),
+            Some(_) => true,
+            None => {
+                instance.deleting_until = Some(now + takes);
+                true
+            }
+        }
+    }
+
+    /// Deletes that have run their time are carried out.
+    pub fn finish_deletes(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(ProviderName, String)> = self
+            .instances
+            .iter()
+            .filter(|i| i.destroyed.is_none() && i.deleting_until.is_some_and(|until| until <= now))
+            .map(|i| (i.provider, i.id.clone()))
+            .collect();
+        for (provider, id) in due {
+            self.destroy(provider, &id);
         }
     }
 

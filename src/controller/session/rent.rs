@@ -8,16 +8,20 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
+use super::bad_host;
 use super::requirements;
 use super::secret::SessionKey;
 use super::step::{NEXT_STAGE, PROVISIONING_POLL, Step};
 use super::teardown;
 use crate::crd::conditions::{Status, types};
 use crate::crd::session::{Attempt, CreateIntent};
-use crate::crd::{OfferRequirements, ProviderName, SessionPhase, WorkloadKind};
+use crate::crd::{GpuSessionSpec, OfferRequirements, ProviderName, SessionPhase, WorkloadKind};
 use crate::error::Result;
 use crate::market::{self, rank};
-use crate::provider::{CreateRequest, Instance, InstanceLabel, InstanceState, NextStep, Offer, ProviderError};
+use crate::provider::caller::{Urgency, with_urgency};
+use crate::provider::{
+    CreateRequest, Instance, InstanceLabel, InstanceState, NextStep, Offer, OfferQuery, ProviderError,
+};
 
 pub const DEFAULT_IMAGE: &str = "nvidia/cuda:12.4.1-runtime-ubuntu22.04";
 pub const DEFAULT_DISK_GB: u32 = 40;
@@ -36,8 +40,16 @@ pub async fn adopt_labelled(step: &mut Step<'_>, key: &SessionKey) -> Result<boo
     let Some(instance) = found.into_iter().next() else { return Ok(false) };
     let provider = instance.provider;
     tracing::info!(session = %step.session.name_any(), %provider, instance = %instance.id, "adopting a labelled instance");
-    if let Some(client) = step.ctx.provider(provider) {
-        client.ensure_ssh_key(&instance.id, &key.public_openssh).await?;
+    // The machine is recorded whatever the key attach answers: an adopted machine bills, and
+    // must be supervised (limits, loss, deletion) even while its key cannot be attached.
+    if let Some(client) = step.ctx.provider(provider)
+        && let Err(error) = client.ensure_ssh_key(&instance.id, &key.public_openssh).await
+    {
+        step.event(
+            true,
+            "KeyAttachFailed",
+            format!("attaching the session's key to adopted instance {} failed ({error}); SSHReady will show whether it logs in", instance.id),
+        );
     }
     step.event(
         false,
@@ -99,7 +111,15 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
     let ctx = step.ctx;
     // Each marketplace's search is bounded by one call timeout: a hung one delays no rent by more.
     let timeout = ctx.config.provider_call_timeout;
-    let view = market::search_cached(&ctx.providers, &requirements, timeout, Some(&ctx.offer_cache)).await;
+    let query = OfferQuery {
+        requirements: requirements.clone(),
+        limit: market::OFFERS_PER_MARKETPLACE,
+        disk_gb: disk_gb(&step.session.spec),
+        public_ports: !exposed_ports(&step.session.spec).is_empty(),
+    };
+    let view =
+        with_urgency(Urgency::Search, market::search_cached(&ctx.providers, &query, timeout, Some(&ctx.offer_cache)))
+            .await;
     // A marketplace whose last create may still land gets no second one until it is settled.
     let candidates: Vec<Offer> = view
         .offers
@@ -145,7 +165,7 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
     });
     step.persist().await?;
     tracing::info!(session = %step.session.name_any(), provider = %best.provider, offer = %best.id, "create intent stored; sending the create");
-    let outcome = provider.create_instance(&request).await;
+    let outcome = with_urgency(Urgency::Create, provider.create_instance(&request)).await;
     let landed_or_refused = !matches!(&outcome, Err(error) if error.create_may_have_landed());
     if landed_or_refused {
         step.status.pending_creates.retain(|i| !(i.provider == best.provider && i.sent_at == sent_at));
@@ -163,6 +183,9 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
         Ok(instance) => {
             step.event(false, "Rented", format!("rented {} on {}: {why}", instance.id, best.provider));
             record_rented(step, best.provider, &instance, Some(&best), why);
+            if let Some(action) = price_above_limit(step, &best, &instance, &requirements).await? {
+                return Ok(action);
+            }
             Ok(Action::requeue(PROVISIONING_POLL))
         }
         Err(error @ ProviderError::Unresponsive { .. }) => {
@@ -211,22 +234,72 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
     }
 }
 
+/// The machine is billed at the price the marketplace reports for it, which may be
+/// dearer than the offer quoted (RunPod places a pod on any cloud: dstack issue
+/// #1886). Above `maxPricePerHour` it is destroyed at once and the next offer is
+/// tried; above the quote alone it is kept, its real price recorded and told.
+async fn price_above_limit(
+    step: &mut Step<'_>,
+    offer: &Offer,
+    instance: &Instance,
+    requirements: &OfferRequirements,
+) -> Result<Option<Action>> {
+    let Some(price) = instance.price_per_hour else { return Ok(None) };
+    // A cent's rounding is not a dearer machine.
+    if price <= offer.price_per_hour * 1.01 + 0.001 {
+        return Ok(None);
+    }
+    let quoted = offer.price_per_hour;
+    match requirements.max_price_per_hour {
+        Some(max) if price > max => {
+            let message = format!(
+                "instance {} costs ${price:.4}/h, above maxPricePerHour ${max:.4} (the offer quoted ${quoted:.4}/h); it was destroyed at once",
+                instance.id
+            );
+            bad_host::replace(step, "PriceAboveLimit", message).await.map(Some)
+        }
+        _ => {
+            let message = format!(
+                "instance {} costs ${price:.4}/h, more than the ${quoted:.4}/h its offer quoted; the real price is what is counted",
+                instance.id
+            );
+            step.event(true, "PricedAboveQuote", message);
+            Ok(None)
+        }
+    }
+}
+
 fn tried_before(step: &Step<'_>, offer: &Offer) -> bool {
     step.status.attempts.iter().any(|a| a.provider == Some(offer.provider) && a.offer_id == offer.id)
+}
+
+/// The disk a rent asks for.
+fn disk_gb(spec: &GpuSessionSpec) -> u32 {
+    spec.disk_gb.unwrap_or(DEFAULT_DISK_GB)
+}
+
+/// Ports mapped on the machine's public address: the spec's, and an Inference session's model port.
+fn exposed_ports(spec: &GpuSessionSpec) -> Vec<u16> {
+    let mut ports = spec.ports.clone();
+    if spec.workload.kind == WorkloadKind::Inference
+        && let Some(inference) = &spec.workload.inference
+    {
+        let port = inference.port_or_default();
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    ports
 }
 
 fn create_request(step: &Step<'_>, offer: &Offer, key: &SessionKey, requirements: &OfferRequirements) -> CreateRequest {
     let spec = &step.session.spec;
     let mut env: Vec<(String, String)> = spec.env.iter().map(|e| (e.name.clone(), e.value.clone())).collect();
-    let mut ports = spec.ports.clone();
+    let ports = exposed_ports(spec);
     if spec.workload.kind == WorkloadKind::Inference
         && let Some(inference) = &spec.workload.inference
     {
         env.push(("GPU_SHOPPER_MODEL".into(), inference.model.clone()));
-        let port = inference.port_or_default();
-        if !ports.contains(&port) {
-            ports.push(port);
-        }
     }
     CreateRequest {
         offer: offer.clone(),
@@ -237,7 +310,7 @@ fn create_request(step: &Step<'_>, offer: &Offer, key: &SessionKey, requirements
         start_script: None,
         env,
         ports,
-        disk_gb: spec.disk_gb.unwrap_or(DEFAULT_DISK_GB),
+        disk_gb: disk_gb(spec),
         min_cuda_version: requirements.min_cuda_version.clone(),
     }
 }

@@ -18,10 +18,13 @@ pub struct StageTimeouts {
 const MINUTE: u64 = 60;
 
 pub fn for_spec(spec: &GpuSessionSpec) -> StageTimeouts {
+    // CUDAVerified allows a VM's cloud-init to repair its driver (TensorDock: the dpkg lock
+    // alone is held "2-5 min after boot", cloud-gpu-shopper); a host whose nvidia-smi fails
+    // with no setup running still fails at once.
     let defaults = match spec.workload.kind {
-        WorkloadKind::Interactive => [10 * MINUTE, 5 * MINUTE, 2 * MINUTE, MINUTE],
-        WorkloadKind::Job => [10 * MINUTE, 5 * MINUTE, 2 * MINUTE, 5 * MINUTE],
-        WorkloadKind::Inference => [20 * MINUTE, 10 * MINUTE, 2 * MINUTE, 45 * MINUTE],
+        WorkloadKind::Interactive => [10 * MINUTE, 5 * MINUTE, 15 * MINUTE, MINUTE],
+        WorkloadKind::Job => [10 * MINUTE, 5 * MINUTE, 15 * MINUTE, 5 * MINUTE],
+        WorkloadKind::Inference => [20 * MINUTE, 10 * MINUTE, 15 * MINUTE, 45 * MINUTE],
     }
     .map(Duration::from_secs);
     let given = spec.timeouts.clone().unwrap_or_default();

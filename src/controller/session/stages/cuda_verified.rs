@@ -1,6 +1,8 @@
 //! CUDAVerified: `nvidia-smi` on the machine shows the GPUs, driver and CUDA
 //! the session needs (a marketplace's advertised CUDA is not trusted). Below the
-//! requirement, no driver, or too few GPUs is the host's failure.
+//! requirement, no driver, or too few GPUs is the host's failure; but while the
+//! VM's cloud-init still runs (TensorDock repairs broken drivers there, which
+//! takes minutes and may reboot), a failing `nvidia-smi` is "not yet".
 
 use super::super::login::count_ssh_failure;
 use super::super::requirements;
@@ -30,7 +32,30 @@ pub async fn prove<'a>(step: &mut Step<'a>, pass: &mut Pass<'a, '_>) -> Result<V
             step.condition(types::CUDA_VERIFIED, true, "Verified", summary);
             Ok(Verdict::Proved)
         }
+        Err((reason, message)) if out.exit_code != Some(0) && still_setting_up(step, pass).await => {
+            let since = step.true_since(types::SSH_READY).unwrap_or(step.now);
+            if step.seconds_since(since) > pass.timeouts.cuda_verified.as_secs_f64() {
+                let message =
+                    format!("{message}; cloud-init was still running after {}s", pass.timeouts.cuda_verified.as_secs());
+                return Ok(Verdict::host_failed(reason, message));
+            }
+            let waiting = "the machine's cloud-init is still running (it may be repairing the driver)";
+            step.condition(types::CUDA_VERIFIED, Status::Unknown, "SettingUp", format!("not yet: {waiting}"));
+            Ok(Verdict::NotYet(SETUP_POLL))
+        }
         Err((reason, message)) => Ok(Verdict::host_failed(reason, message)),
+    }
+}
+
+/// How often a machine still setting itself up is looked at again.
+const SETUP_POLL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether the machine's boot-time setup (cloud-init) is still running. A container
+/// without cloud-init, or an answer that cannot be read, says no.
+async fn still_setting_up<'a>(step: &Step<'a>, pass: &mut Pass<'a, '_>) -> bool {
+    match pass.login.run(step, pass.key, "cloud-init status").await {
+        Ok(out) => out.stdout.lines().any(|line| line.trim() == "status: running"),
+        Err(_) => false,
     }
 }
 
