@@ -347,10 +347,74 @@ async fn a_vast_create_refused_after_making_an_instance_moves_on_and_leaves_noth
 }
 
 #[tokio::test]
+async fn a_vast_create_that_landed_is_reported_landed_whatever_the_key_attach_answers() {
+    let sim = sim().await;
+    let provider = client(&sim, ProviderName::Vastai);
+    let offer = cheapest_4090(&provider).await;
+    // More 429s than the client retries: the attach fails for good.
+    sim.set_faults(ProviderName::Vastai, Faults { attach_failures: 10, ..Default::default() });
+    let instance = provider.create_instance(&request(offer, "dep", "uid-attach")).await.expect("landed is landed");
+    let report = sim.instances();
+    assert_eq!((report.len(), report[0].id.as_str()), (1, instance.id.as_str()));
+    // The start command put the key on the machine anyway.
+    let keys = sim.sim.world().instances[0].authorized_keys();
+    assert!(keys.iter().any(|k| k.contains(KEY.split_whitespace().nth(1).unwrap())), "{keys:?}");
+}
+
+#[tokio::test]
+async fn the_vast_listing_follows_its_opaque_cursor_past_one_page() {
+    let sim = sim().await;
+    let provider = client(&sim, ProviderName::Vastai);
+    let offer = cheapest_4090(&provider).await;
+    for n in 0..30 {
+        provider.create_instance(&request(offer.clone(), "dep-pages", &format!("uid-{n}"))).await.unwrap();
+    }
+    let listed = provider.list_instances(&["dep-pages".to_string()]).await.unwrap();
+    assert_eq!(listed.len(), 30, "two pages of at most 25, the cursor sent as vast-cli sends it");
+    let calls = sim.sim.world().calls.iter().filter(|c| c.path == "/api/v1/instances/").count();
+    assert_eq!(calls, 2);
+}
+
+#[tokio::test]
+async fn a_vast_search_prices_the_disk_the_rent_asks_for() {
+    let mut market = Market::builtin();
+    for host in market.hosts.iter_mut().filter(|h| h.provider == ProviderName::Vastai) {
+        host.storage_per_gb_month = 3.6; // $0.005 per GB-hour
+    }
+    let sim = simulator::start(market, 0).await.unwrap();
+    let provider = client(&sim, ProviderName::Vastai);
+    let price_with = |disk_gb| {
+        let provider = provider.clone();
+        async move {
+            let query = OfferQuery { disk_gb, ..query(OfferRequirements::default()) };
+            let offers = provider.search_offers(&query).await.unwrap();
+            offers.into_iter().find(|o| o.id == "4101").unwrap().price_per_hour
+        }
+    };
+    let (small, large) = (price_with(10).await, price_with(110).await);
+    assert!((large - small - 100.0 * 0.005).abs() < 1e-9, "100 GB more costs $0.50/h more: {small} -> {large}");
+}
+
+#[tokio::test]
+async fn a_tensordock_delete_is_not_confirmed_while_the_vm_is_still_deleting() {
+    let sim = sim().await;
+    let provider = client(&sim, ProviderName::Tensordock);
+    let offer = cheapest_4090(&provider).await;
+    let instance = provider.create_instance(&request(offer, "dep", "uid-deleting")).await.unwrap();
+    sim.set_faults(ProviderName::Tensordock, Faults { slow_deletes_ms: 1500, ..Default::default() });
+    let error = gpu_shopper::provider::destroy_confirmed(provider.as_ref(), &instance.id).await.unwrap_err();
+    assert!(matches!(error, ProviderError::StillExists { .. }), "deleting is not gone: {error}");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    gpu_shopper::provider::destroy_confirmed(provider.as_ref(), &instance.id).await.expect("gone once deleted");
+    assert!(sim.instances()[0].destroyed);
+}
+
+#[tokio::test]
 async fn one_paced_client_draws_no_429_from_limits_the_marketplaces_publish() {
     let sim = sim().await;
     let provider = client(&sim, ProviderName::Vastai);
-    let searches = (0..12).map(|_| {
+    // Vast's 10 searches a minute, at once, then a listing and lookups as fast as they go.
+    let searches = (0..10).map(|_| {
         let provider = provider.clone();
         async move { provider.search_offers(&query(OfferRequirements::default())).await }
     });

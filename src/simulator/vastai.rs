@@ -370,7 +370,13 @@ async fn attach_key(
     if let Err(response) = sim.gate(P, "POST", "/instances/{id}/ssh/", bearer(&headers)).await {
         return response;
     }
-    let world = sim.world();
+    let mut world = sim.world();
+    let faults = world.faults(P);
+    if faults.attach_failures > 0 {
+        faults.attach_failures -= 1;
+        // The rate-limits page's plain-text 429.
+        return (StatusCode::TOO_MANY_REQUESTS, "API requests too frequent").into_response();
+    }
     let key = body.get("ssh_key").and_then(Value::as_str).unwrap_or_default().to_string();
     match world.instances.iter().find(|i| i.provider == P && i.id == id && i.destroyed.is_none()) {
         Some(instance) => match instance.authorize(&key) {

@@ -75,6 +75,8 @@ pub struct Faults {
     pub reboot_ms: u64,
     /// TensorDock: a delete leaves the VM listed as `deleting` (still billing) this long.
     pub slow_deletes_ms: u64,
+    /// Vast: the next N key attachments answer 429 (a create that landed, then a call that failed).
+    pub attach_failures: u32,
     /// RunPod: SSH keys registered on the account, given to pods that name no key of their own.
     pub account_keys: Vec<String>,
     /// RunPod: an on-demand pod lands on a machine this much dearer than `lowestPrice` quoted.
