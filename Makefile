@@ -56,7 +56,9 @@ soak: setup
 ## bench: the scale benchmark (N = BENCH_SIZES, then BENCH_IDLE_SESSIONS idle ones) and the offer-ranking criterion bench
 BENCH_SIZES ?= 100,500,1000
 BENCH_IDLE_SESSIONS ?= 10000
+BENCH_RATE_LIMITED_SESSIONS ?= 20
 bench: setup
 	kubeconfig=$$($(CONTROL_PLANE)/start.sh) && \
-	GPU_SHOPPER_TEST_KUBECONFIG=$$kubeconfig BENCH_SIZES=$(BENCH_SIZES) BENCH_IDLE_SESSIONS=$(BENCH_IDLE_SESSIONS) cargo bench --bench scale
+	GPU_SHOPPER_TEST_KUBECONFIG=$$kubeconfig BENCH_SIZES=$(BENCH_SIZES) BENCH_IDLE_SESSIONS=$(BENCH_IDLE_SESSIONS) \
+	BENCH_RATE_LIMITED_SESSIONS=$(BENCH_RATE_LIMITED_SESSIONS) cargo bench --bench scale
 	cargo bench --bench ranking -- --warm-up-time 1 --measurement-time 5

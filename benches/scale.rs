@@ -488,7 +488,75 @@ async fn main() {
         runs.push(json!({"sessions": idle, "idle": true, "controller": run}));
         write_results(&runs);
     }
+    // BENCH_RATE_LIMITED_SESSIONS (make bench: 20): sessions on a Vast that allows 2 calls a
+    // second per endpoint and answers 429 past it; the client keeps its own 100 ms guess.
+    let limited: usize = std::env::var("BENCH_RATE_LIMITED_SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    if limited > 0 {
+        let run = rate_limited_run(&client, limited).await;
+        println!(
+            "{limited:>6} sessions under Vast's 2 calls/s per endpoint: all Ready in {:.1} s; after deleting them all, the last machine died at {:.1} s and every finalizer was gone at {:.1} s; 429s answered {}",
+            run["readySeconds"].as_f64().unwrap(),
+            run["lastMachineDiedSeconds"].as_f64().unwrap(),
+            run["sessionsGoneSeconds"].as_f64().unwrap(),
+            run["refused429"],
+        );
+        runs.push(json!({"sessions": limited, "rateLimited": true, "controller": run}));
+        write_results(&runs);
+    }
     print_targets(&runs, ranking_ms);
+}
+
+/// `n` sessions on Vast alone, with Vast limiting each endpoint to 2 calls a second (429
+/// with its documented text past it): how long until all are Ready, and after they are
+/// all deleted at once, how long until no machine is alive at the marketplace.
+async fn rate_limited_run(client: &Client, n: usize) -> Value {
+    let ns = namespace(client, &format!("bench-limited{n}")).await;
+    let mut market = Market::builtin();
+    market.timings.created_ms = 0;
+    market.timings.loading_ms = 0;
+    let sim = simulator::start(market, 0).await.unwrap();
+    sim.set_faults(ProviderName::Vastai, Faults { endpoint_interval_ms: 500, ..Default::default() });
+    let mut env: Vec<(&str, String)> = sim.env();
+    env.push(("LOG_LEVEL", std::env::var("BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".into())));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let controller = ControllerProcess::start_with_env_named(&ns, "bench-limited", &env);
+    controller.wait_ready().await;
+    let sessions: Api<GpuSession> = Api::namespaced(client.clone(), &ns);
+    let started = Instant::now();
+    for i in 0..n {
+        let mut session = session(&format!("l{i}"), false);
+        session.spec.requirements.get_or_insert_default().providers = vec![ProviderName::Vastai];
+        sessions.create(&PostParams::default(), &session).await.unwrap();
+    }
+    watch_until(&sessions, "every rate-limited session Ready", Duration::from_secs(600), |w| {
+        w.ready.values().filter(|ready| **ready).count() == n
+    })
+    .await;
+    let ready = started.elapsed();
+    let deleting = Instant::now();
+    sessions.delete_collection(&DeleteParams::default(), &Default::default()).await.unwrap();
+    let alive = || sim.instances().into_iter().filter(|i| !i.destroyed).count();
+    let mut last_died = None;
+    let mut gone = None;
+    while gone.is_none() || last_died.is_none() {
+        if last_died.is_none() && alive() == 0 {
+            last_died = Some(deleting.elapsed());
+        }
+        if gone.is_none() && sessions.list(&Default::default()).await.unwrap().items.is_empty() {
+            gone = Some(deleting.elapsed());
+        }
+        assert!(deleting.elapsed() < Duration::from_secs(600), "bench: rate-limited deletion did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = sim.sim.world().rate_limits.refused.get(&ProviderName::Vastai).copied().unwrap_or(0);
+    drop(controller);
+    delete_namespace(client, &ns).await;
+    json!({
+        "readySeconds": ready.as_secs_f64(),
+        "lastMachineDiedSeconds": last_died.unwrap().as_secs_f64(),
+        "sessionsGoneSeconds": gone.unwrap().as_secs_f64(),
+        "refused429": refused,
+    })
 }
 
 /// Filtering and ranking `n` offers, the median of 21 runs in milliseconds (the
@@ -510,8 +578,10 @@ fn ranking_milliseconds(n: usize) -> f64 {
 /// The targets beside this run's figures: the steady state and ramp of the
 /// largest mixed run (1000 in `make bench`), the idle run's resident set.
 fn print_targets(runs: &[Value], ranking_ms: f64) {
-    let mixed = runs.iter().filter(|r| r["idle"] != true).max_by_key(|r| r["sessions"].as_u64());
+    let mixed =
+        runs.iter().filter(|r| r["idle"] != true && r["rateLimited"] != true).max_by_key(|r| r["sessions"].as_u64());
     let idle = runs.iter().find(|r| r["idle"] == true);
+    let limited = runs.iter().find(|r| r["rateLimited"] == true);
     let mut rows: Vec<(String, String, &str, bool)> = Vec::new();
     if let Some(run) = mixed {
         let n = run["sessions"].as_u64().unwrap_or(0);
@@ -562,6 +632,24 @@ fn print_targets(runs: &[Value], ranking_ms: f64) {
             to_ready <= 12.0 && in_all <= 16.0,
         ));
         rows.push((format!("peak RSS, {n} sessions to Ready"), format!("{peak:.1} MiB"), "< 64 MiB", peak < 64.0));
+    }
+    if let Some(run) = limited {
+        let n = run["sessions"].as_u64().unwrap_or(0);
+        let c = &run["controller"];
+        let ready = c["readySeconds"].as_f64().unwrap_or(f64::NAN);
+        let died = c["lastMachineDiedSeconds"].as_f64().unwrap_or(f64::NAN);
+        rows.push((
+            format!("{n} sessions to Ready, Vast at 2 calls/s per endpoint"),
+            format!("{ready:.1} s"),
+            "<= 60 s",
+            ready <= 60.0,
+        ));
+        rows.push((
+            format!("last of {n} machines dead after deleting all, same limit"),
+            format!("{died:.1} s"),
+            "<= 60 s",
+            died <= 60.0,
+        ));
     }
     if let Some(run) = idle {
         let n = run["sessions"].as_u64().unwrap_or(0);

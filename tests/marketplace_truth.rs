@@ -14,7 +14,8 @@ use support::sessions::*;
 use support::wait_for;
 
 fn on(provider: &str, extra: serde_json::Value) -> serde_json::Value {
-    let mut spec = json!({"requirements": {"gpuModels": ["RTX 4090"], "providers": [provider]}, "timeouts": {"sshReady": "30s"}});
+    let mut spec =
+        json!({"requirements": {"gpuModels": ["RTX 4090"], "providers": [provider]}, "timeouts": {"sshReady": "30s"}});
     merge(&mut spec, extra);
     spec
 }

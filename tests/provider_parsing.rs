@@ -286,3 +286,31 @@ proptest! {
         let _ = gpu_shopper::provider::error::excerpt(&bytes, &["secret"]);
     }
 }
+
+#[test]
+fn a_live_tensordock_instance_reaches_ssh_through_its_forward_and_other_ports_on_its_dedicated_ip() {
+    let instance = tensordock::parse_instance(&fixture("tensordock-instance-live.json")).unwrap();
+    let ssh = instance.ssh.clone().unwrap();
+    assert_eq!((ssh.host.as_str(), ssh.port), ("174.94.145.71", 20456), "the forward says where 22 went");
+    let model = instance.endpoint(8000).expect("a dedicated IP has every port open");
+    assert_eq!((model.host.as_str(), model.port), ("174.94.145.71", 8000));
+    assert_eq!(instance.price_per_hour, Some(0.272999));
+}
+
+#[test]
+fn tensordock_states_the_docs_and_peers_name() {
+    let with = |status: &str| {
+        let mut v = fixture("tensordock-instance-live.json");
+        v["status"] = serde_json::json!(status);
+        tensordock::parse_instance(&v).unwrap().state
+    };
+    assert_eq!(with("StoppedDisassociated"), InstanceState::Stopped, "the docs' second stopped state");
+    assert!(matches!(with("deleting"), InstanceState::Unknown(_)), "deleting is not gone: it may still bill");
+    assert_eq!(with("deleted"), InstanceState::Destroyed);
+}
+
+#[test]
+fn a_runpod_pod_from_the_docs_with_only_a_proxied_port_has_no_ssh_yet() {
+    let pod = runpod::parse_pod(&fixture("runpod-pod-by-id.json")["data"]["pod"]).unwrap();
+    assert!(pod.ssh.is_none() && pod.endpoints.is_empty(), "an /http port behind the proxy is not reachable: {pod:?}");
+}

@@ -48,7 +48,30 @@ fn random_faults(rng: &mut StdRng, provider: ProviderName) -> (&'static str, Fau
         ProviderName::Tensordock => "loc-chi-1",
         ProviderName::Runpod => "NVIDIA GeForce RTX 4090",
     };
-    match rng.random_range(0..13) {
+    match rng.random_range(0..17) {
+        // Vast's per-endpoint limit at 2 calls a second, answered with its 429 text.
+        13 => ("per-endpoint-429s", Faults { endpoint_interval_ms: 500, ..Default::default() }),
+        14 => (
+            "slow-driver-repair",
+            Faults {
+                broken_drivers: true,
+                driver_repair_ms: 3_000,
+                driver_repair_reboots: 1,
+                reboot_ms: 1_000,
+                ..Default::default()
+            },
+        ),
+        15 => (
+            "account-keys",
+            Faults {
+                account_keys: vec![
+                    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO9dlX1b9mZy8l2mJ9Y4yPqH0n8o0aVQeWg8nQz6C0cT soak@elsewhere"
+                        .into(),
+                ],
+                ..Default::default()
+            },
+        ),
+        16 => ("dearer-placement", Faults { placement_markup_percent: 30, ..Default::default() }),
         9 => (
             "late-create",
             Faults { lose_create_responses: 1, late_creates: 1, late_by_ms: 3_000, ..Default::default() },
