@@ -53,6 +53,14 @@ pub mod env {
     pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
     /// Name of the pod the operator runs in (set by the chart through the downward API); names the reporter of Events.
     pub const POD_NAME: &str = "POD_NAME";
+    /// The image an Inference session's gateway runs (the chart sets the operator's own image).
+    pub const GATEWAY_IMAGE: &str = "GATEWAY_IMAGE";
+    /// Gateway replicas per Inference session (default 1; a session's `gateway.replicas` overrides).
+    pub const GATEWAY_REPLICAS: &str = "GATEWAY_REPLICAS";
+    /// Resources of each gateway container, as the JSON of a ResourceRequirements (default: 10m CPU, 32Mi requested; 64Mi limit).
+    pub const GATEWAY_RESOURCES: &str = "GATEWAY_RESOURCES";
+    /// Who may call an Inference session's Service by default: "none" (no NetworkPolicy) or "namespace" (only pods of the session's namespace).
+    pub const GATEWAY_NETWORK_POLICY: &str = "GATEWAY_NETWORK_POLICY";
 
     /// All of the above, for documentation and for tests that hold the chart equal.
     pub const ALL: &[&str] = &[
@@ -83,6 +91,10 @@ pub mod env {
         LEASE_DURATION,
         POD_NAMESPACE,
         POD_NAME,
+        GATEWAY_IMAGE,
+        GATEWAY_REPLICAS,
+        GATEWAY_RESOURCES,
+        GATEWAY_NETWORK_POLICY,
     ];
 }
 
@@ -97,6 +109,12 @@ pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 64;
 /// A configuration problem that stops the operator from starting.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
+    #[error(
+        "GATEWAY_RESOURCES {0:?} is not the JSON of a ResourceRequirements (e.g. {{\"requests\": {{\"memory\": \"32Mi\"}}}})"
+    )]
+    InvalidGatewayResources(String),
+    #[error("GATEWAY_NETWORK_POLICY {0:?} is not valid: use \"none\" or \"namespace\"")]
+    InvalidGatewayNetworkPolicy(String),
     #[error(
         "DEPLOYMENT_ID is not set: it names this installation so that the orphan sweeper only ever destroys instances this deployment created. Set it to a stable id unique to this cluster/installation (for example DEPLOYMENT_ID=prod-eu-1)."
     )]
@@ -182,6 +200,29 @@ pub struct Config {
     pub max_concurrent_reconciles: u16,
     /// `None`: leader election is off.
     pub leader_election: Option<LeaderElection>,
+    /// How Inference sessions' gateways run.
+    pub gateway: GatewayDefaults,
+}
+
+/// How an Inference session's gateway runs unless the session says otherwise.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GatewayDefaults {
+    pub image: String,
+    pub replicas: i32,
+    pub resources: k8s_openapi::api::core::v1::ResourceRequirements,
+    /// Only pods of the session's namespace may call its Service.
+    pub namespace_only: bool,
+}
+
+/// The gateway image when GATEWAY_IMAGE is not set: this build's own.
+pub const DEFAULT_GATEWAY_IMAGE: &str = concat!("ghcr.io/gpu-shopper/gpu-shopper:", env!("CARGO_PKG_VERSION"));
+
+fn default_gateway_resources() -> k8s_openapi::api::core::v1::ResourceRequirements {
+    serde_json::from_value(serde_json::json!({
+        "requests": {"cpu": "10m", "memory": "32Mi"},
+        "limits": {"memory": "64Mi"},
+    }))
+    .expect("a valid ResourceRequirements")
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -299,7 +340,22 @@ impl Config {
                 lease_duration: duration(env::LEASE_DURATION, Duration::from_secs(15))?,
             }),
         };
+        let gateway = GatewayDefaults {
+            image: get(env::GATEWAY_IMAGE).unwrap_or_else(|| DEFAULT_GATEWAY_IMAGE.to_string()),
+            replicas: i32::from(count(env::GATEWAY_REPLICAS, 1)?),
+            resources: match get(env::GATEWAY_RESOURCES) {
+                None => default_gateway_resources(),
+                Some(value) => serde_json::from_str(&value)
+                    .map_err(|_| ConfigError::InvalidGatewayResources(value.chars().take(200).collect()))?,
+            },
+            namespace_only: match get(env::GATEWAY_NETWORK_POLICY).as_deref() {
+                None | Some("none") => false,
+                Some("namespace") => true,
+                Some(other) => return Err(ConfigError::InvalidGatewayNetworkPolicy(other.to_string())),
+            },
+        };
         Ok(Config {
+            gateway,
             leader_election,
             max_session_duration: duration(env::MAX_SESSION_DURATION, Duration::from_secs(12 * 3600))?,
             orphan_sweep_interval: duration(env::ORPHAN_SWEEP_INTERVAL, Duration::from_secs(30))?

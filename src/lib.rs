@@ -15,6 +15,7 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod gateway;
 pub mod http;
 pub mod inventory;
 pub mod keys;

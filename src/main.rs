@@ -57,6 +57,12 @@ enum Command {
     ///
     /// Example: DEPLOYMENT_ID=dev-1 VASTAI_API_KEY=... gpu-shopper controller
     Controller,
+    /// Serve an Inference session's model in the cluster (run by the operator as a Deployment).
+    ///
+    /// Holds one SSH login to the session's machine (host key pinned), carries each
+    /// request to the model's port on the machine's loopback, and asks for the
+    /// session's API key. Outside the cluster, --ssh names a fixed machine.
+    Gateway(gpu_shopper::gateway::GatewayArgs),
     /// Serve simulated Vast.ai, TensorDock and RunPod APIs on loopback.
     ///
     /// Prints the environment that points `gpu-shopper controller` at them, then
@@ -168,6 +174,7 @@ fn run() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Simulate { market, port } => run_simulator(market, port),
+        Command::Gateway(args) => run_gateway(args),
         Command::Offers(args) => user_command(gpu_shopper::cli::offers::run(args)),
         Command::Doctor(args) => user_command(gpu_shopper::cli::doctor::run(args)),
         Command::Cost(args) => user_command(gpu_shopper::cli::cost::run(args)),
@@ -195,6 +202,25 @@ fn user_command(future: impl std::future::Future<Output = Result<String, gpu_sho
         }
         Err(error) => {
             eprintln!("gpu-shopper: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run_gateway(args: gpu_shopper::gateway::GatewayArgs) -> ExitCode {
+    let level = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".into());
+    let format = match std::env::var("LOG_FORMAT").as_deref() {
+        Ok("json") => gpu_shopper::config::LogFormat::Json,
+        _ => gpu_shopper::config::LogFormat::Text,
+    };
+    telemetry::init(&level, format);
+    // Two worker threads: one SSH login and the client connections it carries.
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    match runtime.block_on(gpu_shopper::gateway::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("gpu-shopper gateway: {error}");
             ExitCode::from(1)
         }
     }

@@ -222,6 +222,14 @@ async fn helm_install_creates_everything_and_the_chart_rbac_runs_a_whole_session
     sessions.create(&PostParams::default(), &session).await.unwrap();
     let team_sessions: Api<GpuSession> = Api::namespaced(client.clone(), &team);
     team_sessions.create(&PostParams::default(), &session).await.unwrap();
+    // An Inference session: the chart's RBAC creates its Service, gateway and the gateway's Role.
+    let model: GpuSession = serde_json::from_value(json!({
+        "apiVersion": "gpushopper.dev/v1alpha1", "kind": "GpuSession", "metadata": {"name": "model"},
+        "spec": {"requirements": {"gpuModels": ["RTX 4090"]},
+            "workload": {"kind": "Inference", "inference": {"model": "m", "gateway": {"allowedFrom": [{"podSelector": {}}]}}}},
+    }))
+    .unwrap();
+    team_sessions.create(&PostParams::default(), &model).await.unwrap();
     let done = wait_for("the job session to succeed under the chart's RBAC", Duration::from_secs(60), || async {
         let s = sessions.get("rbac").await.ok()?;
         (s.status.as_ref()?.reason.as_deref() == Some("JobSucceeded")).then_some(s)
@@ -232,6 +240,14 @@ async fn helm_install_creates_everything_and_the_chart_rbac_runs_a_whole_session
         (s.status.as_ref()?.reason.as_deref() == Some("JobSucceeded")).then_some(())
     })
     .await;
+    wait_for("the Inference session's gateway Role, made under the chart's RBAC", Duration::from_secs(60), || async {
+        Api::<Role>::namespaced(client.clone(), &team).get_opt("model-gateway").await.ok()?.map(|_| ())
+    })
+    .await;
+    Api::<Service>::namespaced(client.clone(), &team).get("model").await.expect("the session's Service");
+    Api::<Deployment>::namespaced(client.clone(), &team).get("model-gateway").await.expect("the gateway");
+    let policy = Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(client.clone(), &team);
+    policy.get("model-gateway").await.expect("the NetworkPolicy");
     assert!(find(&done.status.as_ref().unwrap().conditions, types::CUDA_VERIFIED).is_some_and(|c| c.status == "True"));
     let log = controller.log();
     assert!(
@@ -256,9 +272,12 @@ async fn helm_install_creates_everything_and_the_chart_rbac_runs_a_whole_session
 
     sessions.delete("rbac", &DeleteParams::default()).await.unwrap();
     team_sessions.delete("rbac", &DeleteParams::default()).await.unwrap();
+    team_sessions.delete("model", &DeleteParams::default()).await.unwrap();
     wait_for("the sessions to go", Duration::from_secs(60), || async {
-        (sessions.get_opt("rbac").await.unwrap().is_none() && team_sessions.get_opt("rbac").await.unwrap().is_none())
-            .then_some(())
+        (sessions.get_opt("rbac").await.unwrap().is_none()
+            && team_sessions.get_opt("rbac").await.unwrap().is_none()
+            && team_sessions.get_opt("model").await.unwrap().is_none())
+        .then_some(())
     })
     .await;
     assert!(sim.instances().iter().all(|i| i.destroyed));

@@ -57,6 +57,21 @@ pub fn advice(reason: &str) -> Option<&'static str> {
         "SecretConflict" => {
             "a Secret named <session>-ssh exists and belongs to something else: delete or rename it, or rename the session"
         }
+        "EndpointNameTaken" => {
+            "a Service (or the gateway's objects) of that name exists and belongs to something else: delete or rename it, or rename the session"
+        }
+        "InvalidServiceName" => {
+            "an Inference session's Service is named after it: rename the session to a DNS label (a-z, 0-9, '-')"
+        }
+        "ApiKeySecretNotFound" | "ApiKeyMissing" => {
+            "create the Secret named in workload.inference.apiKeySecretRef with the key it names, or drop the reference to get a generated key"
+        }
+        "GatewayNotServing" => {
+            "the gateway Deployment <session>-gateway does not serve the machine yet: check its pods and their logs"
+        }
+        "PriceAboveLimit" => {
+            "the marketplace placed the machine at a price above maxPricePerHour; it was destroyed and the next offer is tried"
+        }
         "CreateOutcomeUnknown" => {
             "a create's answer was lost; the operator waits for that marketplace's listing to show whether it landed (nothing to do)"
         }

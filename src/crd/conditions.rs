@@ -10,6 +10,8 @@ pub mod types {
     pub const SSH_READY: &str = "SSHReady";
     pub const CUDA_VERIFIED: &str = "CUDAVerified";
     pub const WORKLOAD_READY: &str = "WorkloadReady";
+    /// An Inference session: its gateway answers in-cluster clients through the session's Service.
+    pub const ENDPOINT_READY: &str = "EndpointReady";
     /// Written on a GpuOfferFilter: could every allowed provider be searched?
     pub const MARKET_SEARCHED: &str = "MarketSearched";
     /// Terminal, True once a session ended as intended (as a Job's `Complete`).

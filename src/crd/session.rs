@@ -53,6 +53,13 @@ use super::requirements::{OfferRequirements, ProviderName};
         description = "Cost so far, USD"
     ),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.reason", priority = 1),
+    printcolumn(
+        name = "URL",
+        type_ = "string",
+        json_path = ".status.endpoints[0].url",
+        priority = 1,
+        description = "In-cluster address of an Inference session's model"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("has(self.offerFilterRef) || has(self.requirements)").message("set spec.offerFilterRef, spec.requirements, or both: the operator needs constraints to shop with"))]
@@ -212,6 +219,51 @@ pub struct InferenceProbe {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
     pub test_prompt: Option<String>,
+    /// The API key in-cluster clients must send (`Authorization: Bearer <key>`): a key of a Secret of your own in the session's namespace. Unset: the operator creates the Secret `<name>-api-key` with a random key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret_ref: Option<SecretKeyRef>,
+    /// The gateway in front of the model (overrides the operator's defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewaySpec>,
+}
+
+/// A key of a Secret in the session's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key in the Secret. Default "api-key".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: Option<String>,
+}
+
+impl SecretKeyRef {
+    pub fn key_or_default(&self) -> &str {
+        self.key.as_deref().unwrap_or(API_KEY_FIELD)
+    }
+}
+
+/// The key of the API key in the Secret the operator creates, and the default of a user's Secret.
+pub const API_KEY_FIELD: &str = "api-key";
+
+/// The gateway Deployment in front of an Inference session's model.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    /// Gateway replicas. Default: the operator's (`GATEWAY_REPLICAS`, 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10))]
+    pub replicas: Option<i32>,
+    /// Resources of each gateway container. Default: the operator's (`GATEWAY_RESOURCES`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    /// Who may call the Service: a NetworkPolicy lets only these peers reach the gateway. Unset: the operator's default (`GATEWAY_NETWORK_POLICY`: none, or the session's namespace only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub allowed_from: Option<Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>>,
 }
 
 /// The model port when `workload.inference.port` is not given.
@@ -379,6 +431,31 @@ pub struct GpuSessionStatus {
     /// The last re-key asked for with the `gpushopper.dev/rekey` annotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rekey: Option<RekeyStatus>,
+    /// Where an Inference session's model is served: in the cluster through the session's Service, and on the machine's public address only for a port `spec.ports` exposes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 33))]
+    pub endpoints: Vec<ServedEndpoint>,
+}
+
+/// The annotation on an Inference session's gateway Lease naming the instance the
+/// gateway serves ("" for none): how the operator knows the endpoint answers.
+pub const GATEWAY_SERVING_ANNOTATION: &str = "gpushopper.dev/serving-instance";
+/// How often a gateway renews its Lease; three missed renewals and it counts as gone.
+pub const GATEWAY_RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// One served port of the session.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServedEndpoint {
+    /// What is served ("model").
+    pub name: String,
+    /// The port clients call.
+    pub port: u16,
+    /// In-cluster URL: `http://<name>.<namespace>.svc:<port>`; OpenAI-compatible paths (`/v1/...`) pass through.
+    pub url: String,
+    /// The machine's public address for this port, only when `spec.ports` exposes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
 }
 
 /// Re-keying a running machine: set the annotation `gpushopper.dev/rekey` to a new

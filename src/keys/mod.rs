@@ -5,6 +5,10 @@ use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{HashAlg, PrivateKey, PublicKey};
 use secrecy::{ExposeSecret, SecretString};
 
+/// The fields of a session's key Secret (the `kubernetes.io/ssh-auth` type names the private one).
+pub const SECRET_PRIVATE_KEY: &str = "ssh-privatekey";
+pub const SECRET_PUBLIC_KEY: &str = "ssh-publickey";
+
 /// A fresh key pair. The private half is only ever handed around as a secret.
 pub struct KeyPair {
     /// OpenSSH private key ("-----BEGIN OPENSSH PRIVATE KEY-----").

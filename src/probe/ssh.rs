@@ -174,6 +174,22 @@ impl Connection {
         })
     }
 
+    /// A TCP connection to `port` on the machine's own loopback, carried over this
+    /// login (SSH "direct-tcpip" port forwarding): the model port never has to be
+    /// exposed on the machine's public address.
+    pub async fn tunnel(&self, port: u16) -> Result<russh::ChannelStream<client::Msg>, SshError> {
+        let channel =
+            self.session.channel_open_direct_tcpip("127.0.0.1", u32::from(port), "127.0.0.1", 0).await.map_err(
+                |e| SshError::Protocol { addr: self.addr.clone(), message: format!("forwarding to port {port}: {e}") },
+            )?;
+        Ok(channel.into_stream())
+    }
+
+    /// Whether the connection still stands (the machine has not gone away).
+    pub fn is_open(&self) -> bool {
+        !self.session.is_closed()
+    }
+
     /// Says goodbye; dropping the connection closes it too, without the courtesy.
     pub async fn close(self) {
         let _ = self.session.disconnect(russh::Disconnect::ByApplication, "", "en").await;

@@ -96,6 +96,9 @@ async fn completions(State(state): State<Arc<Served>>, axum::Json(body): axum::J
         )
             .into_response();
     }
+    if body["stream"].as_bool() == Some(true) {
+        return streamed(&state.server.model, body["max_tokens"].as_u64().unwrap_or(16));
+    }
     axum::Json(json!({
         "id": "cmpl-sim",
         "object": "text_completion",
@@ -104,4 +107,30 @@ async fn completions(State(state): State<Arc<Served>>, axum::Json(body): axum::J
         "usage": {"prompt_tokens": 4, "completion_tokens": 7, "total_tokens": 11},
     }))
     .into_response()
+}
+
+/// Time between two streamed tokens, as a GPU serving one request would space them.
+const TOKEN_INTERVAL: Duration = Duration::from_millis(20);
+
+/// An OpenAI-style streamed completion: one server-sent event per token, then `[DONE]`.
+fn streamed(model: &str, tokens: u64) -> Response {
+    let model = model.to_string();
+    let events = futures::stream::unfold(0u64, move |n| {
+        let model = model.clone();
+        async move {
+            if n > tokens {
+                return None;
+            }
+            tokio::time::sleep(TOKEN_INTERVAL).await;
+            let line = if n == tokens {
+                "data: [DONE]\n\n".to_string()
+            } else {
+                let chunk = json!({"id": "cmpl-sim", "object": "text_completion", "model": model,
+                    "choices": [{"index": 0, "text": format!(" tok{n}"), "finish_reason": null}]});
+                format!("data: {chunk}\n\n")
+            };
+            Some((Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line)), n + 1))
+        }
+    });
+    ([(axum::http::header::CONTENT_TYPE, "text/event-stream")], axum::body::Body::from_stream(events)).into_response()
 }

@@ -43,6 +43,10 @@ pub struct Machine {
     pub extra_output_bytes: u64,
     /// Successful logins, counted across every machine of the simulator.
     pub logins: Arc<std::sync::atomic::AtomicU64>,
+    /// What listens on the machine's own loopback: its port -> the real loopback port
+    /// here (machines share this computer's loopback, so each has its own map). SSH port
+    /// forwarding reaches these and nothing else.
+    pub loopback_ports: BTreeMap<u16, u16>,
 }
 
 pub fn authorized_keys_path(home: &Path) -> PathBuf {
@@ -193,6 +197,36 @@ impl russh::server::Handler for Connection {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         reply.accept().await;
+        Ok(())
+    }
+
+    /// Port forwarding ("direct-tcpip") to the machine's own loopback only, as `sshd`
+    /// with `PermitOpen localhost:*` would allow; anything else is refused.
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let loopback = matches!(host_to_connect, "127.0.0.1" | "localhost" | "::1");
+        let real = u16::try_from(port_to_connect).ok().and_then(|port| self.machine.loopback_ports.get(&port)).copied();
+        let (true, Some(real)) = (loopback, real) else {
+            reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+            return Ok(());
+        };
+        let Ok(mut upstream) = tokio::net::TcpStream::connect(("127.0.0.1", real)).await else {
+            reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+            return Ok(());
+        };
+        reply.accept().await;
+        tokio::spawn(async move {
+            let mut stream = channel.into_stream();
+            let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+        });
         Ok(())
     }
 

@@ -401,24 +401,39 @@ impl World {
             keys_accepted_after: std::time::Instant::now() + Duration::from_millis(faults.key_delay_ms),
             extra_output_bytes: faults.endless_output_bytes,
             logins: self.ssh_logins.clone(),
+            loopback_ports: BTreeMap::new(),
         };
-        let (ssh_port, ssh_server) = ssh::serve(machine)?;
-        let mut tasks = vec![ssh_server];
+        let mut tasks = Vec::new();
         let mut port_map = BTreeMap::new();
+        let mut loopback = BTreeMap::new();
         let settings = &self.market.inference;
-        for port in new.ports.iter().copied().filter(|p| *p != 22) {
+        let model = new.env.get("GPU_SHOPPER_MODEL").cloned();
+        // A model server on each port exposed publicly, and on the model port (loopback only).
+        let model_port = new.env.get("GPU_SHOPPER_MODEL_PORT").and_then(|p| p.parse::<u16>().ok());
+        let public = new.ports.iter().copied().filter(|p| *p != 22);
+        let serving: Vec<(u16, bool)> = public
+            .map(|p| (p, true))
+            .chain(model_port.filter(|p| !new.ports.contains(p)).map(|p| (p, false)))
+            .collect();
+        for (port, exposed) in serving {
             let server = inference::ModelServer {
-                model: new.env.get("GPU_SHOPPER_MODEL").cloned().unwrap_or_else(|| "unnamed-model".into()),
+                model: model.clone().unwrap_or_else(|| "unnamed-model".into()),
                 load_time: Duration::from_millis(
                     self.market.timings.created_ms + self.market.timings.loading_ms + settings.load_ms,
                 ),
                 host_cuda: inference::cuda_pair(new.host.real_cuda()),
                 image_needs_cuda: inference::cuda_pair(settings.requires_cuda(&new.image)),
             };
-            let (public, task) = inference::serve(server)?;
-            port_map.insert(port, public);
+            let (real, task) = inference::serve(server)?;
+            loopback.insert(port, real);
+            if exposed {
+                port_map.insert(port, real);
+            }
             tasks.push(task);
         }
+        let machine = ssh::Machine { loopback_ports: loopback, ..machine };
+        let (ssh_port, ssh_server) = ssh::serve(machine)?;
+        tasks.push(ssh_server);
         self.servers.insert(id.clone(), tasks);
         let instance = SimInstance {
             id,

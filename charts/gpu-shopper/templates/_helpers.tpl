@@ -52,6 +52,25 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   - apiGroups: [""]
     resources: ["secrets"]
     verbs: ["get", "list", "watch", "create", "patch"]
+  # An Inference session's endpoint: its Service, gateway Deployment, the gateway's
+  # ServiceAccount, Role and RoleBinding, its Lease, and an optional NetworkPolicy.
+  # (Granting the gateway's Role needs these rights here too: get on the session and
+  # its Secrets, get and patch on its Lease, creating Events.)
+  - apiGroups: [""]
+    resources: ["services", "serviceaccounts"]
+    verbs: ["get", "create"]
+  - apiGroups: ["apps"]
+    resources: ["deployments"]
+    verbs: ["get", "create"]
+  - apiGroups: ["rbac.authorization.k8s.io"]
+    resources: ["roles", "rolebindings"]
+    verbs: ["get", "create"]
+  - apiGroups: ["coordination.k8s.io"]
+    resources: ["leases"]
+    verbs: ["get", "create", "patch"]
+  - apiGroups: ["networking.k8s.io"]
+    resources: ["networkpolicies"]
+    verbs: ["get", "create"]
   - apiGroups: ["events.k8s.io"]
     resources: ["events"]
     verbs: ["create", "patch"]

@@ -67,6 +67,12 @@ impl<'a> StageLogin<'a> {
         result
     }
 
+    /// The kept login (logging in first if needed), to carry connections to the machine's loopback.
+    pub async fn connection(&mut self, step: &Step<'a>, key: &SessionKey) -> Result<&Connection, SshError> {
+        self.open(step, key).await?;
+        Ok(&self.open.as_ref().expect("just opened").0)
+    }
+
     /// Drops the login (and its share of the SSH bound) once no stage of this reconcile needs it.
     pub fn close(&mut self) {
         self.open = None;

@@ -11,6 +11,7 @@
 
 mod bad_host;
 mod cost;
+mod endpoint;
 mod expiry;
 mod launcher;
 mod limits;
@@ -154,6 +155,10 @@ async fn advance(step: &mut Step<'_>) -> Result<Action> {
         }
     };
     step.status.secret_name = Some(secret::secret_name(step.session));
+    // An Inference session's Service and gateway exist before anything is rented.
+    if let Some(action) = endpoint::prepare(step).await? {
+        return Ok(action);
+    }
     // A machine carrying this session's label that status does not hold yet is adopted first.
     if step.status.instance_id.is_none() && rent::adopt_labelled(step, &key).await? {
         return Ok(Action::requeue(PROVISIONING_POLL));
@@ -171,7 +176,8 @@ async fn advance(step: &mut Step<'_>) -> Result<Action> {
     }
     if step.condition_is_true(types::READY) {
         let key = rekey::step(step, key).await?;
-        return running::step(step, &key).await;
+        let action = running::step(step, &key).await?;
+        return endpoint::observe(step, action).await;
     }
     stages::run(step, &key).await
 }

@@ -278,18 +278,10 @@ fn disk_gb(spec: &GpuSessionSpec) -> u32 {
     spec.disk_gb.unwrap_or(DEFAULT_DISK_GB)
 }
 
-/// Ports mapped on the machine's public address: the spec's, and an Inference session's model port.
+/// Ports mapped on the machine's public address: only those `spec.ports` names. An
+/// Inference session's model port stays on the machine's loopback, reached over SSH.
 fn exposed_ports(spec: &GpuSessionSpec) -> Vec<u16> {
-    let mut ports = spec.ports.clone();
-    if spec.workload.kind == WorkloadKind::Inference
-        && let Some(inference) = &spec.workload.inference
-    {
-        let port = inference.port_or_default();
-        if !ports.contains(&port) {
-            ports.push(port);
-        }
-    }
-    ports
+    spec.ports.clone()
 }
 
 fn create_request(step: &Step<'_>, offer: &Offer, key: &SessionKey, requirements: &OfferRequirements) -> CreateRequest {
@@ -300,6 +292,7 @@ fn create_request(step: &Step<'_>, offer: &Offer, key: &SessionKey, requirements
         && let Some(inference) = &spec.workload.inference
     {
         env.push(("GPU_SHOPPER_MODEL".into(), inference.model.clone()));
+        env.push(("GPU_SHOPPER_MODEL_PORT".into(), inference.port_or_default().to_string()));
     }
     CreateRequest {
         offer: offer.clone(),

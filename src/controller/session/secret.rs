@@ -17,8 +17,7 @@ use crate::crd::GpuSession;
 use crate::error::{Error, Result};
 use crate::keys;
 
-pub const PRIVATE_KEY: &str = "ssh-privatekey";
-pub const PUBLIC_KEY: &str = "ssh-publickey";
+pub use crate::keys::{SECRET_PRIVATE_KEY as PRIVATE_KEY, SECRET_PUBLIC_KEY as PUBLIC_KEY};
 /// A re-key's new pair, stored before it goes on the machine and promoted after.
 const NEXT_PRIVATE_KEY: &str = "ssh-privatekey-next";
 const NEXT_PUBLIC_KEY: &str = "ssh-publickey-next";

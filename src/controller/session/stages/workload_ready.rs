@@ -5,7 +5,6 @@
 
 use super::super::launcher::launcher;
 use super::super::login::count_ssh_failure;
-use super::super::machine::{Sighting, current_instance};
 use super::super::stage::{Pass, Verdict};
 use super::super::step::{PROVISIONING_POLL, Step};
 use crate::crd::WorkloadKind;
@@ -37,9 +36,8 @@ pub async fn prove<'a>(step: &mut Step<'a>, pass: &mut Pass<'a, '_>) -> Result<V
             step.condition(types::WORKLOAD_READY, true, "JobRunning", "the job's command is running");
         }
         WorkloadKind::Inference => {
-            // The model is probed over HTTP; the login is not needed while it loads or if the host fails.
-            pass.login.close();
-            match probe_model(step).await {
+            // The model is probed on the machine's loopback, through the login.
+            match probe_model(step, pass).await {
                 InferenceProbe::Answered(message) => {
                     step.condition(types::WORKLOAD_READY, true, "ModelAnswered", message)
                 }
@@ -65,26 +63,22 @@ fn deadline(step: &Step<'_>, pass: &Pass<'_, '_>, last: &str) -> Verdict {
     Verdict::NotYet(PROVISIONING_POLL)
 }
 
-/// The model server on the machine's inference port, as the marketplace exposes it.
-async fn probe_model(step: &Step<'_>) -> InferenceProbe {
+/// The model server on the machine's inference port, reached on the machine's
+/// own loopback through the stage's SSH login: the port is never exposed.
+async fn probe_model<'a>(step: &Step<'a>, pass: &mut Pass<'a, '_>) -> InferenceProbe {
     let Some(probe) = step.session.spec.workload.inference.clone() else {
         return InferenceProbe::NotYet("spec.workload.inference is missing".into());
     };
     let port = probe.port_or_default();
-    // A listing may leave port mappings out: then the instance itself is looked up.
-    let instance = match current_instance(step, |i| i.endpoint(port).is_some()).await {
-        Ok(Sighting::Seen(instance)) => instance,
-        Ok(_) => return InferenceProbe::NotYet("the instance is not visible".into()),
-        Err(error) => return InferenceProbe::NotYet(error.to_string()),
+    let connection = match pass.login.connection(step, pass.key).await {
+        Ok(connection) => connection,
+        Err(error) => return InferenceProbe::NotYet(format!("SSH: {error}")),
     };
-    let Some(endpoint) = instance.endpoint(port) else {
-        return InferenceProbe::NotYet(format!("port {port} is not exposed yet"));
-    };
-    let base = format!("http://{}:{}", endpoint.host, endpoint.port);
+    let connect = || async move { connection.tunnel(port).await.map_err(|e| e.to_string()) };
     let check = InferenceCheck {
         model: &probe.model,
         health_path: probe.health_path.as_deref().unwrap_or("/v1/models"),
         test_prompt: probe.test_prompt.as_deref().unwrap_or("Say hello."),
     };
-    inference::probe(&base, &check).await
+    inference::probe(connect, &check).await
 }
