@@ -62,3 +62,4 @@ bench: setup
 	GPU_SHOPPER_TEST_KUBECONFIG=$$kubeconfig BENCH_SIZES=$(BENCH_SIZES) BENCH_IDLE_SESSIONS=$(BENCH_IDLE_SESSIONS) \
 	BENCH_RATE_LIMITED_SESSIONS=$(BENCH_RATE_LIMITED_SESSIONS) cargo bench --bench scale
 	cargo bench --bench ranking -- --warm-up-time 1 --measurement-time 5
+	cargo bench --bench gateway

@@ -105,6 +105,43 @@ echo "\$ ssh -i <key> -p $sshport $user@$host nvidia-smi"
 ssh -i "$keyfile" -p "$sshport" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR "$user@$host" nvidia-smi
 rm -f "$keyfile"
 
+say "the model, in the cluster: the Service llama-inference in front of its gateway"
+k -n "$ns" get svc,deploy,role,rolebinding,serviceaccount,lease,secret -l app.kubernetes.io/instance=llama-inference
+k -n "$ns" get secret llama-inference-api-key -o name
+target/debug/gpu-shopper --kubeconfig "$kubeconfig" endpoint llama-inference -n "$ns"
+# This control plane runs no pods (no kubelet): the gateway runs here as its Deployment
+# would run it, with the same arguments and environment and a token of its own
+# ServiceAccount, so it can do no more than its Role allows.
+gwdir=$(mktemp -d -t gpu-shopper-gateway.XXXXXX)
+k config view --raw --minify >"$gwdir/kubeconfig"
+"$bin/kubectl" --kubeconfig "$gwdir/kubeconfig" config set-credentials gateway \
+  --token="$(k -n "$ns" create token llama-inference-gateway)" >/dev/null
+"$bin/kubectl" --kubeconfig "$gwdir/kubeconfig" config set-context --current --user=gateway --namespace="$ns" >/dev/null
+gwport=$(( 20000 + RANDOM % 20000 ))
+(
+  while IFS='=' read -r name value; do [[ -n $name && -n $value ]] && export "$name=$value"; done < <(
+    k -n "$ns" get deploy llama-inference-gateway \
+      -o jsonpath='{range .spec.template.spec.containers[0].env[*]}{.name}={.value}{"\n"}{end}')
+  POD_NAME=llama-inference-gateway-demo GATEWAY_LISTEN=127.0.0.1:$gwport KUBECONFIG=$gwdir/kubeconfig \
+    exec target/debug/gpu-shopper gateway
+) >"$gwdir/gateway.log" 2>&1 &
+pids+=($!)
+k -n "$ns" wait gs/llama-inference --for=condition=EndpointReady --timeout=60s
+eval "$(target/debug/gpu-shopper --kubeconfig "$kubeconfig" endpoint llama-inference -n "$ns" --env)"
+echo "OPENAI_BASE_URL=$OPENAI_BASE_URL (in the cluster; here the gateway listens on 127.0.0.1:$gwport)"
+echo "\$ curl 127.0.0.1:$gwport/v1/completions -H 'Authorization: Bearer \$OPENAI_API_KEY' ..."
+curl -sS "127.0.0.1:$gwport/v1/completions" -H "Authorization: Bearer $OPENAI_API_KEY" \
+  -H 'Content-Type: application/json' -d '{"model": "meta-llama/Llama-3.1-8B-Instruct", "prompt": "Say hello.", "max_tokens": 8}'
+echo
+echo "without the key: HTTP $(curl -s -o /dev/null -w '%{http_code}' "127.0.0.1:$gwport/v1/models")"
+fwport=$(( 20000 + RANDOM % 20000 ))
+echo "\$ gpu-shopper port-forward llama-inference $fwport:8000   (from a laptop: the same SSH forwarding)"
+target/debug/gpu-shopper --kubeconfig "$kubeconfig" port-forward llama-inference "$fwport:8000" -n "$ns" 2>/dev/null &
+pids+=($!)
+for _ in $(seq 50); do curl -fsS "127.0.0.1:$fwport/v1/models" >/dev/null 2>&1 && break; sleep 0.2; done
+curl -sS "127.0.0.1:$fwport/v1/models"
+echo
+
 say "deleting the sessions: the finalizer holds each until the operator's cleanup ran"
 k -n "$ns" delete gs --all --wait=true --timeout=60s
 echo "instances still alive at the simulated marketplaces: $(curl -s "${SIM_CONTROL_URL:-}/state" 2>/dev/null | grep -o '"destroyed":false' | wc -l)"

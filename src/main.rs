@@ -95,6 +95,10 @@ enum Command {
     },
     /// Log in to a session's machine with the key from its Secret (or print the ssh command).
     Ssh(gpu_shopper::cli::ssh::SshArgs),
+    /// Carry a local port to a port on a session's machine over SSH (the model, say).
+    PortForward(gpu_shopper::cli::port_forward::PortForwardArgs),
+    /// Where in-cluster clients call an Inference session (--env: OPENAI_BASE_URL and OPENAI_API_KEY).
+    Endpoint(gpu_shopper::cli::endpoint::EndpointArgs),
     /// Accrued cost per session and consumer, from the sessions' status.
     Cost(gpu_shopper::cli::cost::CostArgs),
     /// A session's phase, conditions and attempts, with what to do next.
@@ -178,6 +182,8 @@ fn run() -> ExitCode {
         Command::Offers(args) => user_command(gpu_shopper::cli::offers::run(args)),
         Command::Doctor(args) => user_command(gpu_shopper::cli::doctor::run(args)),
         Command::Cost(args) => user_command(gpu_shopper::cli::cost::run(args)),
+        Command::PortForward(args) => user_command(gpu_shopper::cli::port_forward::run(args)),
+        Command::Endpoint(args) => user_command(gpu_shopper::cli::endpoint::run(args)),
         Command::Status(args) => user_command(gpu_shopper::cli::status::run(args)),
         Command::Ssh(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");

@@ -196,6 +196,38 @@ async fn an_inference_session_is_served_in_the_cluster_through_its_gateway_and_s
     let health = reqwest::get(format!("http://127.0.0.1:{}/healthz", gateway.port)).await.unwrap();
     assert_eq!(health.status(), 200, "health needs no key");
 
+    // The CLI: the address and the client's two lines, and the same forwarding from a laptop.
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_gpu-shopper"))
+            .args(args)
+            .args(["-n", &ns])
+            .env_clear()
+            .env("KUBECONFIG", kubeconfig_path())
+            .env("HOME", env!("CARGO_TARGET_TMPDIR"))
+            .output()
+            .unwrap()
+    };
+    let shown = cli(&["endpoint", "llama"]);
+    assert!(String::from_utf8_lossy(&shown.stdout).contains(&format!("http://llama.{ns}.svc:8000 (serving)")));
+    let env = String::from_utf8_lossy(&cli(&["endpoint", "llama", "--env"]).stdout).into_owned();
+    assert_eq!(env, format!("OPENAI_BASE_URL=http://llama.{ns}.svc:8000/v1\nOPENAI_API_KEY={key}\n"));
+    let local = free_port();
+    let mut forward = Command::new(env!("CARGO_BIN_EXE_gpu-shopper"))
+        .args(["port-forward", "llama", &format!("{local}:8000"), "-n", &ns])
+        .env_clear()
+        .env("KUBECONFIG", kubeconfig_path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let models = wait_for("the port-forward to carry a request", Duration::from_secs(20), || async {
+        let answer = reqwest::get(format!("http://127.0.0.1:{local}/v1/models")).await.ok()?;
+        answer.status().is_success().then_some(answer)
+    })
+    .await;
+    assert!(models.text().await.unwrap().contains("llama-3-8b"), "the model, over SSH, from here");
+    let _ = forward.kill();
+    let _ = forward.wait();
+
     // A streamed completion arrives in pieces, as the model sends them.
     let mut streamed = complete(gateway.port, Some(&key), true).await;
     assert_eq!(streamed.status(), 200);

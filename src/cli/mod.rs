@@ -5,9 +5,11 @@
 
 pub mod cost;
 pub mod doctor;
+pub mod endpoint;
 pub mod guard;
 pub mod offers;
 pub mod output;
+pub mod port_forward;
 pub mod ssh;
 pub mod status;
 mod table;

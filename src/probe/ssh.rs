@@ -116,7 +116,12 @@ pub async fn connect(target: &Target<'_>, key: Arc<PrivateKey>, timeout: Duratio
 async fn connect_inner(target: &Target<'_>, addr: &str, key: Arc<PrivateKey>) -> Result<Connection, SshError> {
     let seen = Arc::new(Mutex::new(None));
     let verifier = Verifier { pinned: target.pinned_fingerprint.map(str::to_string), seen: seen.clone() };
-    let config = Arc::new(client::Config { inactivity_timeout: Some(Duration::from_secs(60)), ..Default::default() });
+    // Nagle off: a forwarded request is many small writes, and delayed ACKs held some for 40 ms.
+    let config = Arc::new(client::Config {
+        inactivity_timeout: Some(Duration::from_secs(60)),
+        nodelay: true,
+        ..Default::default()
+    });
     let protocol = |e: russh::Error| SshError::Protocol { addr: addr.to_string(), message: e.to_string() };
     let mut session = match client::connect(config, (target.host, target.port), verifier).await {
         Ok(session) => session,

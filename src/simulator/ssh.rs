@@ -74,6 +74,8 @@ pub fn serve(machine: Machine) -> std::io::Result<(u16, tokio::task::JoinHandle<
         auth_rejection_time: std::time::Duration::from_millis(50),
         auth_rejection_time_initial: Some(std::time::Duration::ZERO),
         inactivity_timeout: Some(std::time::Duration::from_secs(600)),
+        // As OpenSSH's sshd does for interactive and forwarded traffic.
+        nodelay: true,
         ..Default::default()
     });
     let mut server = Server { machine: Arc::new(machine) };
