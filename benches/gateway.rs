@@ -74,7 +74,10 @@ async fn main() {
             ssh_public_key: pair.public_openssh.clone(),
             image: "vllm/vllm-openai:v0.6.0".into(),
             start_script: None,
-            env: vec![("GPU_SHOPPER_MODEL".into(), "bench-model".into()), ("GPU_SHOPPER_MODEL_PORT".into(), "8000".into())],
+            env: vec![
+                ("GPU_SHOPPER_MODEL".into(), "bench-model".into()),
+                ("GPU_SHOPPER_MODEL_PORT".into(), "8000".into()),
+            ],
             // Exposed too, so the direct figure has an address to call.
             ports: vec![8000],
             disk_gb: 10,
@@ -119,7 +122,12 @@ async fn main() {
     for _ in 0..100 {
         let ready = client.get(format!("http://{listen}/readyz")).send().await;
         if ready.is_ok_and(|r| r.status().is_success()) {
-            let serving = client.post(&gateway_url).bearer_auth(api_key).json(&serde_json::json!({"model": "bench-model", "prompt": "x"})).send().await;
+            let serving = client
+                .post(&gateway_url)
+                .bearer_auth(api_key)
+                .json(&serde_json::json!({"model": "bench-model", "prompt": "x"}))
+                .send()
+                .await;
             if serving.is_ok_and(|r| r.status().is_success()) {
                 break;
             }

@@ -296,6 +296,16 @@ async fn an_inference_session_is_served_in_the_cluster_through_its_gateway_and_s
         assert!(!text.contains(&key), "the API key is not in {object}");
     }
     drop(gateway);
+    // Everything goes with the session (the API server's garbage collector, by owner).
+    h.delete_and_wait_gone("llama").await;
+    wait_for("the endpoint's objects to go with the session", WAIT, || async {
+        let gone = Api::<Service>::namespaced(h.client.clone(), &ns).get_opt("llama").await.unwrap().is_none()
+            && Api::<Deployment>::namespaced(h.client.clone(), &ns).get_opt("llama-gateway").await.unwrap().is_none()
+            && Api::<Role>::namespaced(h.client.clone(), &ns).get_opt("llama-gateway").await.unwrap().is_none()
+            && Api::<Secret>::namespaced(h.client.clone(), &ns).get_opt("llama-api-key").await.unwrap().is_none();
+        gone.then_some(())
+    })
+    .await;
     h.finish().await;
 }
 

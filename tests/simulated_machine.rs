@@ -300,3 +300,53 @@ async fn the_control_endpoint_shows_instances_and_switches_faults_and_utilisatio
     let refused = vast.list_instances(&["ssh-test".to_string()]).await.unwrap_err();
     assert!(matches!(refused, gpu_shopper::provider::ProviderError::AuthFailed { .. }));
 }
+
+#[tokio::test]
+async fn a_machine_forwards_ssh_connections_to_its_own_loopback_model_and_nowhere_else() {
+    let sim = sim().await;
+    let vast = client(&sim, ProviderName::Vastai);
+    let pair = keys::generate("forward").unwrap();
+    let offers = vast.search_offers(&OfferQuery { limit: 50, ..Default::default() }).await.unwrap();
+    let offer = offers.into_iter().find(|o| o.gpu_model.contains("4090") && !o.interruptible).unwrap();
+    let request = CreateRequest {
+        offer,
+        label: InstanceLabel::new("forward-test", "uid"),
+        ssh_public_key: pair.public_openssh.clone(),
+        image: "cuda".into(),
+        start_script: None,
+        env: vec![("GPU_SHOPPER_MODEL".into(), "m".into()), ("GPU_SHOPPER_MODEL_PORT".into(), "8000".into())],
+        ports: vec![],
+        disk_gb: 20,
+        min_cuda_version: None,
+    };
+    let created = vast.create_instance(&request).await.unwrap();
+    let ssh = loop {
+        let got = vast.get_instance(&created.id).await.unwrap().unwrap();
+        if let (InstanceState::Running, Some(ssh)) = (&got.state, got.ssh.clone()) {
+            assert!(got.endpoint(8000).is_none(), "the model port is not public");
+            break ssh;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let key = Arc::new(keys::parse_private(&pair.private_openssh).unwrap());
+    let connection =
+        gpu_shopper::probe::ssh::connect(&target(&ssh, "root", None), key, Duration::from_secs(10)).await.unwrap();
+    // The model on the machine's loopback answers over the forwarded connection.
+    let check =
+        gpu_shopper::probe::inference::InferenceCheck { model: "m", health_path: "/v1/models", test_prompt: "hi" };
+    let mut answered = false;
+    for _ in 0..100 {
+        let connect = || async { connection.tunnel(8000).await.map_err(|e| e.to_string()) };
+        if let gpu_shopper::probe::inference::InferenceProbe::Answered(_) =
+            gpu_shopper::probe::inference::probe(connect, &check).await
+        {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(answered, "the model answered through the tunnel");
+    // Nothing else: another loopback port of this machine, or any other address, is refused.
+    assert!(connection.tunnel(9999).await.is_err(), "nothing listens on that port of the machine");
+    assert!(connection.tunnel(ssh.port).await.is_err(), "this computer's own ports are not the machine's");
+}

@@ -28,12 +28,16 @@ pub async fn run(args: EndpointArgs) -> Result<String, CliError> {
     let namespace = super::namespace(args.namespace.clone()).await;
     let client = super::client().await?;
     let session = Api::<GpuSession>::namespaced(client.clone(), &namespace).get(&args.session).await?;
-    let inference = session.spec.workload.inference.clone().ok_or_else(|| {
-        CliError::Usage(format!("{} is not an Inference session: it has no endpoint", args.session))
-    })?;
+    let inference =
+        session.spec.workload.inference.clone().ok_or_else(|| {
+            CliError::Usage(format!("{} is not an Inference session: it has no endpoint", args.session))
+        })?;
     let status = session.status.unwrap_or_default();
     let endpoint = status.endpoints.first().ok_or_else(|| {
-        CliError::Usage(format!("{}'s endpoint is not set up yet; see `gpu-shopper status {}`", args.session, args.session))
+        CliError::Usage(format!(
+            "{}'s endpoint is not set up yet; see `gpu-shopper status {}`",
+            args.session, args.session
+        ))
     })?;
     if !args.env {
         let ready = find(&status.conditions, types::ENDPOINT_READY);

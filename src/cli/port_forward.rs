@@ -60,7 +60,9 @@ impl Login {
             CliError::Usage(format!("{session_name} has no machine yet; see `gpu-shopper status {session_name}`"))
         })?;
         let fingerprint = ssh.host_key_fingerprint.ok_or_else(|| {
-            CliError::Usage(format!("{session_name}'s host key is not pinned yet (the machine is being proven); try again soon"))
+            CliError::Usage(format!(
+                "{session_name}'s host key is not pinned yet (the machine is being proven); try again soon"
+            ))
         })?;
         let secret_name = status.secret_name.unwrap_or_else(|| format!("{session_name}-ssh"));
         let secret = Api::<Secret>::namespaced(client, namespace).get(&secret_name).await?;
@@ -76,13 +78,11 @@ impl Login {
     }
 
     pub(crate) async fn connect(&self) -> Result<Connection, CliError> {
-        let target = Target {
-            host: &self.host,
-            port: self.port,
-            user: &self.user,
-            pinned_fingerprint: Some(&self.fingerprint),
-        };
-        ssh::connect(&target, self.key.clone(), Duration::from_secs(20)).await.map_err(|e| CliError::Failed(e.to_string()))
+        let target =
+            Target { host: &self.host, port: self.port, user: &self.user, pinned_fingerprint: Some(&self.fingerprint) };
+        ssh::connect(&target, self.key.clone(), Duration::from_secs(20))
+            .await
+            .map_err(|e| CliError::Failed(e.to_string()))
     }
 }
 
