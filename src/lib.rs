@@ -25,4 +25,5 @@ pub mod probe;
 pub mod provider;
 pub mod simulator;
 pub mod telemetry;
+pub mod transfer;
 pub mod units;

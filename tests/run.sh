@@ -16,5 +16,6 @@ if [[ $was_running == no && ${KEEP_CONTROL_PLANE:-0} != 1 ]]; then
 fi
 helm=$(tests/helm/build.sh)
 promtool=$(tests/promtool/build.sh)
-GPU_SHOPPER_TEST_KUBECONFIG=$kubeconfig GPU_SHOPPER_HELM=$helm GPU_SHOPPER_PROMTOOL=$promtool \
+s3=$(tests/s3/build.sh)
+GPU_SHOPPER_TEST_KUBECONFIG=$kubeconfig GPU_SHOPPER_HELM=$helm GPU_SHOPPER_PROMTOOL=$promtool GPU_SHOPPER_S3_SERVER=$s3 \
   cargo test --all-targets -- --include-ignored

@@ -118,6 +118,63 @@ pub struct Context {
     machine_checks: Mutex<HashMap<String, std::time::Instant>>,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Jobs whose exit a held SSH channel waits for (so a finished Job stops billing at once).
+    pub exit_watches: ExitWatches,
+}
+
+/// The Jobs being waited on, and those whose exit was seen and not yet handled.
+#[derive(Clone, Default)]
+pub struct ExitWatches {
+    inner: Arc<Mutex<ExitState>>,
+}
+
+#[derive(Default)]
+struct ExitState {
+    watching: HashMap<String, tokio::task::AbortHandle>,
+    exited: std::collections::HashSet<String>,
+}
+
+/// At most this many Jobs are waited on over held channels at once; the others
+/// are looked at every MACHINE_CHECK_INTERVAL.
+pub const MAX_EXIT_WATCHES: usize = 512;
+
+impl ExitWatches {
+    fn state(&self) -> std::sync::MutexGuard<'_, ExitState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a new watch may start for `uid` (none runs, and there is room).
+    pub fn may_start(&self, uid: &str) -> bool {
+        let state = self.state();
+        !state.watching.contains_key(uid) && state.watching.len() < MAX_EXIT_WATCHES
+    }
+
+    pub fn started(&self, uid: &str, task: tokio::task::AbortHandle) {
+        self.state().watching.insert(uid.to_string(), task);
+    }
+
+    /// The watch of `uid` ended: the job exited (`true`) or the watch broke.
+    pub fn ended(&self, uid: &str, exited: bool) {
+        let mut state = self.state();
+        state.watching.remove(uid);
+        if exited {
+            state.exited.insert(uid.to_string());
+        }
+    }
+
+    /// Whether an exit was seen for `uid` since last asked.
+    pub fn take_exited(&self, uid: &str) -> bool {
+        self.state().exited.remove(uid)
+    }
+
+    /// Stops watching `uid` (the session ended or went).
+    pub fn forget(&self, uid: &str) {
+        let mut state = self.state();
+        if let Some(task) = state.watching.remove(uid) {
+            task.abort();
+        }
+        state.exited.remove(uid);
+    }
 }
 
 impl Context {
@@ -153,6 +210,7 @@ impl Context {
             stores: std::sync::OnceLock::new(),
             ssh_permits: tokio::sync::Semaphore::new(MAX_CONCURRENT_SSH),
             failures: Mutex::default(),
+            exit_watches: ExitWatches::default(),
         }
     }
 
@@ -175,6 +233,14 @@ impl Context {
     /// Asks the session controller to reconcile `session` now.
     pub fn wake(&self, session: &GpuSession) {
         let _ = self.wake.send(ObjectRef::from_obj(session));
+    }
+
+    /// A way for a task of its own to wake `session` later.
+    pub fn waker(&self, session: &GpuSession) -> impl Fn() + Send + Sync + 'static {
+        let (sender, target) = (self.wake.clone(), ObjectRef::from_obj(session));
+        move || {
+            let _ = sender.send(target.clone());
+        }
     }
 
     /// The stream of sessions to wake, for the session controller (taken once).

@@ -9,7 +9,11 @@ pub mod types {
     pub const INSTANCE_RUNNING: &str = "InstanceRunning";
     pub const SSH_READY: &str = "SSHReady";
     pub const CUDA_VERIFIED: &str = "CUDAVerified";
+    /// Inputs in place and verified on the machine (between CUDAVerified and WorkloadReady).
+    pub const INPUTS_READY: &str = "InputsReady";
     pub const WORKLOAD_READY: &str = "WorkloadReady";
+    /// A Job's outputs saved and confirmed in their buckets.
+    pub const OUTPUTS_SAVED: &str = "OutputsSaved";
     /// An Inference session: its gateway answers in-cluster clients through the session's Service.
     pub const ENDPOINT_READY: &str = "EndpointReady";
     /// Written on a GpuOfferFilter: could every allowed provider be searched?

@@ -157,15 +157,153 @@ pub struct OfferFilterRef {
 }
 
 /// An environment variable set on the machine.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("!has(self.valueFrom) || !has(self.value) || self.value == ''").message("set value or valueFrom, not both"))]
+#[serde(rename_all = "camelCase")]
 pub struct EnvVar {
     /// Variable name: letters, digits and underscores, not starting with a digit.
     #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"), length(max = 256))]
     pub name: String,
-    /// Variable value.
+    /// Variable value. It travels in the marketplace's create request: put secrets in `valueFrom`.
     #[serde(default)]
     #[schemars(length(max = 32768))]
     pub value: String,
+    /// The value from a key of a Secret or ConfigMap in the session's namespace. The operator reads it and writes it to the machine over the pinned SSH login, in a file only the login user can read that the workload sources; it never goes into the GpuSession, its status or Events, logs, or a marketplace request. A missing Secret or key keeps the session Pending, before anything is rented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<EnvVarSource>,
+}
+
+/// Where an environment variable's value comes from.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.secretKeyRef) != has(self.configMapKeyRef)").message("set exactly one of secretKeyRef and configMapKeyRef"))]
+#[serde(rename_all = "camelCase")]
+pub struct EnvVarSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<KeyRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<KeyRef>,
+}
+
+/// A key of a Secret or ConfigMap in the session's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+pub struct KeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Something the machine needs before the workload starts, at `path`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("[has(self.configMap), has(self.secret), has(self.url), has(self.s3)].filter(x, x).size() == 1").message("an input takes exactly one source: configMap, secret, url or s3"))]
+#[x_kube(validation = Rule::new("!self.path.contains('..')").message("an input's path may not contain '..'"))]
+#[serde(rename_all = "camelCase")]
+pub struct Input {
+    /// Where it goes on the machine: relative paths are under the session's working directory (`~/.gpu-shopper/<session uid>/`); a ConfigMap or Secret without `key`, and an S3 `prefix`, make it a directory.
+    #[schemars(length(min = 1, max = 1024))]
+    pub path: String,
+    /// A ConfigMap's key (or all its keys), copied over SSH. For small files (a ConfigMap holds at most 1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ObjectKeys>,
+    /// A Secret's key (or all its keys), copied over SSH, readable only by the login user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<ObjectKeys>,
+    /// A file the machine downloads itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<UrlSource>,
+    /// An object, or every object under a prefix, of an S3-compatible bucket: the operator signs short-lived GET URLs and the machine downloads them directly (the bucket's credentials never leave the cluster, and the bytes never pass through the operator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Source>,
+}
+
+/// A ConfigMap or Secret, and optionally one key of it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+pub struct ObjectKeys {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// One key, written at `path`; unset: every key, each a file under `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: Option<String>,
+}
+
+/// A file fetched from a URL by the machine.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+pub struct UrlSource {
+    /// Where to fetch it (https; plain http only for addresses you trust).
+    #[schemars(regex(pattern = r"^https?://"), length(max = 4096))]
+    pub url: String,
+    /// The file's SHA-256 (hex): verified on the machine; a mismatch fails the session (the source is wrong).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
+    pub sha256: Option<String>,
+}
+
+/// Where in an S3-compatible store, and the credentials to sign with.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Location {
+    #[schemars(length(min = 3, max = 63))]
+    pub bucket: String,
+    /// The store's URL (`https://s3.us-east-1.amazonaws.com`, `https://<account>.r2.cloudflarestorage.com`, ...).
+    #[schemars(regex(pattern = r"^https?://"), length(max = 2048))]
+    pub endpoint: String,
+    /// Default "us-east-1".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub region: Option<String>,
+    /// A Secret in the session's namespace with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (and optionally `AWS_SESSION_TOKEN`). Read by the operator only, to sign.
+    pub credentials_secret_ref: SecretRef,
+    /// Virtual-host style URLs (`bucket.endpoint`) instead of path style (`endpoint/bucket`). Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_hosted: Option<bool>,
+}
+
+/// A Secret in the session's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+pub struct SecretRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Objects of a bucket to download.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.key) != has(self.prefix)").message("set exactly one of key (one object) and prefix (every object under it)"))]
+#[serde(rename_all = "camelCase")]
+pub struct S3Source {
+    #[serde(flatten)]
+    pub location: S3Location,
+    /// One object, written at `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub key: Option<String>,
+    /// Every object under this prefix, each at its rest of the key under `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub prefix: Option<String>,
+}
+
+/// A file or directory on the machine saved to a bucket when the Job exits (whether it succeeded or failed), before the machine is destroyed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Output {
+    /// A file or directory on the machine (relative: under the session's working directory).
+    #[schemars(length(min = 1, max = 1024))]
+    pub path: String,
+    /// Where it goes: a file to `<prefix><file name>`, a directory's files to `<prefix><path under it>`.
+    pub s3: S3Destination,
+}
+
+/// Where outputs go in an S3-compatible store.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Destination {
+    #[serde(flatten)]
+    pub location: S3Location,
+    /// Key prefix, for example "runs/2026-12-04/".
+    #[serde(default)]
+    #[schemars(length(max = 1024))]
+    pub prefix: String,
 }
 
 /// What kind of work the machine does.
@@ -198,6 +336,16 @@ pub struct Workload {
     /// How to probe an Inference workload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inference: Option<InferenceProbe>,
+
+    /// What the machine needs before the workload starts: checked before anything is rented, put in place by the InputsReady stage (sizes and checksums verified).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub inputs: Vec<Input>,
+
+    /// A Job's results, saved to buckets when it exits (whether it succeeded or failed), each confirmed in the store before the machine is destroyed; the job's full log is saved beside them. Bounded by `spec.timeouts.outputs` (default 30m), counted in the budget.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub outputs: Vec<Output>,
 }
 
 /// How to tell that a model server really answers.
@@ -288,6 +436,14 @@ pub struct StageTimeouts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 24))]
     pub ssh_ready: Option<String>,
+    /// For every input to be in place and verified on the machine (default 30m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 24))]
+    pub inputs_ready: Option<String>,
+    /// After a Job exits, for its outputs to be saved and confirmed (default 30m); then the machine is destroyed anyway and the lost outputs named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 24))]
+    pub outputs: Option<String>,
     /// For `nvidia-smi` over SSH to report the real GPU, driver and CUDA version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 24))]
@@ -566,4 +722,23 @@ pub struct JobResult {
     /// Last lines of the command's output.
     #[serde(default)]
     pub log_tail: String,
+    /// What was saved to the buckets, each confirmed in the store.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub outputs: Vec<SavedObject>,
+    /// Where the job's full log was saved (`s3://bucket/key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+    /// Outputs that could not be saved before the machine went, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost: Option<String>,
+}
+
+/// One object saved.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SavedObject {
+    /// `s3://bucket/key`.
+    pub url: String,
+    pub bytes: u64,
 }

@@ -158,10 +158,46 @@ impl Connection {
         within(timeout, &self.addr, self.exec_inner(command)).await
     }
 
-    async fn exec_inner(&self, command: &str) -> Result<CommandOutput, SshError> {
+    /// Runs `command` with `input` on its standard input (a file's content goes
+    /// over the login this way, never on a command line), within `timeout`.
+    pub async fn exec_with_input(
+        &self,
+        command: &str,
+        input: &[u8],
+        timeout: Duration,
+    ) -> Result<CommandOutput, SshError> {
+        within(timeout, &self.addr, self.exec_inner_with(command, Some(input))).await
+    }
+
+    /// Runs `command` and hands its output to `sink` as it arrives, until it ends; its exit code.
+    pub async fn stream(&self, command: &str, mut sink: impl FnMut(&[u8])) -> Result<Option<u32>, SshError> {
         let protocol = |e: russh::Error| SshError::Protocol { addr: self.addr.clone(), message: e.to_string() };
         let mut channel = self.session.channel_open_session().await.map_err(protocol)?;
         channel.exec(true, command).await.map_err(protocol)?;
+        let mut exit_code = None;
+        while let Some(message) = channel.wait().await {
+            match message {
+                ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => sink(&data),
+                ChannelMsg::ExitStatus { exit_status } => exit_code = Some(exit_status),
+                _ => {}
+            }
+        }
+        Ok(exit_code)
+    }
+
+    async fn exec_inner(&self, command: &str) -> Result<CommandOutput, SshError> {
+        self.exec_inner_with(command, None).await
+    }
+
+    async fn exec_inner_with(&self, command: &str, input: Option<&[u8]>) -> Result<CommandOutput, SshError> {
+        let protocol = |e: russh::Error| SshError::Protocol { addr: self.addr.clone(), message: e.to_string() };
+        let mut channel = self.session.channel_open_session().await.map_err(protocol)?;
+        channel.exec(true, command).await.map_err(protocol)?;
+        // Standard input: what is given, then EOF (as `ssh -n` for a command given nothing).
+        if let Some(input) = input {
+            channel.data(input).await.map_err(protocol)?;
+        }
+        channel.eof().await.map_err(protocol)?;
         let (mut stdout, mut stderr, mut exit_code) = (Vec::new(), Vec::new(), None);
         while let Some(message) = channel.wait().await {
             match message {

@@ -93,12 +93,16 @@ struct Server {
 impl russh::server::Server for Server {
     type Handler = Connection;
     fn new_client(&mut self, _: Option<std::net::SocketAddr>) -> Connection {
-        Connection { machine: self.machine.clone() }
+        Connection { machine: self.machine.clone(), stdins: Default::default(), running: Default::default() }
     }
 }
 
 struct Connection {
     machine: Arc<Machine>,
+    /// Each running command's standard input, until the client sends EOF.
+    stdins: std::collections::HashMap<ChannelId, tokio::process::ChildStdin>,
+    /// Each running command, killed when its channel closes first (a `tail -f` interrupted).
+    running: std::collections::HashMap<ChannelId, tokio::task::AbortHandle>,
 }
 
 impl Connection {
@@ -154,6 +158,70 @@ impl Connection {
         (out, 0)
     }
 
+    /// Runs `command` in `sh -c` on this computer as the machine's user: its output
+    /// streams to the client as it comes (a `tail -f` works), its standard input
+    /// is what the client sends until EOF, and it is killed if the channel closes first.
+    fn run_streaming(&mut self, channel: ChannelId, command: &str, session: &mut Session) -> Result<(), russh::Error> {
+        use tokio::io::AsyncReadExt;
+        let spawned = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .envs(&self.machine.env)
+            .env("HOME", &self.machine.home)
+            .current_dir(&self.machine.home)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                session.extended_data(channel, 1, format!("sh: {e}\n").into_bytes())?;
+                session.exit_status_request(channel, 127)?;
+                session.eof(channel)?;
+                return session.close(channel);
+            }
+        };
+        if let Some(stdin) = child.stdin.take() {
+            self.stdins.insert(channel, stdin);
+        }
+        let (mut stdout, mut stderr) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
+        let handle = session.handle();
+        let extra = self.machine.extra_output_bytes;
+        let task = tokio::spawn(async move {
+            let (mut out, mut err) = (vec![0u8; 32 * 1024], vec![0u8; 32 * 1024]);
+            let (mut out_open, mut err_open) = (true, true);
+            while out_open || err_open {
+                tokio::select! {
+                    read = stdout.read(&mut out), if out_open => match read {
+                        Ok(0) | Err(_) => out_open = false,
+                        Ok(n) => if handle.data(channel, bytes::Bytes::copy_from_slice(&out[..n])).await.is_err() { return },
+                    },
+                    read = stderr.read(&mut err), if err_open => match read {
+                        Ok(0) | Err(_) => err_open = false,
+                        Ok(n) => if handle.extended_data(channel, 1, bytes::Bytes::copy_from_slice(&err[..n])).await.is_err() { return },
+                    },
+                }
+            }
+            let code = child.wait().await.ok().and_then(|s| s.code()).unwrap_or(255) as u32;
+            // A machine that will not stop talking: more output after the command's own.
+            let chunk = vec![b'y'; 32 * 1024];
+            let mut sent = 0u64;
+            while sent < extra {
+                if handle.data(channel, bytes::Bytes::from(chunk.clone())).await.is_err() {
+                    return; // the client went away
+                }
+                sent += chunk.len() as u64;
+            }
+            let _ = handle.exit_status_request(channel, code).await;
+            let _ = handle.eof(channel).await;
+            let _ = handle.close(channel).await;
+        });
+        self.running.insert(channel, task.abort_handle());
+        Ok(())
+    }
+
     /// `cloud-init status` as cloud-init prints it; not found on a container.
     fn cloud_init_status(&self) -> (Vec<u8>, Vec<u8>, u32) {
         match self.machine.cloud_init_done_at {
@@ -199,6 +267,29 @@ impl russh::server::Handler for Connection {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         reply.accept().await;
+        Ok(())
+    }
+
+    async fn data(&mut self, channel: ChannelId, data: &[u8], _session: &mut Session) -> Result<(), Self::Error> {
+        use tokio::io::AsyncWriteExt;
+        if let Some(stdin) = self.stdins.get_mut(&channel)
+            && stdin.write_all(data).await.is_err()
+        {
+            self.stdins.remove(&channel);
+        }
+        Ok(())
+    }
+
+    async fn channel_eof(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+        self.stdins.remove(&channel); // closes the command's standard input
+        Ok(())
+    }
+
+    async fn channel_close(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+        self.stdins.remove(&channel);
+        if let Some(task) = self.running.remove(&channel) {
+            task.abort(); // the command is killed with it (kill_on_drop)
+        }
         Ok(())
     }
 
@@ -255,18 +346,7 @@ impl russh::server::Handler for Connection {
             let err = if code == 127 { b"sh: 1: nvidia-smi: not found\n".to_vec() } else { Vec::new() };
             (out.into_bytes(), err, code)
         } else {
-            match tokio::process::Command::new("sh")
-                .arg("-c")
-                .arg(&command)
-                .envs(&self.machine.env)
-                .env("HOME", &self.machine.home)
-                .current_dir(&self.machine.home)
-                .output()
-                .await
-            {
-                Ok(output) => (output.stdout, output.stderr, output.status.code().unwrap_or(255) as u32),
-                Err(e) => (Vec::new(), format!("sh: {e}\n").into_bytes(), 127),
-            }
+            return self.run_streaming(channel, &command, session);
         };
         if self.machine.extra_output_bytes > 0 {
             // Streamed with flow control from a task, so neither side needs it all in memory.

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod proxy;
+pub mod s3;
 pub mod sessions;
 
 use std::future::Future;

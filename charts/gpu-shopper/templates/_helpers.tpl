@@ -52,6 +52,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   - apiGroups: [""]
     resources: ["secrets"]
     verbs: ["get", "list", "watch", "create", "patch"]
+  # A session's inputs and env values from ConfigMaps (read only, on demand).
+  - apiGroups: [""]
+    resources: ["configmaps"]
+    verbs: ["get"]
   # An Inference session's endpoint: its Service, gateway Deployment, the gateway's
   # ServiceAccount, Role and RoleBinding, its Lease, and an optional NetworkPolicy.
   # (Granting the gateway's Role needs these rights here too: get on the session and

@@ -46,7 +46,9 @@ pub async fn replace(step: &mut Step<'_>, reason: &str, message: String) -> Resu
     s.started_at = None;
     s.expires_at = None;
     s.idle_since = None;
-    for stage in [types::INSTANCE_RUNNING, types::SSH_READY, types::CUDA_VERIFIED, types::WORKLOAD_READY] {
+    for stage in
+        [types::INSTANCE_RUNNING, types::SSH_READY, types::CUDA_VERIFIED, types::INPUTS_READY, types::WORKLOAD_READY]
+    {
         step.condition(stage, Status::Unknown, "Reshopping", format!("previous host failed: {reason}"));
     }
     // Not a failure of the session: it shops again, so readiness is not known yet.

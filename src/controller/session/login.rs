@@ -34,6 +34,21 @@ pub async fn run_on_machine(
     ssh::run(&target(&endpoint), private, command, SSH_CALL).await
 }
 
+/// Logs in and runs `command` with `input` on its standard input.
+pub async fn run_with_input_on_machine(
+    step: &Step<'_>,
+    key: &SessionKey,
+    command: &str,
+    input: &[u8],
+) -> std::result::Result<CommandOutput, SshError> {
+    let (endpoint, private) = endpoint_and_key(step, key)?;
+    let _permit = step.ctx.ssh_permits.acquire().await.expect("the SSH semaphore is never closed");
+    let connection = ssh::connect(&target(&endpoint), private, SSH_CALL).await?;
+    let result = connection.exec_with_input(command, input, SSH_CALL).await;
+    connection.close().await;
+    result
+}
+
 /// One login kept for the stages of one reconcile, with its share of the SSH
 /// bound held until it is dropped.
 #[derive(Default)]

@@ -12,16 +12,19 @@
 mod bad_host;
 mod cost;
 mod endpoint;
+mod exit_watch;
 mod expiry;
 mod launcher;
 mod limits;
 mod login;
 mod machine;
+mod outputs;
 mod rekey;
 mod rent;
 mod requirements;
 mod running;
 pub mod secret;
+mod sources;
 mod stage;
 mod stages;
 mod step;
@@ -172,6 +175,10 @@ async fn advance(step: &mut Step<'_>) -> Result<Action> {
         return Ok(action);
     }
     if step.status.instance_id.is_none() {
+        // Secrets, ConfigMaps and inputs are checked before anything is rented.
+        if let Some(action) = check_sources(step).await? {
+            return Ok(action);
+        }
         return rent::step(step, &key).await;
     }
     if step.condition_is_true(types::READY) {
@@ -180,6 +187,23 @@ async fn advance(step: &mut Step<'_>) -> Result<Action> {
         return endpoint::observe(step, action).await;
     }
     stages::run(step, &key).await
+}
+
+/// `Some` when a source the session brings is missing or refused: it stays Pending, nothing rented.
+async fn check_sources(step: &mut Step<'_>) -> Result<Option<Action>> {
+    if !sources::to_check(step) {
+        return Ok(None);
+    }
+    match sources::resolve(step, Duration::from_secs(60)).await? {
+        Ok(_) => Ok(None),
+        Err(problem) => {
+            let message = format!("{}; nothing is rented until it is fixed", problem.message);
+            step.condition(types::INPUTS_READY, false, problem.reason, message.clone());
+            step.condition(types::READY, false, problem.reason, message.clone());
+            step.phase(SessionPhase::Pending, problem.reason, message);
+            Ok(Some(Action::requeue(Duration::from_secs(15))))
+        }
+    }
 }
 
 /// Deletion: destroy the instance (and any labelled one never recorded) before the finalizer goes.
@@ -209,6 +233,7 @@ async fn cleanup(session: &GpuSession, api: &Api<GpuSession>, ctx: &Context) -> 
     ctx.forget_spend(&session.uid().unwrap_or_default());
     ctx.track_session(&session.uid().unwrap_or_default(), None);
     ctx.forget_machine_checks(&session.uid().unwrap_or_default());
+    ctx.exit_watches.forget(&session.uid().unwrap_or_default());
     tracing::info!(session = %session.name_any(), namespace = ?session.namespace(), "cleanup complete; finalizer released");
     Ok(Action::await_change())
 }

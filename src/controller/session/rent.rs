@@ -286,7 +286,9 @@ fn exposed_ports(spec: &GpuSessionSpec) -> Vec<u16> {
 
 fn create_request(step: &Step<'_>, offer: &Offer, key: &SessionKey, requirements: &OfferRequirements) -> CreateRequest {
     let spec = &step.session.spec;
-    let mut env: Vec<(String, String)> = spec.env.iter().map(|e| (e.name.clone(), e.value.clone())).collect();
+    // Values from Secrets and ConfigMaps go over SSH (InputsReady), never into the marketplace's request.
+    let mut env: Vec<(String, String)> =
+        spec.env.iter().filter(|e| e.value_from.is_none()).map(|e| (e.name.clone(), e.value.clone())).collect();
     let ports = exposed_ports(spec);
     if spec.workload.kind == WorkloadKind::Inference
         && let Some(inference) = &spec.workload.inference
@@ -345,7 +347,7 @@ fn record_rented(step: &mut Step<'_>, provider: ProviderName, instance: &Instanc
         "Starting",
         format!("instance {id} was created; waiting for it to run"),
     );
-    for stage in [types::SSH_READY, types::CUDA_VERIFIED, types::WORKLOAD_READY] {
+    for stage in [types::SSH_READY, types::CUDA_VERIFIED, types::INPUTS_READY, types::WORKLOAD_READY] {
         step.condition(stage, Status::Unknown, "Waiting", "waiting for the previous stage");
     }
     step.condition(types::READY, Status::Unknown, "Verifying", "the machine is being proven");

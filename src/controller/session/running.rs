@@ -9,14 +9,16 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 
 use super::cost::until_budget;
+use super::exit_watch;
 use super::expiry::set_expiry;
 use super::launcher::work_dir;
 use super::login::run_on_machine;
+use super::outputs::{self, Saving};
 use super::secret::SessionKey;
 use super::step::{COST_WRITE_EVERY, Step, tail_chars};
 use super::teardown;
+use crate::crd::conditions::{self, Status, types};
 use crate::crd::duration::parse;
-use crate::crd::session::JobResult;
 use crate::crd::{SessionPhase, WorkloadKind};
 use crate::error::Result;
 
@@ -45,6 +47,17 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
     // SSH logins are rationed per machine, however often the session is reconciled.
     let uid = step.session.metadata.uid.clone().unwrap_or_default();
     let mut check_again = None;
+    if is_job {
+        // A held login waits on the job's exit and wakes the session the moment it comes.
+        exit_watch::ensure(step, key);
+        let saving =
+            conditions::find(&step.status.conditions, types::OUTPUTS_SAVED).is_some_and(|c| c.status == "Unknown");
+        if (step.ctx.exit_watches.take_exited(&uid) || saving)
+            && let Some(action) = check_job(step, key).await?
+        {
+            return Ok(action);
+        }
+    }
     if is_job || idle_timeout.is_some() {
         let due_in = step.ctx.machine_check_due(&uid);
         if due_in.is_zero() {
@@ -108,15 +121,50 @@ async fn check_job(step: &mut Step<'_>, key: &SessionKey) -> Result<Option<Actio
     };
     let Some((code, tail)) = out.stdout.split_once("---\n") else { return Ok(None) };
     let Ok(exit_code) = code.trim().parse::<i32>() else { return Ok(None) };
-    step.status.job = Some(JobResult { exit_code, log_tail: tail_chars(tail.to_string(), LOG_TAIL_BYTES) });
-    let (phase, reason) =
+    let job = step.status.job.get_or_insert_with(Default::default);
+    job.exit_code = exit_code;
+    job.log_tail = tail_chars(tail.to_string(), LOG_TAIL_BYTES);
+    let last_line = tail.lines().last().unwrap_or("").to_string();
+    let (mut phase, mut reason) =
         if exit_code == 0 { (SessionPhase::Succeeded, "JobSucceeded") } else { (SessionPhase::Failed, "JobFailed") };
-    let last_line = tail.lines().last().unwrap_or("");
-    let message =
+    let mut message =
         format!("the job exited with code {exit_code} (last line: {last_line:?}); the instance was destroyed");
+    // Outputs are saved before the machine goes, whether the job succeeded or failed.
+    match outputs::save(step, key).await? {
+        Saving::NotYet(progress) => {
+            step.condition(types::OUTPUTS_SAVED, Status::Unknown, "Saving", progress);
+            return Ok(Some(Action::requeue(SAVING_POLL)));
+        }
+        Saving::Saved { objects, log } => {
+            if !step.session.spec.workload.outputs.is_empty() {
+                let bytes: u64 = objects.iter().map(|o| o.bytes).sum();
+                let saved =
+                    format!("{} objects ({bytes} bytes) confirmed in their buckets, and the job's log", objects.len());
+                step.condition(types::OUTPUTS_SAVED, true, "Saved", saved.clone());
+                message = format!("{message}; outputs saved: {saved}");
+            }
+            let job = step.status.job.get_or_insert_with(Default::default);
+            job.outputs = objects;
+            job.log = log;
+        }
+        Saving::Lost { objects, log, lost } => {
+            let why = format!("not saved before the machine was destroyed: {lost}");
+            step.condition(types::OUTPUTS_SAVED, false, "OutputsLost", why.clone());
+            let job = step.status.job.get_or_insert_with(Default::default);
+            job.outputs = objects;
+            job.log = log;
+            job.lost = Some(lost);
+            (phase, reason) = (SessionPhase::Failed, "OutputsLost");
+            message = format!("the job exited with code {exit_code}; outputs {why}");
+        }
+    }
     teardown::end(step, phase, reason, message).await?;
+    step.ctx.exit_watches.forget(&step.session.metadata.uid.clone().unwrap_or_default());
     Ok(Some(Action::await_change()))
 }
+
+/// How often outputs being saved are looked at.
+const SAVING_POLL: Duration = Duration::from_secs(3);
 
 /// `Some` when the machine has been idle too long (the session ended).
 async fn check_idle(step: &mut Step<'_>, key: &SessionKey, idle_timeout: Duration) -> Result<Option<Action>> {

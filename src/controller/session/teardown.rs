@@ -98,7 +98,7 @@ pub fn last_known_alive(step: &Step<'_>) -> Option<Timestamp> {
 
 /// When the latest proof stage on the current machine turned true.
 fn last_stage_proved(step: &Step<'_>) -> Option<Timestamp> {
-    [types::SSH_READY, types::CUDA_VERIFIED, types::WORKLOAD_READY]
+    [types::SSH_READY, types::CUDA_VERIFIED, types::INPUTS_READY, types::WORKLOAD_READY]
         .into_iter()
         .filter_map(|type_| find(&step.status.conditions, type_))
         .filter(|c| c.status == "True")

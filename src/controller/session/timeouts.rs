@@ -12,7 +12,10 @@ pub struct StageTimeouts {
     pub instance_running: Duration,
     pub ssh_ready: Duration,
     pub cuda_verified: Duration,
+    pub inputs_ready: Duration,
     pub workload_ready: Duration,
+    /// After a Job exits, for its outputs to be saved.
+    pub outputs: Duration,
 }
 
 const MINUTE: u64 = 60;
@@ -33,7 +36,9 @@ pub fn for_spec(spec: &GpuSessionSpec) -> StageTimeouts {
         instance_running: pick(&given.instance_running, defaults[0]),
         ssh_ready: pick(&given.ssh_ready, defaults[1]),
         cuda_verified: pick(&given.cuda_verified, defaults[2]),
+        inputs_ready: pick(&given.inputs_ready, Duration::from_secs(30 * MINUTE)),
         workload_ready: pick(&given.workload_ready, defaults[3]),
+        outputs: pick(&given.outputs, Duration::from_secs(30 * MINUTE)),
     }
 }
 

@@ -1,11 +1,12 @@
 //! Proving the machine works, stage by stage (Karpenter's NodeClaim lifecycle
-//! is the model): InstanceRunning, SSHReady, CUDAVerified, WorkloadReady, then
-//! Ready. Each stage is one condition and one file with the same shape (see
+//! is the model): InstanceRunning, SSHReady, CUDAVerified, InputsReady,
+//! WorkloadReady, then Ready. Each stage is one condition and one file with the same shape (see
 //! `stage`); none calls a sibling. This parent runs them in order, and owns
 //! what follows each verdict: on to the next stage, look again later, hand the
 //! host to `bad_host` (destroyed, avoided, replaced), or end the session.
 
 mod cuda_verified;
+mod inputs_ready;
 mod instance_running;
 mod ready;
 mod ssh_ready;
@@ -30,12 +31,19 @@ enum Stage {
     InstanceRunning,
     SshReady,
     CudaVerified,
+    InputsReady,
     WorkloadReady,
     Ready,
 }
 
-const STAGES: [Stage; 5] =
-    [Stage::InstanceRunning, Stage::SshReady, Stage::CudaVerified, Stage::WorkloadReady, Stage::Ready];
+const STAGES: [Stage; 6] = [
+    Stage::InstanceRunning,
+    Stage::SshReady,
+    Stage::CudaVerified,
+    Stage::InputsReady,
+    Stage::WorkloadReady,
+    Stage::Ready,
+];
 
 impl Stage {
     /// The condition the stage sets (and that says it was proved).
@@ -44,6 +52,7 @@ impl Stage {
             Stage::InstanceRunning => types::INSTANCE_RUNNING,
             Stage::SshReady => types::SSH_READY,
             Stage::CudaVerified => types::CUDA_VERIFIED,
+            Stage::InputsReady => types::INPUTS_READY,
             Stage::WorkloadReady => types::WORKLOAD_READY,
             Stage::Ready => types::READY,
         }
@@ -62,6 +71,7 @@ pub async fn run<'a>(step: &mut Step<'a>, key: &SessionKey) -> Result<Action> {
             Stage::InstanceRunning => instance_running::prove(step, &mut pass).await?,
             Stage::SshReady => ssh_ready::prove(step, &mut pass).await?,
             Stage::CudaVerified => cuda_verified::prove(step, &mut pass).await?,
+            Stage::InputsReady => inputs_ready::prove(step, &mut pass).await?,
             Stage::WorkloadReady => workload_ready::prove(step, &mut pass).await?,
             Stage::Ready => ready::prove(step, &mut pass).await?,
         };

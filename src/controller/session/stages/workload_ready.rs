@@ -54,7 +54,8 @@ pub async fn prove<'a>(step: &mut Step<'a>, pass: &mut Pass<'a, '_>) -> Result<V
 
 /// Not ready yet: look again soon, or, past the stage's time limit, the session fails.
 fn deadline(step: &Step<'_>, pass: &Pass<'_, '_>, last: &str) -> Verdict {
-    let since = step.true_since(types::CUDA_VERIFIED).unwrap_or(step.now);
+    // Counted from the inputs in place (a large dataset is not the workload's time).
+    let since = step.true_since(types::INPUTS_READY).or(step.true_since(types::CUDA_VERIFIED)).unwrap_or(step.now);
     let limit = pass.timeouts.workload_ready;
     if step.seconds_since(since) > limit.as_secs_f64() {
         let message = format!("the workload was not ready within {}s: {last}", limit.as_secs());
