@@ -95,6 +95,12 @@ enum Command {
     },
     /// Log in to a session's machine with the key from its Secret (or print the ssh command).
     Ssh(gpu_shopper::cli::ssh::SshArgs),
+    /// A session's workload output, over SSH (-f follows it); where the saved log is once the machine is gone.
+    Logs(gpu_shopper::cli::logs::LogsArgs),
+    /// Copy files or directories to or from a session's machine (SESSION:PATH), over its pinned SSH login.
+    Cp(gpu_shopper::cli::cp::CpArgs),
+    /// A Host block for ~/.ssh/config with the session's key and pinned host key (for IDEs, scp, rsync).
+    SshConfig(gpu_shopper::cli::ssh_config::SshConfigArgs),
     /// Carry a local port to a port on a session's machine over SSH (the model, say).
     PortForward(gpu_shopper::cli::port_forward::PortForwardArgs),
     /// Where in-cluster clients call an Inference session (--env: OPENAI_BASE_URL and OPENAI_API_KEY).
@@ -182,6 +188,9 @@ fn run() -> ExitCode {
         Command::Offers(args) => user_command(gpu_shopper::cli::offers::run(args)),
         Command::Doctor(args) => user_command(gpu_shopper::cli::doctor::run(args)),
         Command::Cost(args) => user_command(gpu_shopper::cli::cost::run(args)),
+        Command::Logs(args) => user_command(gpu_shopper::cli::logs::run(args)),
+        Command::Cp(args) => user_command(gpu_shopper::cli::cp::run(args)),
+        Command::SshConfig(args) => user_command(gpu_shopper::cli::ssh_config::run(args)),
         Command::PortForward(args) => user_command(gpu_shopper::cli::port_forward::run(args)),
         Command::Endpoint(args) => user_command(gpu_shopper::cli::endpoint::run(args)),
         Command::Status(args) => user_command(gpu_shopper::cli::status::run(args)),

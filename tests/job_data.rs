@@ -230,3 +230,69 @@ async fn an_outputs_bucket_that_does_not_exist_rents_nothing() {
     assert!(h.sim.instances().is_empty(), "nothing was rented");
     h.finish().await;
 }
+
+// The CLI runs as child processes read synchronously: the simulated machine needs a thread of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn logs_follow_the_job_as_it_prints_and_files_copy_both_ways() {
+    use std::io::BufRead;
+    let h = Harness::new("job-logs", fast_market()).await;
+    let spec = json!({
+        "requirements": {"gpuModels": ["RTX 4090"], "providers": ["vastai"]},
+        "workload": {"kind": "Job", "command": "for i in 1 2 3 4 5 6; do echo line $i; sleep 1; done; cat uploaded.txt"},
+        "timeouts": {"sshReady": "20s"},
+    });
+    h.apply("chatty", spec).await;
+    h.wait_until("chatty", "WorkloadReady", |s| {
+        s.status.as_ref().and_then(|st| find(&st.conditions, types::WORKLOAD_READY)).is_some_and(|c| c.status == "True")
+    })
+    .await;
+    let cli = |args: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_gpu-shopper"));
+        command
+            .args(args)
+            .args(["-n", &h.ns])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("KUBECONFIG", support::kubeconfig_path())
+            .env("HOME", env!("CARGO_TARGET_TMPDIR"));
+        command
+    };
+    // A file up to the machine (the job prints it at its end) and one back.
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("up.txt"), "from the laptop\n").unwrap();
+    let uid = h.sessions.get("chatty").await.unwrap().metadata.uid.unwrap();
+    let target = format!("chatty:.gpu-shopper/{uid}/uploaded.txt");
+    let up = cli(&["cp", local.path().join("up.txt").to_str().unwrap(), &target]).output().unwrap();
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let mut follow =
+        cli(&["logs", "chatty", "-f", "--tail", "1"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let lines = std::io::BufReader::new(follow.stdout.take().unwrap());
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    for line in lines.lines() {
+        let line = line.unwrap();
+        seen.push((started.elapsed(), line.clone()));
+        if line.starts_with("line 4") {
+            break;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(seen.len() >= 2, "{seen:?}");
+    let spread = seen.last().unwrap().0 - seen[0].0;
+    assert!(spread >= Duration::from_millis(1500), "lines came as they were printed, not at the end: {seen:?}");
+    let down = local.path().join("log.txt");
+    let back = cli(&["cp", &format!("chatty:.gpu-shopper/{uid}/job.log"), down.to_str().unwrap()]).output().unwrap();
+    assert!(back.status.success(), "{}", String::from_utf8_lossy(&back.stderr));
+    assert!(std::fs::read_to_string(&down).unwrap().contains("line 1"));
+    let config = cli(&["ssh-config", "chatty"]).output().unwrap();
+    let text = String::from_utf8_lossy(&config.stdout);
+    assert!(text.starts_with("Host gs-chatty\n") && text.contains("StrictHostKeyChecking yes"), "{text}");
+    let done = h.wait_phase("chatty", SessionPhase::Succeeded).await;
+    assert!(
+        status(&done).job.as_ref().unwrap().log_tail.contains("from the laptop"),
+        "the uploaded file reached the job"
+    );
+    h.finish().await;
+}

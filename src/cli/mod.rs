@@ -4,13 +4,16 @@
 //! `--kubeconfig`, `-n`, `-o`).
 
 pub mod cost;
+pub mod cp;
 pub mod doctor;
 pub mod endpoint;
 pub mod guard;
+pub mod logs;
 pub mod offers;
 pub mod output;
 pub mod port_forward;
 pub mod ssh;
+pub mod ssh_config;
 pub mod status;
 mod table;
 pub mod wait;

@@ -82,19 +82,28 @@ async fn prune_gone_sessions(dir: &Path, sessions: &Api<GpuSession>) {
     }
 }
 
-pub async fn run(args: SshArgs) -> Result<i32, CliError> {
-    let namespace = super::namespace(args.namespace.clone()).await;
+/// The session's login, ready for OpenSSH: its key and pinned known_hosts written to
+/// this user's cache (0600), and the endpoint.
+pub(crate) struct Prepared {
+    pub key_path: PathBuf,
+    pub known_hosts: PathBuf,
+    pub strict: &'static str,
+    pub endpoint: crate::crd::session::SshEndpoint,
+}
+
+pub(crate) async fn prepare(session_name: &str, namespace: Option<String>) -> Result<Prepared, CliError> {
+    let namespace = super::namespace(namespace).await;
     let client = super::client().await?;
     let sessions = Api::<GpuSession>::namespaced(client.clone(), &namespace);
-    let session = sessions.get(&args.session).await?;
+    let session = sessions.get(session_name).await?;
     let status = session.status.unwrap_or_default();
     let Some(endpoint) = status.ssh else {
         return Err(CliError::Usage(format!(
-            "{} has no SSH endpoint yet (phase {:?}); see `gpu-shopper status {}`",
-            args.session, status.phase, args.session
+            "{session_name} has no SSH endpoint yet (phase {:?}); see `gpu-shopper status {session_name}`",
+            status.phase
         )));
     };
-    let secret_name = status.secret_name.unwrap_or_else(|| format!("{}-ssh", args.session));
+    let secret_name = status.secret_name.unwrap_or_else(|| format!("{session_name}-ssh"));
     let secret = Api::<Secret>::namespaced(client, &namespace).get(&secret_name).await?;
     let key = secret
         .data
@@ -106,11 +115,10 @@ pub async fn run(args: SshArgs) -> Result<i32, CliError> {
     let dir = key_dir().join(super::cluster_dir_name().await?).join(&namespace);
     std::fs::create_dir_all(&dir).map_err(|e| CliError::Failed(format!("cannot create {}: {e}", dir.display())))?;
     prune_gone_sessions(&dir, &sessions).await;
-    let stem = args.session.clone();
-    let key_path = dir.join(&stem);
+    let key_path = dir.join(session_name);
     write_private(&key_path, &key.0)
         .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", key_path.display())))?;
-    let known_hosts = dir.join(format!("{stem}.known_hosts"));
+    let known_hosts = dir.join(format!("{session_name}.known_hosts"));
     let host_pattern =
         if endpoint.port == 22 { endpoint.host.clone() } else { format!("[{}]:{}", endpoint.host, endpoint.port) };
     let strict = match &endpoint.host_key_fingerprint {
@@ -122,6 +130,11 @@ pub async fn run(args: SshArgs) -> Result<i32, CliError> {
         }
         None => "accept-new", // not verified by the operator yet
     };
+    Ok(Prepared { key_path, known_hosts, strict, endpoint })
+}
+
+pub async fn run(args: SshArgs) -> Result<i32, CliError> {
+    let Prepared { key_path, known_hosts, strict, endpoint } = prepare(&args.session, args.namespace.clone()).await?;
     let mut ssh_args = vec![
         "-i".to_string(),
         key_path.display().to_string(),
