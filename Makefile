@@ -57,9 +57,10 @@ soak: setup
 BENCH_SIZES ?= 100,500,1000
 BENCH_IDLE_SESSIONS ?= 10000
 BENCH_RATE_LIMITED_SESSIONS ?= 20
+BENCH_OUTPUT_GIB ?= 1
 bench: setup
 	kubeconfig=$$($(CONTROL_PLANE)/start.sh) && \
 	GPU_SHOPPER_TEST_KUBECONFIG=$$kubeconfig BENCH_SIZES=$(BENCH_SIZES) BENCH_IDLE_SESSIONS=$(BENCH_IDLE_SESSIONS) \
-	BENCH_RATE_LIMITED_SESSIONS=$(BENCH_RATE_LIMITED_SESSIONS) cargo bench --bench scale
+	BENCH_RATE_LIMITED_SESSIONS=$(BENCH_RATE_LIMITED_SESSIONS) BENCH_OUTPUT_GIB=$(BENCH_OUTPUT_GIB) cargo bench --bench scale
 	cargo bench --bench ranking -- --warm-up-time 1 --measurement-time 5
 	cargo bench --bench gateway

@@ -503,7 +503,92 @@ async fn main() {
         runs.push(json!({"sessions": limited, "rateLimited": true, "controller": run}));
         write_results(&runs);
     }
+    // BENCH_OUTPUT_GIB (make bench: 1): a Job writes that many GiB and saves it to a bucket.
+    let gib: u64 = std::env::var("BENCH_OUTPUT_GIB").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    if gib > 0 {
+        let run = output_run(&client, gib).await;
+        println!(
+            "a {gib} GiB output saved from a simulated machine to the store: {:.1} s ({:.0} MiB/s), confirmed {} bytes; operator RSS before {:.1} MiB, peak {:.1} MiB (the bytes never pass through it)",
+            run["savedSeconds"].as_f64().unwrap(),
+            run["mibPerSecond"].as_f64().unwrap(),
+            run["confirmedBytes"],
+            run["rssBeforeMiB"].as_f64().unwrap(),
+            run["peakRssMiB"].as_f64().unwrap(),
+        );
+        runs.push(json!({"outputGib": gib, "controller": run}));
+        write_results(&runs);
+    }
     print_targets(&runs, ranking_ms);
+}
+
+/// A Job that writes `gib` GiB and saves it to an S3-compatible store: how long the
+/// save takes and what the operator's memory does meanwhile.
+async fn output_run(client: &Client, gib: u64) -> Value {
+    use k8s_openapi::api::core::v1::Secret;
+    let ns = namespace(client, "bench-output").await;
+    let store = support::s3::ObjectStore::start(&["results"]).await;
+    let mut market = Market::builtin();
+    market.timings.created_ms = 0;
+    market.timings.loading_ms = 0;
+    let sim = simulator::start(market, 0).await.unwrap();
+    let mut env: Vec<(&str, String)> = sim.env();
+    env.push(("LOG_LEVEL", "warn".into()));
+    env.push(("MACHINE_CHECK_INTERVAL", "60s".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let controller = ControllerProcess::start_with_env_named(&ns, "bench-output", &env);
+    controller.wait_ready().await;
+    let pid = controller.pid().unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let keys: Secret = serde_json::from_value(json!({"metadata": {"name": "bucket-keys"}, "stringData": {
+        "AWS_ACCESS_KEY_ID": support::s3::ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": support::s3::SECRET_KEY}}))
+    .unwrap();
+    secrets.create(&PostParams::default(), &keys).await.unwrap();
+    let session: GpuSession = serde_json::from_value(json!({
+        "apiVersion": "gpushopper.dev/v1alpha1", "kind": "GpuSession", "metadata": {"name": "big"},
+        "spec": {
+            "requirements": {"gpuModels": ["RTX 4090"], "providers": ["vastai"]},
+            "workload": {"kind": "Job", "command": format!("mkdir -p out && head -c {} /dev/zero > out/weights.bin", gib << 30),
+                "outputs": [{"path": "out", "s3": {"bucket": "results", "prefix": "bench/", "endpoint": store.endpoint,
+                    "credentialsSecretRef": {"name": "bucket-keys"}}}]},
+            "timeouts": {"outputs": "30m"},
+        },
+    }))
+    .unwrap();
+    let sessions: Api<GpuSession> = Api::namespaced(client.clone(), &ns);
+    let rss_before = rss_now(pid);
+    sessions.create(&PostParams::default(), &session).await.unwrap();
+    // From the moment the operator starts saving (the job has exited) to the session's end.
+    let mut saving_since = None;
+    let done = loop {
+        let s = sessions.get("big").await.unwrap();
+        let st = s.status.clone().unwrap_or_default();
+        if saving_since.is_none()
+            && gpu_shopper::crd::conditions::find(&st.conditions, types::OUTPUTS_SAVED)
+                .is_some_and(|c| c.status == "Unknown")
+        {
+            saving_since = Some(Instant::now());
+        }
+        if matches!(st.phase, Some(gpu_shopper::crd::SessionPhase::Succeeded | gpu_shopper::crd::SessionPhase::Failed))
+        {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let seconds = saving_since.map(|t| t.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
+    let st = done.status.clone().unwrap();
+    let confirmed: u64 = st.job.as_ref().map(|j| j.outputs.iter().map(|o| o.bytes).sum()).unwrap_or(0);
+    let (peak, _) = proc_figures(pid);
+    sessions.delete("big", &DeleteParams::default()).await.unwrap();
+    drop(controller);
+    delete_namespace(client, &ns).await;
+    json!({
+        "savedSeconds": seconds,
+        "mibPerSecond": (gib as f64 * 1024.0) / seconds.max(0.001),
+        "confirmedBytes": confirmed,
+        "rssBeforeMiB": rss_before,
+        "peakRssMiB": peak,
+        "outcome": st.reason,
+    })
 }
 
 /// `n` sessions on Vast alone, with Vast limiting each endpoint to 2 calls a second (429
@@ -582,6 +667,7 @@ fn print_targets(runs: &[Value], ranking_ms: f64) {
         runs.iter().filter(|r| r["idle"] != true && r["rateLimited"] != true).max_by_key(|r| r["sessions"].as_u64());
     let idle = runs.iter().find(|r| r["idle"] == true);
     let limited = runs.iter().find(|r| r["rateLimited"] == true);
+    let mixed = mixed.filter(|r| r.get("outputGib").is_none());
     let mut rows: Vec<(String, String, &str, bool)> = Vec::new();
     if let Some(run) = mixed {
         let n = run["sessions"].as_u64().unwrap_or(0);

@@ -81,6 +81,42 @@ done
 say "the live market for the filter"
 k -n "$ns" get gof cheap-4090 -o jsonpath='{range .status.bestOffers[*]}{.provider}{"\t"}{.gpuModel}{"\t"}{.vramGb}GiB{"\t"}CUDA {.cudaVersion}{"\t"}${.pricePerHour}/h{"\t"}{.location}{"\n"}{end}'
 
+if [[ $real != yes ]]; then
+  say "a Job that carries its work: a dataset from a bucket, a config from a ConfigMap, a token from a Secret, checkpoints saved back"
+  s3bin=$(tests/s3/build.sh)
+  s3root=$(mktemp -d -t gpu-shopper-bucket.XXXXXX)
+  mkdir -p "$s3root/datasets/mini" "$s3root/results"
+  head -c 200000 /dev/urandom >"$s3root/datasets/mini/shard-0.bin"
+  head -c 100000 /dev/urandom >"$s3root/datasets/mini/shard-1.bin"
+  s3port=$(( 20000 + RANDOM % 20000 ))
+  "$s3bin" --host 127.0.0.1 --port "$s3port" --access-key demo-access --secret-key demo-secret-0123456789 "$s3root" >/dev/null 2>&1 &
+  pids+=($!)
+  k -n "$ns" create secret generic bucket-keys --from-literal=AWS_ACCESS_KEY_ID=demo-access \
+    --from-literal=AWS_SECRET_ACCESS_KEY=demo-secret-0123456789 >/dev/null
+  k -n "$ns" create secret generic hf --from-literal=token=hf_demo_token >/dev/null
+  k -n "$ns" create configmap train --from-literal=config.yaml='epochs: 2' >/dev/null
+  k -n "$ns" apply -f - <<YAML
+apiVersion: gpushopper.dev/v1alpha1
+kind: GpuSession
+metadata: {name: train-with-data}
+spec:
+  requirements: {gpuModels: ["RTX 4090"], maxPricePerHour: 0.45}
+  env:
+    - name: HF_TOKEN
+      valueFrom: {secretKeyRef: {name: hf, key: token}}
+  workload:
+    kind: Job
+    command: cat config.yaml; ls -l data; test -n "\$HF_TOKEN" && echo "token present"; mkdir -p ckpt; cat data/* > ckpt/model.bin; echo done
+    inputs:
+      - {path: data, s3: {bucket: datasets, prefix: mini/, endpoint: "http://127.0.0.1:$s3port", credentialsSecretRef: {name: bucket-keys}}}
+      - {path: config.yaml, configMap: {name: train, key: config.yaml}}
+    outputs:
+      - {path: ckpt, s3: {bucket: results, prefix: run-1/, endpoint: "http://127.0.0.1:$s3port", credentialsSecretRef: {name: bucket-keys}}}
+  lifetime: {maxDuration: 30m}
+  budget: {maxCostUsd: 1}
+YAML
+fi
+
 say "waiting for the sessions to be Ready (rent, SSH, real CUDA, workload)"
 k -n "$ns" wait gs/interactive-4090 gs/llama-inference --for=condition=Ready --timeout=120s
 k -n "$ns" wait gs/finetune-job --for=jsonpath='{.status.phase}'=Succeeded --timeout=120s
@@ -92,6 +128,14 @@ say "why each session is where it is"
 k -n "$ns" get gs -o jsonpath='{range .items[*]}{.metadata.name}: {.status.phase} ({.status.reason}): {.status.message}{"\n"}  chosen: {.status.selection}{"\n"}  verified: {.status.verified.gpuCount}x {.status.verified.gpuName}, driver {.status.verified.driverVersion}, CUDA {.status.verified.cudaVersion}{"\n"}{end}'
 echo "finetune-job log tail:"
 k -n "$ns" get gs finetune-job -o jsonpath='{.status.job.logTail}'
+if [[ $real != yes ]]; then
+  k -n "$ns" wait gs/train-with-data --for=jsonpath='{.status.phase}'=Succeeded --timeout=120s
+  echo "train-with-data: inputs $(k -n "$ns" get gs train-with-data -o jsonpath='{.status.conditions[?(@.type=="InputsReady")].message}')"
+  echo "train-with-data: outputs $(k -n "$ns" get gs train-with-data -o jsonpath='{.status.conditions[?(@.type=="OutputsSaved")].message}')"
+  k -n "$ns" get gs train-with-data -o jsonpath='{range .status.job.outputs[*]}  saved {.url} ({.bytes} bytes){"\n"}{end}  log: {.status.job.log}{"\n"}'
+  echo "the bucket afterwards (s3s-fs keeps it as files):"
+  (cd "$s3root/results" && find . -type f -printf '  results/%P  %s bytes\n' | sort)
+fi
 
 say "logging in with the key from the Secret interactive-4090-ssh"
 keyfile=$(mktemp -t gpu-shopper-demo-key.XXXXXX)

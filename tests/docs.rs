@@ -92,6 +92,13 @@ fn the_troubleshooting_guide_covers_every_reason_the_cli_advises_on() {
         "ApiKeySecretNotFound",
         "GatewayNotServing",
         "PriceAboveLimit",
+        "SecretNotFound",
+        "InputNotFound",
+        "InputAccessDenied",
+        "OutputBucketNotFound",
+        "InputInvalid",
+        "InputsTooSlow",
+        "OutputsLost",
     ] {
         assert!(gpu_shopper::cli::status::advice(reason).is_some(), "{reason}");
         assert!(doc.contains(&format!("`{reason}`")), "docs/troubleshooting.md does not cover {reason}");

@@ -72,6 +72,21 @@ pub fn advice(reason: &str) -> Option<&'static str> {
         "PriceAboveLimit" => {
             "the marketplace placed the machine at a price above maxPricePerHour; it was destroyed and the next offer is tried"
         }
+        "SecretNotFound" | "SecretKeyNotFound" | "ConfigMapNotFound" | "ConfigMapKeyNotFound" => {
+            "create the Secret or ConfigMap (and key) the session names, in its namespace; nothing was rented"
+        }
+        "InputNotFound" | "InputAccessDenied" | "OutputBucketNotFound" | "OutputAccessDenied" => {
+            "fix the input or output named in the message (the object, the bucket, or the credentials Secret); nothing was rented"
+        }
+        "InputInvalid" => {
+            "an input is wrong (HTTP 403/404, or a SHA-256 that does not match): fix it and recreate the session"
+        }
+        "InputsFailed" | "InputsTooSlow" => {
+            "the machine could not fetch its inputs; the operator avoids it and tries another (raise timeouts.inputsReady for large data)"
+        }
+        "OutputsLost" => {
+            "some outputs were not saved before the machine went (see status.job.lost); check the bucket and its credentials, or raise timeouts.outputs"
+        }
         "CreateOutcomeUnknown" => {
             "a create's answer was lost; the operator waits for that marketplace's listing to show whether it landed (nothing to do)"
         }
