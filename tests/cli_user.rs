@@ -286,7 +286,10 @@ async fn doctor_rent_test_proves_a_machine_on_each_marketplace_then_leaves_nothi
     let sim = fast_sim().await;
     let env = sim.env();
     // TensorDock's VMs come without a working driver unless the client repairs it.
-    sim.set_faults(ProviderName::Tensordock, Faults { broken_drivers: true, ..Default::default() });
+    sim.set_faults(
+        ProviderName::Tensordock,
+        Faults { broken_drivers: true, driver_repair_ms: 3_000, ..Default::default() },
+    );
     for provider in [ProviderName::Vastai, ProviderName::Tensordock, ProviderName::Runpod] {
         let (code, stdout, stderr) = output(gpu_shopper(&env).args([
             "doctor",

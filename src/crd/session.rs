@@ -553,6 +553,11 @@ pub struct GpuSessionStatus {
     /// When the first create was sent for this session; MAX_SESSION_DURATION counts from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub billing_started_at: Option<Time>,
+    /// A host being destroyed and replaced, stored before its destroy is sent: a
+    /// reconcile that finds it (the status written after the destroy was lost)
+    /// finishes the replacement instead of taking the machine for a lost one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacing: Option<Replacement>,
     /// Creates sent whose outcome is not known yet (the answer was lost or never came): each stays until that marketplace's listing shows what landed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_creates: Vec<CreateIntent>,
@@ -705,6 +710,19 @@ impl CreateIntent {
     pub fn settled_by_listings_after(&self) -> jiff::Timestamp {
         after_stored(&self.sent_at)
     }
+}
+
+/// Why the current machine is being destroyed and replaced.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Replacement {
+    /// The instance being destroyed.
+    #[schemars(length(max = 256))]
+    pub instance_id: String,
+    #[schemars(length(max = 128))]
+    pub reason: String,
+    #[schemars(length(max = 4096))]
+    pub message: String,
 }
 
 /// The earliest moment surely after a time read back from status: stored times

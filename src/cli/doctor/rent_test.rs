@@ -229,7 +229,19 @@ async fn prove(provider: &dyn Provider, id: &str, key: Arc<PrivateKey>, report: 
     report.add("running", true, format!("SSH at {}@{}:{}", target.user, target.host, target.port));
     let first = login(&target, key.clone(), None, "true").await;
     report.add("ssh", true, format!("logged in with a fresh key; host key {}", first.host_fingerprint));
-    let smi = login(&target, key, Some(&first.host_fingerprint), nvidia::QUERY).await;
+    // While the VM's cloud-init still runs (TensorDock repairs broken drivers there), a
+    // failing nvidia-smi is "not yet", as for the operator's CUDAVerified stage.
+    let smi = loop {
+        let smi = login(&target, key.clone(), Some(&first.host_fingerprint), nvidia::QUERY).await;
+        if smi.exit_code == Some(0) {
+            break smi;
+        }
+        let setup = login(&target, key.clone(), Some(&first.host_fingerprint), "cloud-init status").await;
+        if !setup.stdout.lines().any(|line| line.trim() == "status: running") {
+            break smi;
+        }
+        tokio::time::sleep(POLL).await;
+    };
     let Some(found) = (smi.exit_code == Some(0)).then(|| nvidia::parse(&smi.stdout)).flatten() else {
         let why = format!("exit {:?}: {}", smi.exit_code, smi.stderr.trim());
         report.add("nvidia-smi", false, format!("no readable answer with the host key pinned ({why})"));

@@ -9,11 +9,30 @@ use super::step::{NEXT_STAGE, Step};
 use super::teardown;
 use crate::crd::SessionPhase;
 use crate::crd::conditions::{Status, types};
-use crate::crd::session::Attempt;
+use crate::crd::session::{Attempt, Replacement};
 use crate::error::Result;
 
+/// A replacement whose status write was lost after its destroy: finished now,
+/// with its own reason (the machine is gone because we destroyed it, not lost).
+pub async fn resume(step: &mut Step<'_>) -> Result<Option<Action>> {
+    let Some(replacing) = step.status.replacing.clone() else { return Ok(None) };
+    if step.status.instance_id.as_deref() != Some(replacing.instance_id.as_str()) {
+        step.status.replacing = None; // done already; only the marker was left
+        return Ok(None);
+    }
+    replace(step, &replacing.reason, replacing.message.clone()).await.map(Some)
+}
+
 /// The host failed a stage: destroy it, avoid it, record the attempt, shop again.
+/// The intent is stored before the destroy is sent (like a create's).
 pub async fn replace(step: &mut Step<'_>, reason: &str, message: String) -> Result<Action> {
+    if let Some(id) = step.status.instance_id.clone()
+        && step.status.replacing.as_ref().is_none_or(|r| r.instance_id != id)
+    {
+        step.status.replacing =
+            Some(Replacement { instance_id: id, reason: reason.to_string(), message: message.clone() });
+        step.persist().await?;
+    }
     let provider = step.status.provider;
     let offer_id = step.status.offer_id.clone().unwrap_or_default();
     if let (Some(provider), Some(host)) = (provider, step.status.host_id.as_deref()) {
@@ -36,6 +55,7 @@ pub async fn replace(step: &mut Step<'_>, reason: &str, message: String) -> Resu
         format!("offer {offer_id}: {message}; the host is avoided and another offer will be tried"),
     );
     let s = &mut step.status;
+    s.replacing = None;
     s.instance_id = None;
     s.ssh = None;
     s.verified = None;

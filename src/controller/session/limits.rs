@@ -1,10 +1,12 @@
-//! Hard limits, in every phase: the operator's MAX_SESSION_DURATION counts
-//! from the first create (stage timeouts cannot stretch it), and the budget
-//! counts every attempt's billed time, before Ready too.
+//! Hard limits, in every phase and before anything else a reconcile does: the
+//! operator's MAX_SESSION_DURATION counts from the first create (stage timeouts
+//! cannot stretch it), the budget counts every attempt's billed time, before
+//! Ready too, and a handed-over session's lifetime ends it.
 
 use kube::runtime::controller::Action;
 
 use super::cost::settle_cost;
+use super::expiry::set_expiry;
 use super::step::Step;
 use super::teardown;
 use crate::crd::SessionPhase;
@@ -36,6 +38,16 @@ pub async fn enforce(step: &mut Step<'_>) -> Result<Option<Action>> {
             budget.max_cost_usd
         );
         teardown::end(step, phase, "BudgetReached", message).await?;
+        return Ok(Some(Action::await_change()));
+    }
+    // The lifetime, once handed over: the spec's duration may have changed since.
+    set_expiry(step);
+    if ready
+        && let Some(expires) = step.status.expires_at.as_ref().map(|t| t.0)
+        && step.now >= expires
+    {
+        let message = "the session reached its maximum lifetime; the instance was destroyed".to_string();
+        teardown::end(step, SessionPhase::Succeeded, "Expired", message).await?;
         return Ok(Some(Action::await_change()));
     }
     Ok(None)

@@ -128,6 +128,21 @@ async fn advance(step: &mut Step<'_>) -> Result<Action> {
         teardown::release(step).await?;
         return Ok(Action::await_change());
     }
+    // Limits first: before any step that can fail or return early (a key Secret in
+    // conflict, a filter gone, a marketplace down), the machine is held to them.
+    if let Some(action) = limits::enforce(step).await? {
+        return Ok(action);
+    }
+    // A replacement whose status was lost after its destroy is finished with its own reason.
+    if let Some(action) = bad_host::resume(step).await? {
+        return Ok(action);
+    }
+    // Supervision needs no key: a machine is watched whatever else is wrong.
+    if step.status.instance_id.is_some()
+        && let Some(action) = supervise::step(step).await?
+    {
+        return Ok(action);
+    }
     // A session that cannot shop says why, unless a machine carrying its label waits to be adopted.
     let uid = step.session.uid().unwrap_or_default();
     if step.status.instance_id.is_none()
@@ -165,14 +180,6 @@ async fn advance(step: &mut Step<'_>) -> Result<Action> {
     // A machine carrying this session's label that status does not hold yet is adopted first.
     if step.status.instance_id.is_none() && rent::adopt_labelled(step, &key).await? {
         return Ok(Action::requeue(PROVISIONING_POLL));
-    }
-    if let Some(action) = limits::enforce(step).await? {
-        return Ok(action);
-    }
-    if step.status.instance_id.is_some()
-        && let Some(action) = supervise::step(step).await?
-    {
-        return Ok(action);
     }
     if step.status.instance_id.is_none() {
         // Secrets, ConfigMaps and inputs are checked before anything is rented.

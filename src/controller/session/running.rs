@@ -10,7 +10,6 @@ use kube::runtime::controller::Action;
 
 use super::cost::until_budget;
 use super::exit_watch;
-use super::expiry::set_expiry;
 use super::launcher::work_dir;
 use super::login::run_on_machine;
 use super::outputs::{self, Saving};
@@ -32,16 +31,7 @@ const LOG_TAIL_LINES: usize = 40;
 const LOG_TAIL_BYTES: usize = 2048;
 
 pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
-    // The cost is already settled: `limits::enforce` runs before every step.
-    set_expiry(step); // the spec's duration may have been extended
-
-    if let Some(expires) = step.status.expires_at.as_ref().map(|t| t.0)
-        && step.now >= expires
-    {
-        let message = "the session reached its maximum lifetime; the instance was destroyed".to_string();
-        teardown::end(step, SessionPhase::Succeeded, "Expired", message).await?;
-        return Ok(Action::await_change());
-    }
+    // The cost is settled and the lifetime enforced already: `limits::enforce` runs before every step.
     let idle_timeout = step.session.spec.lifetime.as_ref().and_then(|l| l.idle_timeout.as_deref()).and_then(parse);
     let is_job = step.session.spec.workload.kind == WorkloadKind::Job;
     // SSH logins are rationed per machine, however often the session is reconciled.

@@ -102,33 +102,15 @@ impl<'a> Step<'a> {
             && stored_at.is_some_and(|at| self.seconds_since(at) < COST_WRITE_EVERY.as_secs_f64())
     }
 
-    /// Stores the status if it changed. After a machine was destroyed the write
-    /// is retried, without the stale-copy guard if need be, until it is stored:
-    /// a session must never show a machine that no longer exists as running.
+    /// Stores the status if it changed, never over a newer copy: a refused write
+    /// is redone from the fresh object. What a destroy decided was stored before
+    /// the destroy was sent (an ended phase, a replacement), so a lost write here
+    /// is finished by the next reconcile, not taken for a lost machine.
     pub async fn store(&mut self) -> Result<()> {
         if self.status == self.stored || self.only_cost_moved_recently() {
             return Ok(());
         }
-        match self.persist().await {
-            Err(error) if self.destroyed_a_machine => {
-                tracing::warn!(session = %self.session.name_any(), %error, "status after a destroy was refused; writing it again");
-                let name = self.session.name_any();
-                let mut last = error;
-                for delay_ms in [0u64, 200, 1000, 3000] {
-                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-                    match status::apply_at(&self.api(), &name, None, &self.status).await {
-                        Ok(version) => {
-                            self.resource_version = version;
-                            self.stored = self.status.clone();
-                            return Ok(());
-                        }
-                        Err(error) => last = error,
-                    }
-                }
-                Err(last)
-            }
-            other => other,
-        }
+        self.persist().await
     }
 
     pub fn time(&self) -> Time {

@@ -107,15 +107,21 @@ fn last_stage_proved(step: &Step<'_>) -> Option<Timestamp> {
 }
 
 /// Ends the session: destroys its machine first, then records the outcome.
+/// The end is stored before the destroy is sent: if the write after the destroy
+/// is lost, the next reconcile sees an ended session and finishes its destroy,
+/// never a running one whose machine went missing.
 pub async fn end(step: &mut Step<'_>, phase: SessionPhase, reason: &str, message: String) -> Result<()> {
-    release(step).await?;
-    settle_cost(step);
     step.status.pending_creates.clear(); // a late landing is the stray reaper's
     step.condition(types::READY, false, reason, message.clone());
     // A terminal condition tools can wait on (`kubectl wait --for=condition=Complete`).
     let terminal = if phase == SessionPhase::Failed { types::FAILED } else { types::COMPLETE };
     step.condition(terminal, true, reason, message.clone());
     step.phase(phase, reason, message.clone());
+    if step.status.instance_id.is_some() && step.status.released_at.is_none() {
+        step.persist().await?;
+    }
+    release(step).await?;
+    settle_cost(step);
     step.event(phase == SessionPhase::Failed, reason, message);
     Ok(())
 }
@@ -137,7 +143,9 @@ pub async fn destroy_unrecorded(step: &mut Step<'_>) -> Result<()> {
         .chain(step.status.attempts.iter().filter(|a| may_have_landed(&a.reason)).map(|a| (a.provider, &a.time)));
     for (provider, sent_at) in uncertain {
         let Some(provider) = provider.filter(|p| step.ctx.provider(*p).is_some()) else { continue };
-        if !step.ctx.inventory.listed_since(provider, after_stored(sent_at) + window) {
+        // `checked_add`: a time read back from status may be anything the schema took.
+        let settled_after = after_stored(sent_at).checked_add(window).unwrap_or(jiff::Timestamp::MAX);
+        if !step.ctx.inventory.listed_since(provider, settled_after) {
             step.ctx.inventory.request_refresh(provider);
             return Err(Error::WaitingForListing { provider, sent_at: sent_at.0.to_string() });
         }
