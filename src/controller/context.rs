@@ -19,7 +19,6 @@ use crate::market::{BadHosts, OfferCache};
 use crate::metrics::{ControllerLabels, ErrorLabels, Metrics};
 use crate::provider::Provider;
 use crate::provider::gate::{Gate, Gated};
-use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::Store;
 
 /// The caches one namespace's watches keep (or the whole cluster's: `namespace` None).
@@ -28,8 +27,6 @@ pub struct NamespaceStores {
     pub namespace: Option<String>,
     pub sessions: Store<GpuSession>,
     pub filters: Store<GpuOfferFilter>,
-    /// Only the Secrets this operator manages (its label), which is every key Secret it made.
-    pub secrets: Store<Secret>,
 }
 
 /// The caches the controllers' watches keep, read instead of asking the API server again.
@@ -39,10 +36,6 @@ pub struct Stores(pub Vec<NamespaceStores>);
 impl Stores {
     fn of(&self, namespace: &str) -> Option<&NamespaceStores> {
         self.0.iter().find(|s| s.namespace.as_deref().is_none_or(|n| n == namespace))
-    }
-
-    pub fn secrets(&self, namespace: &str) -> Option<&Store<Secret>> {
-        self.of(namespace).map(|s| &s.secrets)
     }
 
     pub fn filters(&self, namespace: &str) -> Option<&Store<GpuOfferFilter>> {

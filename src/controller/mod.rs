@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
-use kube::api::ListParams;
+use kube::api::{ListParams, PartialObjectMeta};
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 
 pub use context::Context;
@@ -99,11 +99,14 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
         let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
         wake_routes.insert(namespace.clone(), wake);
         let woken = futures::stream::unfold(woken, |mut woken| async move { Some((woken.recv().await?, woken)) });
-        // The Secrets the operator made are watched once: the watch triggers the session
-        // controller and fills the cache the reconciler reads keys from.
+        // The Secrets the operator made wake their session when they change (a key Secret
+        // deleted, say). Only their metadata is watched and nothing is kept: private keys are
+        // read when a step needs one and never cached, and a label anyone can set on their own
+        // Secrets costs the operator no memory.
         let owned_secrets = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
         let scope = namespace.as_deref();
-        let (secret_store, secret_stream) = cached_watch::<Secret>(&client, scope, owned_secrets);
+        let secret_stream =
+            watcher(scoped::<PartialObjectMeta<Secret>>(&client, scope), owned_secrets).default_backoff();
         let (session_store, session_stream) = cached_watch::<GpuSession>(&client, scope, watcher::Config::default());
         let session_controller = Controller::for_stream(session_stream.applied_objects(), session_store)
             .with_config(bounded.clone())
@@ -118,7 +121,6 @@ pub async fn run(ctx: Arc<Context>, health: Arc<Health>) -> Result<(), StartErro
             namespace: namespace.clone(),
             sessions: session_controller.store(),
             filters: filter_controller.store(),
-            secrets: secret_store,
         });
         controllers.push(
             session_controller

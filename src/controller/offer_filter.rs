@@ -51,7 +51,14 @@ pub async fn reconcile(filter: Arc<GpuOfferFilter>, ctx: Arc<Context>) -> Result
     } else {
         // A filter's view waits behind every rent's calls to the marketplace.
         let namespace = filter.namespace().unwrap_or_default();
-        let search = market::search(&ctx.providers, &filter.spec.requirements, SEARCH_TIMEOUT);
+        // Through the shared offer cache: a hundred filters of one tenant alike cost one search,
+        // and distinct ones queue behind every rent's calls (and are bounded per namespace).
+        let query = crate::provider::OfferQuery {
+            requirements: filter.spec.requirements.clone(),
+            limit: market::OFFERS_PER_MARKETPLACE,
+            ..Default::default()
+        };
+        let search = market::search_cached(&ctx.providers, &query, SEARCH_TIMEOUT, Some(&ctx.offer_cache));
         let view = calling(Urgency::Background, &namespace, search).await;
         desired.matching_offers = Some(view.offers.len() as u32);
         desired.cheapest_price_per_hour = view.offers.first().map(|o| o.price_per_hour);

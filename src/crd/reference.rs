@@ -2,9 +2,6 @@
 //! that it cannot drift (a test compares).
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{CustomResourceDefinition, JSONSchemaProps};
-use kube::CustomResourceExt;
-
-use super::{GpuOfferFilter, GpuSession};
 
 fn type_of(schema: &JSONSchemaProps) -> String {
     match schema.type_.as_deref() {
@@ -101,7 +98,11 @@ pub fn markdown() -> String {
     let mut out = String::from(
         "# GpuSession and GpuOfferFilter reference\n\nGenerated from the CRD schemas by `gpu-shopper reference` (a test keeps it current). `kubectl explain gs.spec` shows the same text.\n\n",
     );
-    section(&mut out, &GpuSession::crd());
-    section(&mut out, &GpuOfferFilter::crd());
+    let crds = super::crds();
+    for kind in ["GpuSession", "GpuOfferFilter"] {
+        if let Some(crd) = crds.iter().find(|c| c.spec.names.kind == kind) {
+            section(&mut out, crd);
+        }
+    }
     out
 }

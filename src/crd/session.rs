@@ -505,9 +505,11 @@ pub struct GpuSessionStatus {
     pub phase: Option<SessionPhase>,
     /// Machine-readable reason of the last phase change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub reason: Option<String>,
     /// Human-readable explanation of the last phase change, with what to do next.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8192))]
     pub message: Option<String>,
     /// The `metadata.generation` of the spec this status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -537,6 +539,7 @@ pub struct GpuSessionStatus {
     pub gpu: Option<String>,
     /// Why this offer was chosen over the others.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub selection: Option<String>,
     /// Price for the machine, in US dollars per hour.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -585,6 +588,7 @@ pub struct GpuSessionStatus {
     pub secret_name: Option<String>,
     /// Offers tried, in order, and why each was left.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
     pub attempts: Vec<Attempt>,
     /// How a Job workload ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -688,6 +692,7 @@ pub struct Attempt {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_usd: Option<f64>,
     /// What happened.
+    #[schemars(length(max = 8192))]
     pub message: String,
     /// When the attempt ended.
     pub time: Time,
@@ -721,7 +726,7 @@ pub struct Replacement {
     pub instance_id: String,
     #[schemars(length(max = 128))]
     pub reason: String,
-    #[schemars(length(max = 4096))]
+    #[schemars(length(max = 8192))]
     pub message: String,
 }
 
@@ -739,6 +744,7 @@ pub struct JobResult {
     pub exit_code: i32,
     /// Last lines of the command's output.
     #[serde(default)]
+    #[schemars(length(max = 8192))]
     pub log_tail: String,
     /// What was saved to the buckets, each confirmed in the store.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -746,9 +752,11 @@ pub struct JobResult {
     pub outputs: Vec<SavedObject>,
     /// Where the job's full log was saved (`s3://bucket/key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     pub log: Option<String>,
     /// Outputs that could not be saved before the machine went, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8192))]
     pub lost: Option<String>,
 }
 

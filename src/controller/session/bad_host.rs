@@ -5,7 +5,7 @@
 use kube::runtime::controller::Action;
 
 use super::cost::current_machine_cost;
-use super::step::{NEXT_STAGE, Step};
+use super::step::{NEXT_STAGE, Step, for_status};
 use super::teardown;
 use crate::crd::SessionPhase;
 use crate::crd::conditions::{Status, types};
@@ -30,7 +30,7 @@ pub async fn replace(step: &mut Step<'_>, reason: &str, message: String) -> Resu
         && step.status.replacing.as_ref().is_none_or(|r| r.instance_id != id)
     {
         step.status.replacing =
-            Some(Replacement { instance_id: id, reason: reason.to_string(), message: message.clone() });
+            Some(Replacement { instance_id: id, reason: reason.to_string(), message: for_status(message.clone()) });
         step.persist().await?;
     }
     let provider = step.status.provider;
@@ -46,7 +46,7 @@ pub async fn replace(step: &mut Step<'_>, reason: &str, message: String) -> Resu
         price_per_hour: step.status.price_per_hour,
         cost_usd,
         reason: reason.to_string(),
-        message: message.clone(),
+        message: for_status(message.clone()),
         time: step.time(),
     });
     step.event(

@@ -11,7 +11,7 @@ use kube::runtime::controller::Action;
 use super::bad_host;
 use super::requirements;
 use super::secret::SessionKey;
-use super::step::{NEXT_STAGE, PROVISIONING_POLL, Step};
+use super::step::{NEXT_STAGE, PROVISIONING_POLL, Step, for_status};
 use super::teardown;
 use crate::crd::conditions::{Status, types};
 use crate::crd::session::{Attempt, CreateIntent};
@@ -205,7 +205,7 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
                 price_per_hour: Some(best.price_per_hour),
                 cost_usd: None,
                 reason: error.reason().to_string(),
-                message: error.to_string(),
+                message: for_status(error.to_string()),
                 time: step.time(),
             });
             step.event(true, "AttemptFailed", format!("offer {} on {}: {error}", best.id, best.provider));

@@ -143,7 +143,7 @@ async fn check_job(step: &mut Step<'_>, key: &SessionKey) -> Result<Option<Actio
             let job = step.status.job.get_or_insert_with(Default::default);
             job.outputs = objects;
             job.log = log;
-            job.lost = Some(lost);
+            job.lost = Some(tail_chars(lost, 8000));
             (phase, reason) = (SessionPhase::Failed, "OutputsLost");
             message = format!("the job exited with code {exit_code}; outputs {why}");
         }

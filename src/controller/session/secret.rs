@@ -11,7 +11,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use secrecy::SecretString;
 
-use crate::controller::context::{Context, cached_or_get};
+use crate::controller::context::Context;
 use crate::controller::scope::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::crd::GpuSession;
 use crate::error::{Error, Result};
@@ -53,8 +53,8 @@ pub async fn ensure(session: &GpuSession, ctx: &Context) -> Result<std::result::
     let namespace = session.namespace().unwrap_or_default();
     let secrets = secrets(session, ctx);
     let name = secret_name(session);
-    let cache = ctx.stores().and_then(|stores| stores.secrets(&namespace));
-    if let Some(existing) = cached_or_get(cache, &secrets, &namespace, &name).await? {
+    // Read when needed, never cached: a private key is in memory for one reconcile at most.
+    if let Some(existing) = secrets.get_opt(&name).await? {
         if !owned_by(&existing, session) {
             return Ok(Err(format!(
                 "Secret {name:?} already exists and is not owned by this GpuSession: the operator will not use or overwrite it; delete or rename it, or rename the session"
