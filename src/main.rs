@@ -212,11 +212,11 @@ fn user_command(future: impl std::future::Future<Output = Result<String, gpu_sho
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(future) {
         Ok(out) => {
-            print!("{out}");
+            print!("{}", gpu_shopper::cli::terminal::printable(&out));
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("gpu-shopper: {error}");
+            eprintln!("gpu-shopper: {}", gpu_shopper::cli::terminal::printable(&error.to_string()));
             ExitCode::from(1)
         }
     }

@@ -21,6 +21,11 @@ pub struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceLabels {
+    pub namespace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProviderLabels {
     pub provider: &'static str,
 }
@@ -70,6 +75,8 @@ pub mod names {
     pub const GPU_SESSIONS_ACTIVE: &str = "gpu_shopper_sessions_active";
     pub const GPU_ORPHANS_DETECTED: &str = "gpu_shopper_orphans_detected";
     pub const GPU_DESTROY_FAILURES: &str = "gpu_shopper_destroy_failures";
+    pub const GPU_SHOPPER_UNWATCHED_INSTANCES: &str = "gpu_shopper_unwatched_instances";
+    pub const GPU_SHOPPER_NAMESPACE_CAP_REFUSALS: &str = "gpu_shopper_namespace_cap_refusals";
     pub const GPU_SSH_VERIFY_FAILURES: &str = "gpu_shopper_ssh_verify_failures";
     pub const GPU_PROVIDER_API_ERRORS: &str = "gpu_shopper_provider_api_errors";
     pub const GPU_PROVIDER_CALL_DURATION_SECONDS: &str = "gpu_shopper_provider_call_duration_seconds";
@@ -99,6 +106,7 @@ pub mod names {
         GPU_DESTROY_FAILURES,
         GPU_SSH_VERIFY_FAILURES,
         GPU_PROVIDER_API_ERRORS,
+        GPU_SHOPPER_NAMESPACE_CAP_REFUSALS,
         GPU_SHOPPER_KUBE_REQUESTS,
         GPU_SHOPPER_SPEND_USD,
         PROCESS_CPU_SECONDS,
@@ -113,9 +121,11 @@ pub mod names {
         GPU_SHOPPER_PROVIDERS_CONFIGURED,
         GPU_SESSIONS_ACTIVE,
         GPU_ORPHANS_DETECTED,
+        GPU_SHOPPER_UNWATCHED_INSTANCES,
         GPU_DESTROY_FAILURES,
         GPU_SSH_VERIFY_FAILURES,
         GPU_PROVIDER_API_ERRORS,
+        GPU_SHOPPER_NAMESPACE_CAP_REFUSALS,
         GPU_PROVIDER_CALL_DURATION_SECONDS,
         GPU_SESSION_TIME_TO_READY_SECONDS,
         GPU_ACCRUED_COST_USD,
@@ -145,6 +155,10 @@ pub struct Metrics {
     pub providers_configured: Gauge,
     pub sessions_active: Family<PhaseLabels, Gauge>,
     pub orphans_detected: Family<ProviderLabels, Counter>,
+    /// Instances labelled for a namespace this operator does not watch: they bill, and are not destroyed.
+    pub unwatched_instances: Family<ProviderLabels, Gauge>,
+    /// Rents not sent because the namespace's cap was reached.
+    pub namespace_cap_refusals: Family<NamespaceLabels, Counter>,
     pub destroy_failures: Family<ProviderLabels, Counter>,
     pub ssh_verify_failures: Family<ProviderLabels, Counter>,
     pub provider_api_errors: Family<ProviderErrorLabels, Counter>,
@@ -211,6 +225,8 @@ impl Default for Metrics {
             providers_configured: Gauge::default(),
             sessions_active: Family::default(),
             orphans_detected: Family::default(),
+            unwatched_instances: Family::default(),
+            namespace_cap_refusals: Family::default(),
             destroy_failures: Family::default(),
             ssh_verify_failures: Family::default(),
             provider_api_errors: Family::default(),
@@ -252,6 +268,16 @@ impl Default for Metrics {
             names::GPU_ORPHANS_DETECTED,
             "Instances of this deployment that no live GpuSession owned",
             m.orphans_detected.clone(),
+        );
+        registry.register(
+            names::GPU_SHOPPER_UNWATCHED_INSTANCES,
+            "Instances labelled for a namespace this operator does not watch (they bill and are not destroyed)",
+            m.unwatched_instances.clone(),
+        );
+        registry.register(
+            names::GPU_SHOPPER_NAMESPACE_CAP_REFUSALS,
+            "Rents not sent because the namespace's spending cap was reached",
+            m.namespace_cap_refusals.clone(),
         );
         registry.register(
             names::GPU_DESTROY_FAILURES,

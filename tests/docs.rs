@@ -99,6 +99,8 @@ fn the_troubleshooting_guide_covers_every_reason_the_cli_advises_on() {
         "InputInvalid",
         "InputsTooSlow",
         "OutputsLost",
+        "NamespaceCapReached",
+        "InstanceNotOwned",
     ] {
         assert!(gpu_shopper::cli::status::advice(reason).is_some(), "{reason}");
         assert!(doc.contains(&format!("`{reason}`")), "docs/troubleshooting.md does not cover {reason}");

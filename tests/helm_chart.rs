@@ -105,9 +105,20 @@ fn lint_and_template_with_default_and_custom_values() {
     assert_eq!(kind(&custom, "Deployment")["spec"]["replicas"].as_i64(), Some(3));
     let single = render(&["--set", "deploymentId=x", "--set", "leaderElection.enabled=false"]);
     assert!(single.iter().all(|d| d["kind"].as_str() != Some("Role")), "no Lease role without leader election");
-    // The cluster's identity is readable, and nothing else about namespaces.
-    let rules = serde_json::to_string(&kind(&custom, "ClusterRole")["rules"]).unwrap();
-    assert!(rules.contains("namespaces") && rules.contains("kube-system"), "{rules}");
+    // Namespaces are only read (the cluster's identity, each namespace's cap); watching
+    // some namespaces, only kube-system and those.
+    let namespace_rule = |docs: &[serde_json::Value]| {
+        kind(docs, "ClusterRole")["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resources"] == serde_json::json!(["namespaces"]))
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(namespace_rule(&custom)["verbs"], serde_json::json!(["get"]));
+    let some = render(&["--set", "deploymentId=x", "--set", "watchNamespaces={team-a,team-b}"]);
+    assert_eq!(namespace_rule(&some)["resourceNames"], serde_json::json!(["kube-system", "team-a", "team-b"]));
 
     // Bad values fail at install time with a message (values.schema.json and the templates).
     for (args, expected) in [

@@ -450,7 +450,11 @@ async fn an_orphan_from_a_crashed_run_is_destroyed_and_other_installations_insta
         disk_gb: 10,
         min_cuda_version: None,
     };
-    let orphan = vast.create_instance(&request(&h.installation().await)).await.unwrap();
+    // Labelled as this operator labels a session of its namespace.
+    let mut orphan_request = request(&h.installation().await);
+    orphan_request.label =
+        InstanceLabel::for_session(&h.installation().await, "uid-of-a-session-that-no-longer-exists", &h.ns);
+    let orphan = vast.create_instance(&orphan_request).await.unwrap();
     let foreign = vast.create_instance(&request("another-deployment")).await.unwrap();
     // The same deployment id in another cluster: the cluster id tells it apart.
     let other_cluster = vast.create_instance(&request(&format!("{}-0ther0ne", h.ns))).await.unwrap();

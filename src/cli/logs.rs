@@ -59,8 +59,14 @@ pub async fn run(args: LogsArgs) -> Result<String, CliError> {
     let follow = if args.follow { " -F" } else { "" };
     let command = format!("tail -n {}{follow} \"{}\" 2>/dev/null || echo 'no output yet'", args.tail, log_path(&uid));
     let mut stdout = std::io::stdout();
+    // To a terminal, the log's control sequences are shown, not obeyed; to a pipe, bytes pass as they are.
+    let to_terminal = std::io::IsTerminal::is_terminal(&stdout);
     let stream = connection.stream(&command, |data| {
-        let _ = stdout.write_all(data);
+        let _ = if to_terminal {
+            stdout.write_all(&super::terminal::printable_bytes(data))
+        } else {
+            stdout.write_all(data)
+        };
         let _ = stdout.flush();
     });
     tokio::select! {

@@ -16,6 +16,7 @@ pub mod ssh;
 pub mod ssh_config;
 pub mod status;
 mod table;
+pub mod terminal;
 pub mod wait;
 
 mod cluster;

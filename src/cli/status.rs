@@ -87,6 +87,12 @@ pub fn advice(reason: &str) -> Option<&'static str> {
         "OutputsLost" => {
             "some outputs were not saved before the machine went (see status.job.lost); check the bucket and its credentials, or raise timeouts.outputs"
         }
+        "NamespaceCapReached" => {
+            "the namespace's spending cap (annotations on its Namespace) is reached: the session rents when another ends; ask a cluster admin to raise it (docs/tenancy.md)"
+        }
+        "InstanceNotOwned" => {
+            "status named a machine that does not carry this session's label, so it was left alone; recreate the session, and do not patch its status"
+        }
         "CreateOutcomeUnknown" => {
             "a create's answer was lost; the operator waits for that marketplace's listing to show whether it landed (nothing to do)"
         }

@@ -89,7 +89,7 @@ pub async fn run(args: WaitArgs) -> Result<String, CliError> {
         };
         let line = progress_line(&session);
         if show_progress && line != last_line {
-            eprintln!("{}: {line}", args.session);
+            eprintln!("{}: {}", args.session, super::terminal::printable(&line));
         }
         last_line = line;
         match judge(&session, args.goal) {

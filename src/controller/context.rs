@@ -54,6 +54,12 @@ impl Stores {
         }
         Some(all)
     }
+
+    /// `namespace`'s sessions as the watch last saw them (empty before it has listed).
+    pub fn sessions_in(&self, namespace: &str) -> Vec<Arc<GpuSession>> {
+        let Some(stores) = self.of(namespace) else { return Vec::new() };
+        stores.sessions.state().into_iter().filter(|s| s.metadata.namespace.as_deref() == Some(namespace)).collect()
+    }
 }
 
 /// `name` in `namespace` from a watch's cache when it holds it, else from the API
@@ -113,6 +119,79 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Jobs whose exit a held SSH channel waits for (so a finished Job stops billing at once).
     pub exit_watches: ExitWatches,
+    /// The machine each session was seen to own (by uid): recorded by this process at
+    /// the rent, or shown by its marketplace carrying the session's label.
+    pub owned_machines: OwnedMachines,
+}
+
+/// Which machine each session is known to own, so status is checked against the
+/// marketplace once per machine, not before every destroy or login; and what each
+/// costs, so a namespace's cap counts a rent the moment it lands, before the watch
+/// shows its status.
+#[derive(Default)]
+pub struct OwnedMachines {
+    by_session: Mutex<HashMap<String, OwnedMachine>>,
+    /// Sessions whose machine this process released lately: the watch may still show it held.
+    released: Mutex<HashMap<String, std::time::Instant>>,
+    /// One rent at a time per capped namespace: two sessions cannot both take its last place.
+    rent_turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Longer than the watch takes to show a released machine's status.
+const RELEASE_REMEMBERED: std::time::Duration = std::time::Duration::from_secs(120);
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct OwnedMachine {
+    pub provider: crate::crd::ProviderName,
+    pub id: String,
+    pub namespace: String,
+    pub price_per_hour: f64,
+}
+
+impl OwnedMachines {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, OwnedMachine>> {
+        self.by_session.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn record(&self, uid: &str, machine: OwnedMachine) {
+        self.map().insert(uid.to_string(), machine);
+    }
+
+    pub fn owns(&self, uid: &str, provider: crate::crd::ProviderName, id: &str) -> bool {
+        self.map().get(uid).is_some_and(|m| m.provider == provider && m.id == id)
+    }
+
+    /// The machines of `namespace`'s sessions, by session uid.
+    pub fn in_namespace(&self, namespace: &str) -> HashMap<String, OwnedMachine> {
+        self.map().iter().filter(|(_, m)| m.namespace == namespace).map(|(u, m)| (u.clone(), m.clone())).collect()
+    }
+
+    /// The session's machine is gone (destroyed, or never its own).
+    pub fn forget(&self, uid: &str) {
+        if self.map().remove(uid).is_some() {
+            let mut released = self.released.lock().unwrap_or_else(|p| p.into_inner());
+            released.retain(|_, at| at.elapsed() < RELEASE_REMEMBERED);
+            released.insert(uid.to_string(), std::time::Instant::now());
+        }
+    }
+
+    /// Whether this process released the session's machine lately (and has not rented it another).
+    pub fn released_lately(&self, uid: &str) -> bool {
+        !self.map().contains_key(uid)
+            && self
+                .released
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(uid)
+                .is_some_and(|at| at.elapsed() < RELEASE_REMEMBERED)
+    }
+
+    /// Waits for `namespace`'s turn to rent.
+    pub async fn rent_turn(&self, namespace: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let turn =
+            self.rent_turns.lock().unwrap_or_else(|p| p.into_inner()).entry(namespace.to_string()).or_default().clone();
+        turn.lock_owned().await
+    }
 }
 
 /// The Jobs being waited on, and those whose exit was seen and not yet handled.
@@ -204,6 +283,7 @@ impl Context {
             ssh_permits: tokio::sync::Semaphore::new(MAX_CONCURRENT_SSH),
             failures: Mutex::default(),
             exit_watches: ExitWatches::default(),
+            owned_machines: OwnedMachines::default(),
         }
     }
 
@@ -251,8 +331,9 @@ impl Context {
     pub fn machine_check_due(&self, uid: &str) -> Duration {
         let mut checks = self.machine_checks.lock().expect("check map poisoned");
         let interval = self.config.machine_check_interval;
-        match checks.get(uid) {
-            Some(last) if last.elapsed() < interval => interval - last.elapsed(),
+        // One reading of the clock: two could straddle the interval and underflow.
+        match checks.get(uid).map(|last| last.elapsed()) {
+            Some(elapsed) if elapsed < interval => interval.saturating_sub(elapsed),
             _ => {
                 checks.insert(uid.to_string(), std::time::Instant::now());
                 Duration::ZERO

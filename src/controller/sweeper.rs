@@ -25,6 +25,7 @@ use crate::crd::session::after_stored;
 use crate::crd::{GpuSession, GpuSessionStatus, ProviderName, SessionPhase};
 use crate::inventory::{Presence, Snapshot};
 use crate::metrics::ProviderLabels;
+use crate::provider::types::namespace_tag;
 use crate::provider::{Instance, InstanceLabel, InstanceState, Provider, destroy_confirmed};
 
 /// Since when each unowned instance (by id) has been seen as one.
@@ -140,6 +141,7 @@ pub async fn sweep(ctx: &Context, provider: &dyn Provider, seen: &mut Seen) {
     let by_uid: HashMap<String, &GpuSession> = sessions.iter().filter_map(|s| Some((s.uid()?, s.as_ref()))).collect();
     let installation = ctx.config.installation();
     let mut still_unowned = HashSet::new();
+    let mut unwatched: i64 = 0;
     for instance in &snapshot.instances {
         let Some(label) = instance.label.clone() else { continue };
         match ownership(&label, &installation, &ctx.config.deployment_id, &by_uid) {
@@ -155,6 +157,15 @@ pub async fn sweep(ctx: &Context, provider: &dyn Provider, seen: &mut Seen) {
         }
         let Some(kind) = judge(instance, name, &by_uid) else { continue };
         still_unowned.insert(instance.id.clone());
+        // "No session owns it" is known only where its session's namespace is watched.
+        if kind == Unowned::Orphan && !namespace_watched(&label, &ctx.config.watch_namespaces) {
+            unwatched += 1;
+            if seen.insert(instance.id.clone(), Instant::now()).is_none() {
+                tracing::warn!(provider = %name, instance = %instance.id, %label, "instance labelled for a session in a namespace this operator does not watch: it bills, and is not destroyed");
+                unwatched_event(ctx, name, &instance.id, &label).await;
+            }
+            continue;
+        }
         let first = *seen.entry(instance.id.clone()).or_insert_with(|| {
             if kind == Unowned::Orphan {
                 ctx.metrics.orphans_detected.get_or_create(&ProviderLabels { provider: name.as_str() }).inc();
@@ -187,6 +198,7 @@ pub async fn sweep(ctx: &Context, provider: &dyn Provider, seen: &mut Seen) {
         }
     }
     seen.retain(|id, _| still_unowned.contains(id));
+    ctx.metrics.unwatched_instances.get_or_create(&ProviderLabels { provider: name.as_str() }).set(unwatched);
     wake_affected(ctx, name, &snapshot, &sessions);
 }
 
@@ -245,14 +257,40 @@ async fn stray_event(ctx: &Context, session: &GpuSession, provider: ProviderName
     }
 }
 
+/// Whether the namespace of `label`'s session is watched by this operator. Labels
+/// made before namespaces were folded in say nothing: they count as watched only
+/// when every namespace is.
+fn namespace_watched(label: &InstanceLabel, watch_namespaces: &[String]) -> bool {
+    if watch_namespaces.is_empty() {
+        return true;
+    }
+    label.namespace_tag.as_ref().is_some_and(|tag| watch_namespaces.iter().any(|ns| namespace_tag(ns) == *tag))
+}
+
 /// An Event about the destroyed orphan, on the (gone) GpuSession it belonged to.
 async fn orphan_event(ctx: &Context, provider: ProviderName, instance_id: &str, label: &InstanceLabel) {
+    let message = format!(
+        "instance {instance_id} on {provider} was labelled for this deployment but no live GpuSession owned it; destroyed"
+    );
+    sweep_event(ctx, "OrphanDestroyed", message, label).await;
+}
+
+/// An Event about a machine left alone because its session's namespace is not watched.
+async fn unwatched_event(ctx: &Context, provider: ProviderName, instance_id: &str, label: &InstanceLabel) {
+    let message = format!(
+        "instance {instance_id} on {provider} is labelled for a session in a namespace this operator does not watch (taken out of watchNamespaces?); it still bills and is not destroyed: watch that namespace again and delete the session there, or destroy the instance in the marketplace's console"
+    );
+    sweep_event(ctx, "UnwatchedInstance", message, label).await;
+}
+
+/// A Warning Event from the sweeper, on the GpuSession `label` names (which may be gone or unwatched).
+async fn sweep_event(ctx: &Context, reason: &str, message: String, label: &InstanceLabel) {
     use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
     let namespace = ctx.config.watch_namespaces.first().cloned().unwrap_or_else(|| "default".into());
     let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
     let event = Event {
         metadata: ObjectMeta {
-            generate_name: Some("gpu-shopper-orphan-".into()),
+            generate_name: Some("gpu-shopper-sweep-".into()),
             namespace: Some(namespace.clone()),
             ..Default::default()
         },
@@ -264,10 +302,8 @@ async fn orphan_event(ctx: &Context, provider: ProviderName, instance_id: &str, 
             uid: Some(label.session_uid.clone()),
             ..Default::default()
         },
-        reason: Some("OrphanDestroyed".into()),
-        message: Some(format!(
-            "instance {instance_id} on {provider} was labelled for this deployment but no live GpuSession owned it; destroyed"
-        )),
+        reason: Some(reason.into()),
+        message: Some(message),
         type_: Some("Warning".into()),
         source: Some(EventSource { component: Some(CONTROLLER_NAME.into()), host: None }),
         first_timestamp: Some(now.clone()),
@@ -277,7 +313,7 @@ async fn orphan_event(ctx: &Context, provider: ProviderName, instance_id: &str, 
     };
     let events: Api<Event> = Api::namespaced(ctx.client.clone(), &namespace);
     if let Err(error) = events.create(&PostParams::default(), &event).await {
-        tracing::warn!(%error, "could not record the orphan event");
+        tracing::warn!(%error, reason, "could not record the sweeper's event");
     }
 }
 
@@ -285,6 +321,18 @@ async fn orphan_event(ctx: &Context, provider: ProviderName, instance_id: &str, 
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    #[test]
+    fn an_orphan_is_destroyed_only_where_its_namespace_is_known_to_be_watched() {
+        let tagged = InstanceLabel::for_session("d-3f9a0c12", "uid", "team-b");
+        let old = InstanceLabel::new("d-3f9a0c12", "uid");
+        let all: Vec<String> = vec![];
+        let some = vec!["team-a".to_string()];
+        assert!(namespace_watched(&tagged, &all) && namespace_watched(&old, &all), "watching every namespace");
+        assert!(!namespace_watched(&tagged, &some), "team-b left the watch");
+        assert!(!namespace_watched(&old, &some), "an old label cannot say where its session is");
+        assert!(namespace_watched(&tagged, &["team-b".to_string(), "team-a".to_string()]));
+    }
 
     fn instance(id: &str, uid: &str) -> Instance {
         Instance {

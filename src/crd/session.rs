@@ -561,6 +561,12 @@ pub struct GpuSessionStatus {
     /// finishes the replacement instead of taking the machine for a lost one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replacing: Option<Replacement>,
+    /// The session's end, stored before its machine's destroy is sent: a reconcile
+    /// that finds it (the status written after the destroy was lost) finishes the
+    /// end as what it was, never takes the machine for a lost one. The phase and the
+    /// terminal condition are written only once the machine is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ending: Option<Ending>,
     /// Creates sent whose outcome is not known yet (the answer was lost or never came): each stays until that marketplace's listing shows what landed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_creates: Vec<CreateIntent>,
@@ -708,6 +714,9 @@ pub struct CreateIntent {
     pub offer_id: String,
     /// When the create was sent; once its call ended without an answer, when it ended (a listing sent after this shows whether it landed).
     pub sent_at: Time,
+    /// The offer's price per hour: what a machine adopted from this create is costed at when its marketplace reports no price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_per_hour: Option<f64>,
 }
 
 impl CreateIntent {
@@ -715,6 +724,20 @@ impl CreateIntent {
     pub fn settled_by_listings_after(&self) -> jiff::Timestamp {
         after_stored(&self.sent_at)
     }
+}
+
+/// How the session is ending, while its machine is being destroyed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Ending {
+    /// The instance being destroyed.
+    #[schemars(length(max = 256))]
+    pub instance_id: String,
+    pub phase: SessionPhase,
+    #[schemars(length(max = 128))]
+    pub reason: String,
+    #[schemars(length(max = 8192))]
+    pub message: String,
 }
 
 /// Why the current machine is being destroyed and replaced.

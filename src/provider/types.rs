@@ -120,29 +120,61 @@ impl Instance {
 pub struct InstanceLabel {
     pub installation: String,
     pub session_uid: String,
+    /// `namespace_tag` of the session's namespace, on labels made since namespaces were
+    /// folded in: the sweeper destroys an orphan only when it can tell its namespace is
+    /// watched (a namespace taken out of the watch keeps its machines).
+    pub namespace_tag: Option<String>,
 }
 
 const LABEL_PREFIX: &str = "gpushopper";
 
+/// Length of a namespace tag: 32 bits of hash, in hex.
+const TAG_LEN: usize = 8;
+
+/// A short, stable tag for a namespace: FNV-1a (32 bits), in hex. Stable across
+/// releases and platforms (it outlives the process in every label); short because
+/// the marketplaces' limits on a name's length are not published. Two namespaces
+/// that share a tag are told apart by nothing worse than today's behaviour.
+pub fn namespace_tag(namespace: &str) -> String {
+    let hash = namespace.bytes().fold(0x811c_9dc5_u32, |hash, byte| (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193));
+    format!("{hash:08x}")
+}
+
 impl InstanceLabel {
     pub fn new(installation: &str, session_uid: &str) -> Self {
-        InstanceLabel { installation: installation.to_string(), session_uid: session_uid.to_string() }
+        InstanceLabel {
+            installation: installation.to_string(),
+            session_uid: session_uid.to_string(),
+            namespace_tag: None,
+        }
+    }
+
+    /// The label of a session in `namespace`.
+    pub fn for_session(installation: &str, session_uid: &str, namespace: &str) -> Self {
+        InstanceLabel { namespace_tag: Some(namespace_tag(namespace)), ..Self::new(installation, session_uid) }
     }
 
     /// Parses a label; anything not made by `Display` gives `None`.
     pub fn parse(text: &str) -> Option<Self> {
         let mut parts = text.split('.');
         let (prefix, deployment, uid) = (parts.next()?, parts.next()?, parts.next()?);
-        if prefix != LABEL_PREFIX || deployment.is_empty() || uid.is_empty() || parts.next().is_some() {
+        let tag = parts.next();
+        let tag_ok =
+            tag.is_none_or(|t| t.len() == TAG_LEN && t.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+        if prefix != LABEL_PREFIX || deployment.is_empty() || uid.is_empty() || !tag_ok || parts.next().is_some() {
             return None;
         }
-        Some(Self::new(deployment, uid))
+        Some(InstanceLabel { namespace_tag: tag.map(str::to_string), ..Self::new(deployment, uid) })
     }
 }
 
 impl fmt::Display for InstanceLabel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{LABEL_PREFIX}.{}.{}", self.installation, self.session_uid)
+        write!(f, "{LABEL_PREFIX}.{}.{}", self.installation, self.session_uid)?;
+        match &self.namespace_tag {
+            Some(tag) => write!(f, ".{tag}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -232,11 +264,24 @@ mod tests {
     fn label_round_trips_and_rejects_other_deployments_shapes() {
         let label = InstanceLabel::new("prod", "1b4e28ba-2fa1-11d2-883f-0016d3cca427");
         assert_eq!(InstanceLabel::parse(&label.to_string()), Some(label));
-        for foreign in
-            ["", "gpushopper", "gpushopper..uid", "other.prod.uid", "gpushopper.prod.uid.extra", "my-training-box"]
-        {
+        for foreign in [
+            "",
+            "gpushopper",
+            "gpushopper..uid",
+            "other.prod.uid",
+            "gpushopper.prod.uid.extra",
+            "gpushopper.prod.uid.0123456g",
+            "my-training-box",
+        ] {
             assert_eq!(InstanceLabel::parse(foreign), None, "{foreign}");
         }
+        let tagged = InstanceLabel::for_session("prod", "1b4e28ba-2fa1-11d2-883f-0016d3cca427", "team-a");
+        assert_eq!(InstanceLabel::parse(&tagged.to_string()), Some(tagged.clone()));
+        assert_eq!(tagged.namespace_tag.as_deref(), Some(namespace_tag("team-a").as_str()));
+        assert_ne!(namespace_tag("team-a"), namespace_tag("team-b"));
+        // The tag is pinned: it lives on in labels across releases.
+        assert_eq!(namespace_tag(""), "811c9dc5");
+        assert_eq!(namespace_tag("a"), "e40c292c");
         // "prod" is a prefix of "prod-eu" as text, but not as a label.
         let eu = InstanceLabel::parse("gpushopper.prod-eu.uid").unwrap();
         assert_ne!(eu.installation, "prod");

@@ -111,8 +111,12 @@ pub async fn run(test: RentTest, providers: Vec<Arc<dyn Provider>>, config: &Con
     let key = keys::generate("gpu-shopper-doctor").map_err(|e| CliError::Failed(e.to_string()))?;
     let private = Arc::new(keys::parse_private(&key.private_openssh).map_err(|e| CliError::Failed(e.to_string()))?);
     let uid = format!("doctor-{:08x}", rand::random::<u32>());
-    // The installation's own label: its orphan sweeper backs this command up if it is killed.
-    let label = InstanceLabel::new(&config.installation(), &uid);
+    // The installation's own label, tagged with a watched namespace: its orphan sweeper
+    // backs this command up if it is killed.
+    let label = match config.watch_namespaces.first() {
+        Some(namespace) => InstanceLabel::for_session(&config.installation(), &uid, namespace),
+        None => InstanceLabel::new(&config.installation(), &uid),
+    };
     if config.cluster_id.is_none() {
         report.add(
             "label",

@@ -54,18 +54,7 @@ pub async fn replace(step: &mut Step<'_>, reason: &str, message: String) -> Resu
         reason,
         format!("offer {offer_id}: {message}; the host is avoided and another offer will be tried"),
     );
-    let s = &mut step.status;
-    s.replacing = None;
-    s.instance_id = None;
-    s.ssh = None;
-    s.verified = None;
-    s.rented_at = None;
-    s.released_at = None;
-    s.price_per_hour = None;
-    s.gpu = None;
-    s.started_at = None;
-    s.expires_at = None;
-    s.idle_since = None;
+    super::machine::forget(&mut step.status);
     for stage in
         [types::INSTANCE_RUNNING, types::SSH_READY, types::CUDA_VERIFIED, types::INPUTS_READY, types::WORKLOAD_READY]
     {

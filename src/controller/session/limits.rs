@@ -3,6 +3,8 @@
 //! cannot stretch it), the budget counts every attempt's billed time, before
 //! Ready too, and a handed-over session's lifetime ends it.
 
+use std::time::Duration;
+
 use kube::runtime::controller::Action;
 
 use super::cost::settle_cost;
@@ -42,7 +44,8 @@ pub async fn enforce(step: &mut Step<'_>) -> Result<Option<Action>> {
     }
     // The lifetime, once handed over: the spec's duration may have changed since.
     set_expiry(step);
-    if ready
+    // Once handed over, whatever is wrong since (a key Secret in conflict makes Ready false).
+    if step.status.started_at.is_some()
         && let Some(expires) = step.status.expires_at.as_ref().map(|t| t.0)
         && step.now >= expires
     {
@@ -51,4 +54,18 @@ pub async fn enforce(step: &mut Step<'_>) -> Result<Option<Action>> {
         return Ok(Some(Action::await_change()));
     }
     Ok(None)
+}
+
+/// `wanted`, or sooner when a time limit (the lifetime, the hard maximum) falls
+/// before it: a session that waits on something else is still ended on time.
+pub fn requeue_within(step: &Step<'_>, wanted: Duration) -> Duration {
+    let hard_max = step.status.billing_started_at.as_ref().map(|t| {
+        let since = step.seconds_since(t.0).max(0.0);
+        step.ctx.config.max_session_duration.saturating_sub(Duration::from_secs_f64(since.min(1e12)))
+    });
+    let lifetime = step.status.started_at.as_ref().and(step.status.expires_at.as_ref()).map(|t| {
+        let until = -step.seconds_since(t.0);
+        Duration::from_secs_f64(until.clamp(0.0, 1e12))
+    });
+    [Some(wanted), hard_max, lifetime].into_iter().flatten().min().unwrap_or(wanted).max(Duration::from_secs(1))
 }

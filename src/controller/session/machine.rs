@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::step::Step;
+use crate::crd::GpuSessionStatus;
 use crate::crd::session::after_stored;
 use crate::error::Result;
 use crate::inventory::Presence;
@@ -55,4 +56,21 @@ pub async fn current_instance(step: &Step<'_>, complete: impl Fn(&Instance) -> b
         Some(instance) => Sighting::Seen(Box::new(instance)),
         None => Sighting::Unknown,
     })
+}
+
+/// Drops the recorded machine and everything learnt about it from status (it was
+/// destroyed, or it was never this session's).
+pub fn forget(status: &mut GpuSessionStatus) {
+    status.replacing = None;
+    status.ending = None;
+    status.instance_id = None;
+    status.ssh = None;
+    status.verified = None;
+    status.rented_at = None;
+    status.released_at = None;
+    status.price_per_hour = None;
+    status.gpu = None;
+    status.started_at = None;
+    status.expires_at = None;
+    status.idle_since = None;
 }

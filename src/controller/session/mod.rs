@@ -18,7 +18,9 @@ mod launcher;
 mod limits;
 mod login;
 mod machine;
+pub mod namespace_cap;
 mod outputs;
+mod ownership;
 mod rekey;
 mod rent;
 mod requirements;
@@ -51,6 +53,7 @@ use crate::crd::conditions::types;
 use crate::crd::{GpuSession, SessionPhase};
 use crate::error::{Error, Result};
 use crate::provider::caller::{Urgency, calling};
+use ownership::Claim;
 use step::{PROVISIONING_POLL, Step};
 
 /// Finalizer that keeps a GpuSession until its instance is confirmed destroyed.
@@ -123,6 +126,14 @@ fn track_spend(step: &Step<'_>) {
 
 /// The next step of the session's life.
 async fn advance(step: &mut Step<'_>) -> Result<Action> {
+    // Nothing acts on the machine status names before its marketplace shows it is this session's.
+    if let Some(action) = check_ownership(step).await? {
+        return Ok(action);
+    }
+    // An end whose status was lost after its destroy is finished as what it was.
+    if teardown::resume_end(step).await? {
+        return Ok(Action::await_change());
+    }
     if matches!(step.status.phase, Some(SessionPhase::Succeeded | SessionPhase::Failed)) {
         // Ended: make sure nothing bills, then wait for deletion.
         teardown::release(step).await?;
@@ -169,7 +180,7 @@ async fn advance(step: &mut Step<'_>) -> Result<Action> {
         Err(conflict) => {
             step.phase(SessionPhase::Pending, "SecretConflict", conflict.clone());
             step.condition(types::READY, false, "SecretConflict", conflict);
-            return Ok(Action::requeue(Duration::from_secs(60)));
+            return Ok(Action::requeue(limits::requeue_within(step, Duration::from_secs(60))));
         }
     };
     step.status.secret_name = Some(secret::secret_name(step.session));
@@ -194,6 +205,28 @@ async fn advance(step: &mut Step<'_>) -> Result<Action> {
         return endpoint::observe(step, action).await;
     }
     stages::run(step, &key).await
+}
+
+/// `Some` when the recorded machine cannot be acted on yet, or is not this session's:
+/// then it is dropped from status untouched and the session fails (its own machines,
+/// if any, carry its label, and the sweeper destroys them).
+async fn check_ownership(step: &mut Step<'_>) -> Result<Option<Action>> {
+    if step.status.instance_id.is_none() || step.status.released_at.is_some() {
+        return Ok(None);
+    }
+    match ownership::claim(step, true).await? {
+        Claim::Ours => {
+            ownership::follow_listed_endpoint(step);
+            Ok(None)
+        }
+        Claim::Unseen => Ok(None),
+        Claim::AwaitingListing => Ok(Some(Action::requeue(PROVISIONING_POLL))),
+        Claim::NotOurs => {
+            let message = ownership::disown(step);
+            teardown::end(step, SessionPhase::Failed, ownership::NOT_OWNED, message).await?;
+            Ok(Some(Action::await_change()))
+        }
+    }
 }
 
 /// `Some` when a source the session brings is missing or refused: it stays Pending, nothing rented.
@@ -241,6 +274,7 @@ async fn cleanup(session: &GpuSession, api: &Api<GpuSession>, ctx: &Context) -> 
     ctx.track_session(&session.uid().unwrap_or_default(), None);
     ctx.forget_machine_checks(&session.uid().unwrap_or_default());
     ctx.exit_watches.forget(&session.uid().unwrap_or_default());
+    ctx.owned_machines.forget(&session.uid().unwrap_or_default());
     tracing::info!(session = %session.name_any(), namespace = ?session.namespace(), "cleanup complete; finalizer released");
     Ok(Action::await_change())
 }

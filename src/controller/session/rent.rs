@@ -9,6 +9,7 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
 use super::bad_host;
+use super::namespace_cap::{self, Admission};
 use super::requirements;
 use super::secret::SessionKey;
 use super::step::{NEXT_STAGE, PROVISIONING_POLL, Step, for_status};
@@ -57,10 +58,15 @@ pub async fn adopt_labelled(step: &mut Step<'_>, key: &SessionKey) -> Result<boo
         format!("found instance {} on {provider} carrying this session's label; adopting it", instance.id),
     );
     // The offer is the one this marketplace's pending create asked for, if one did.
-    let offer_id = step.status.pending_creates.iter().find(|i| i.provider == provider).map(|i| i.offer_id.clone());
+    let intent = step.status.pending_creates.iter().find(|i| i.provider == provider).cloned();
     step.status.pending_creates.retain(|intent| intent.provider != provider);
-    step.status.offer_id = offer_id.or_else(|| step.status.offer_id.clone());
+    step.status.offer_id = intent.as_ref().map(|i| i.offer_id.clone()).or_else(|| step.status.offer_id.clone());
     record_rented(step, provider, &instance, None, "adopted an instance created for this session earlier".into());
+    // A marketplace that reports no price (TensorDock's instance answer) is costed at the offer's.
+    if step.status.price_per_hour.is_none() {
+        step.status.price_per_hour = intent.and_then(|i| i.price_per_hour);
+        super::ownership::remember(step);
+    }
     Ok(true)
 }
 
@@ -151,6 +157,12 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
         return Ok(Action::requeue(WAIT_FOR_MARKET));
     };
 
+    // Within the namespace's cap (its turn to rent is held until the rent is recorded).
+    let (_turn, candidates) = match namespace_cap::admit(step, candidates).await? {
+        Admission::Admitted { turn, offers } => (turn, offers),
+        Admission::Refused => return Ok(Action::requeue(WAIT_FOR_MARKET)),
+    };
+    let best = if candidates.contains(&best) { best } else { candidates[0].clone() };
     let Some(provider) = ctx.provider(best.provider).cloned() else { return Ok(Action::requeue(PROVISIONING_POLL)) };
     let request = create_request(step, &best, key, &requirements);
     let why = rank::explain(&best, candidates.len());
@@ -162,6 +174,7 @@ pub async fn step(step: &mut Step<'_>, key: &SessionKey) -> Result<Action> {
         provider: best.provider,
         offer_id: best.id.clone(),
         sent_at: sent_at.clone(),
+        price_per_hour: Some(best.price_per_hour),
     });
     step.persist().await?;
     tracing::info!(session = %step.session.name_any(), provider = %best.provider, offer = %best.id, "create intent stored; sending the create");
@@ -298,7 +311,11 @@ fn create_request(step: &Step<'_>, offer: &Offer, key: &SessionKey, requirements
     }
     CreateRequest {
         offer: offer.clone(),
-        label: InstanceLabel::new(&step.ctx.config.installation(), &step.session.uid().unwrap_or_default()),
+        label: InstanceLabel::for_session(
+            &step.ctx.config.installation(),
+            &step.session.uid().unwrap_or_default(),
+            &step.session.namespace().unwrap_or_default(),
+        ),
         ssh_public_key: key.public_openssh.clone(),
         image: spec.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.to_string()),
         // The operator runs the start script itself over SSH, the same way on every marketplace.
@@ -339,6 +356,7 @@ fn record_rented(step: &mut Step<'_>, provider: ProviderName, instance: &Instanc
     s.idle_since = None;
     s.started_at = None;
     s.expires_at = None;
+    super::ownership::remember(step);
     let id = instance.id.clone();
     step.phase(SessionPhase::Provisioning, "InstanceCreated", format!("instance {id} on {provider} is starting"));
     step.condition(

@@ -10,10 +10,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
 use super::cost::settle_cost;
-use super::step::Step;
+use super::namespace_cap;
+use super::ownership::{self, Claim};
+use super::step::{Step, for_status};
 use crate::crd::SessionPhase;
 use crate::crd::conditions::{find, types};
-use crate::crd::session::after_stored;
+use crate::crd::session::{Ending, after_stored};
 use crate::error::{Error, Result};
 use crate::metrics::ProviderLabels;
 use crate::provider::caller::{Urgency, with_urgency};
@@ -36,6 +38,11 @@ pub async fn release_at(step: &mut Step<'_>, billing_ended: Option<Timestamp>) -
         step.event(true, "DestroyFailed", &message);
         return Err(ProviderError::AuthFailed { provider: provider_name, status: 0 }.into());
     };
+    // Status is not an authority: a machine not carrying this session's label is never destroyed.
+    if ownership::claim(step, false).await? == Claim::NotOurs {
+        ownership::disown(step);
+        return Ok(());
+    }
     let gone = match destroy_and_confirm(step, provider.as_ref(), &id).await {
         Ok(gone) => gone,
         Err(error) => {
@@ -45,6 +52,8 @@ pub async fn release_at(step: &mut Step<'_>, billing_ended: Option<Timestamp>) -
         }
     };
     step.ctx.inventory.mark_destroyed(provider_name, &id);
+    step.ctx.owned_machines.forget(&step.session.uid().unwrap_or_default());
+    namespace_cap::wake_waiting(step);
     step.destroyed_a_machine = true;
     // Gone before this step (destroyed by a step whose status write was lost, or by
     // anyone): billing ended at the latest when it was last known alive.
@@ -106,24 +115,42 @@ fn last_stage_proved(step: &Step<'_>) -> Option<Timestamp> {
         .max()
 }
 
-/// Ends the session: destroys its machine first, then records the outcome.
-/// The end is stored before the destroy is sent: if the write after the destroy
-/// is lost, the next reconcile sees an ended session and finishes its destroy,
-/// never a running one whose machine went missing.
+/// Ends the session: destroys its machine first, then records the outcome, so
+/// a session shown Succeeded or Failed has nothing billing. The end's intent
+/// (`status.ending`) is stored before the destroy is sent: if the write after
+/// the destroy is lost, the next reconcile finishes this end (`resume_end`),
+/// never reads the machine as lost.
 pub async fn end(step: &mut Step<'_>, phase: SessionPhase, reason: &str, message: String) -> Result<()> {
     step.status.pending_creates.clear(); // a late landing is the stray reaper's
+    if let Some(id) = step.status.instance_id.clone()
+        && step.status.released_at.is_none()
+        && step.status.ending.as_ref().is_none_or(|e| e.instance_id != id)
+    {
+        let message = for_status(message.clone());
+        step.status.ending = Some(Ending { instance_id: id, phase, reason: reason.to_string(), message });
+        step.persist().await?;
+    }
+    release(step).await?;
+    settle_cost(step);
+    step.status.ending = None;
     step.condition(types::READY, false, reason, message.clone());
     // A terminal condition tools can wait on (`kubectl wait --for=condition=Complete`).
     let terminal = if phase == SessionPhase::Failed { types::FAILED } else { types::COMPLETE };
     step.condition(terminal, true, reason, message.clone());
     step.phase(phase, reason, message.clone());
-    if step.status.instance_id.is_some() && step.status.released_at.is_none() {
-        step.persist().await?;
-    }
-    release(step).await?;
-    settle_cost(step);
     step.event(phase == SessionPhase::Failed, reason, message);
     Ok(())
+}
+
+/// An end whose status was lost after its destroy was sent: finished now, as what it was.
+pub async fn resume_end(step: &mut Step<'_>) -> Result<bool> {
+    let Some(ending) = step.status.ending.clone() else { return Ok(false) };
+    if step.status.instance_id.as_deref() != Some(ending.instance_id.as_str()) {
+        step.status.ending = None; // another machine since: only the marker was left
+        return Ok(false);
+    }
+    end(step, ending.phase, &ending.reason, ending.message).await?;
+    Ok(true)
 }
 
 /// Destroys every instance labelled with this session that status does not
