@@ -40,7 +40,7 @@ crds:
 manifests: crds
 	scripts/render-manifests.sh
 
-## image: build the OCI image without a container engine and push it: make image IMAGE=registry.example.com/gpu-shopper:0.1.0
+## image: build the OCI image without a container engine and push it: make image IMAGE=registry.example.com/gpu-shopper:0.2.0
 IMAGE ?= localhost:5000/gpu-shopper:dev
 image:
 	scripts/image.sh $(IMAGE)

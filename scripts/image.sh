@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the operator's OCI image without a container engine and pushes it:
 #
-#   scripts/image.sh REGISTRY/REPOSITORY:TAG      # e.g. registry.example.com/gpu-shopper:0.1.0
+#   scripts/image.sh REGISTRY/REPOSITORY:TAG      # e.g. registry.example.com/gpu-shopper:0.2.0
 #
 # The image is the release binary on a minimal root: the C runtime it links
 # against (glibc and libgcc from Debian packages pinned below), an /etc/passwd

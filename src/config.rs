@@ -45,6 +45,8 @@ pub mod env {
     pub const MAX_CONCURRENT_RECONCILES: &str = "MAX_CONCURRENT_RECONCILES";
     /// "false" turns leader election off (a single replica only).
     pub const LEADER_ELECTION: &str = "LEADER_ELECTION";
+    /// Name of the leader-election Lease (default "gpu-shopper-<DEPLOYMENT_ID>").
+    pub const LEASE_NAME: &str = "LEASE_NAME";
     /// Namespace of the leader-election Lease (default: POD_NAMESPACE, else WATCH_NAMESPACE, else "default").
     pub const LEASE_NAMESPACE: &str = "LEASE_NAMESPACE";
     /// How long a leader's lease lasts without renewal (default 15s).
@@ -87,6 +89,7 @@ pub mod env {
         VASTAI_ENDPOINT_INTERVAL,
         MAX_CONCURRENT_RECONCILES,
         LEADER_ELECTION,
+        LEASE_NAME,
         LEASE_NAMESPACE,
         LEASE_DURATION,
         POD_NAMESPACE,
@@ -332,7 +335,7 @@ impl Config {
         let leader_election = match get(env::LEADER_ELECTION).as_deref().map(str::to_ascii_lowercase).as_deref() {
             Some("false") | Some("0") | Some("off") => None,
             _ => Some(LeaderElection {
-                lease_name: format!("gpu-shopper-{deployment_id}"),
+                lease_name: get(env::LEASE_NAME).unwrap_or_else(|| format!("gpu-shopper-{deployment_id}")),
                 lease_namespace: get(env::LEASE_NAMESPACE)
                     .or_else(|| get(env::POD_NAMESPACE))
                     .or_else(|| watch_namespaces.first().cloned())

@@ -18,7 +18,7 @@ use gpu_shopper::{crd, simulator, telemetry};
     name = "gpu-shopper",
     version,
     propagate_version = true,
-    after_help = "Installed as `kubectl-gpu_shopper` on PATH, it is also the kubectl plugin `kubectl gpu-shopper ...`."
+    after_help = "Operator commands (run by the chart; `COMMAND --help` for each): controller, gateway, simulate, uninstall-guard, crds, reference.\n\nInstalled as `kubectl-gpu_shopper` on PATH, it is also the kubectl plugin `kubectl gpu-shopper ...`."
 )]
 struct Cli {
     #[command(flatten)]
@@ -56,12 +56,14 @@ enum Command {
     /// KUBECONFIG or the in-cluster service account.
     ///
     /// Example: DEPLOYMENT_ID=dev-1 VASTAI_API_KEY=... gpu-shopper controller
+    #[command(hide = true)]
     Controller,
     /// Serve an Inference session's model in the cluster (run by the operator as a Deployment).
     ///
     /// Holds one SSH login to the session's machine (host key pinned), carries each
     /// request to the model's port on the machine's loopback, and asks for the
     /// session's API key. Outside the cluster, --ssh names a fixed machine.
+    #[command(hide = true)]
     Gateway(gpu_shopper::gateway::GatewayArgs),
     /// Serve simulated Vast.ai, TensorDock and RunPod APIs on loopback.
     ///
@@ -70,6 +72,7 @@ enum Command {
     /// shows instances, costs and calls, and switches faults on.
     ///
     /// Example: gpu-shopper simulate --market my-market.yaml --port 18000
+    #[command(hide = true)]
     Simulate {
         /// Market file (YAML or JSON); the built-in market when omitted.
         #[arg(long)]
@@ -85,6 +88,7 @@ enum Command {
     /// Wait until a session is Ready (or, with --for complete, has finished); exit 1 if it fails.
     Wait(gpu_shopper::cli::wait::WaitArgs),
     /// Exit 1 while any GpuSession exists (the chart's pre-delete hook: uninstall sessions first).
+    #[command(hide = true)]
     UninstallGuard(gpu_shopper::cli::guard::GuardArgs),
     /// Print a shell completion script: bash, zsh, fish, elvish or powershell.
     ///
@@ -110,10 +114,12 @@ enum Command {
     /// A session's phase, conditions and attempts, with what to do next.
     Status(gpu_shopper::cli::status::StatusArgs),
     /// Print the field reference of both resources as Markdown (docs/reference.md).
+    #[command(hide = true)]
     Reference,
     /// Print the CustomResourceDefinitions as YAML.
     ///
     /// Example: gpu-shopper crds | kubectl apply -f -
+    #[command(hide = true)]
     Crds,
 }
 

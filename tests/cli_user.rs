@@ -111,6 +111,14 @@ async fn status_ssh_and_cost_describe_a_running_session() {
     assert_eq!(cuda_row.split_whitespace().nth(1), Some("True"), "{stdout}");
     assert!(stdout.contains("verified: 1x NVIDIA RTX 4090, driver 550.54.15, CUDA 12.8"), "{stdout}");
 
+    // kubectl's --as: the request is made as that user, whom nothing allows to read sessions.
+    let (code, _, stderr) = output(gpu_shopper(&kube_env).args(["status", "box", "-n", &ns, "--as", "mallory"]));
+    assert_ne!(code, 0);
+    assert!(stderr.contains("mallory") && stderr.contains("forbidden"), "{stderr}");
+    let (code, _, stderr) =
+        output(gpu_shopper(&kube_env).args(["status", "box", "-n", &ns, "--request-timeout", "20s"]));
+    assert_eq!(code, 0, "{stderr}");
+
     // The same binary as a kubectl plugin.
     let plugin_dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kubectl-plugin");
     std::fs::create_dir_all(&plugin_dir).unwrap();
@@ -131,6 +139,11 @@ async fn status_ssh_and_cost_describe_a_running_session() {
     assert_eq!(as_yaml["status"]["phase"], "Running", "{stdout}");
     let (_, help, _) = output(Command::new(&link).arg("--help"));
     assert!(help.contains("Usage: kubectl gpu-shopper"), "help names the plugin as kubectl runs it: {help}");
+    // A user's commands are listed; the operator's are named apart, not mixed in.
+    let commands = help.split("Options:").next().unwrap();
+    assert!(commands.contains("  status") && commands.contains("  logs"), "{help}");
+    assert!(!commands.contains("  controller ") && !commands.contains("  uninstall-guard"), "{help}");
+    assert!(help.contains("Operator commands"), "{help}");
 
     // kubectl's connection flags instead of the environment; a context that does not exist is named.
     let kubeconfig_flag = kubeconfig_path().display().to_string();

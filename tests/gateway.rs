@@ -70,22 +70,9 @@ async fn run_gateway_as_deployed(h: &Harness, session: &str) -> RunningGateway {
         .status
         .unwrap()
         .token;
-    let admin = config_from(&kubeconfig_path()).await;
-    let ca = std::fs::read_to_string(kubeconfig_path()).unwrap();
-    let ca_data: serde_json::Value = serde_saphyr::from_str(&ca).unwrap();
-    let kubeconfig = json!({
-        "apiVersion": "v1", "kind": "Config", "current-context": "gateway",
-        "clusters": [{"name": "test", "cluster": {
-            "server": admin.cluster_url.to_string(),
-            "certificate-authority-data": ca_data["clusters"][0]["cluster"]["certificate-authority-data"],
-        }}],
-        "users": [{"name": "gateway", "user": {"token": token}}],
-        "contexts": [{"name": "gateway", "context": {"cluster": "test", "user": "gateway", "namespace": h.ns}}],
-    });
+    let config_path = token_kubeconfig(&token, &h.ns, &format!("{}-{session}-gateway", h.ns)).await;
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gateways");
     std::fs::create_dir_all(&dir).unwrap();
-    let config_path = dir.join(format!("{}-{session}.kubeconfig", h.ns));
-    std::fs::write(&config_path, serde_json::to_string(&kubeconfig).unwrap()).unwrap();
     let log = dir.join(format!("{}-{session}.log", h.ns));
     let port = free_port();
     let mut command = Command::new(env!("CARGO_BIN_EXE_gpu-shopper"));

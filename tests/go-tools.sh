@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds Go commands from the published module pinned in a tools folder's go.mod
 # (tests/helm, tests/promtool, tests/oci), once, into a cache outside the repo;
-# a cached build is reused while go.mod and go.sum are unchanged. Prints the bin
+# a cached build is reused while go.mod, go.sum and LDFLAGS are unchanged. Prints the bin
 # directory.
 #
 #   tests/go-tools.sh FOLDER MODULE PACKAGE...     (LDFLAGS adds to -s -w)
@@ -11,7 +11,7 @@ module=$2
 shift 2
 name=$(basename "$folder")
 version=$(awk -v m="$module" '$1 == m {print $2}' "$folder/go.mod")
-stamp=$(cat "$folder/go.mod" "$folder/go.sum" | sha256sum | cut -c1-12)
+stamp=$( (cat "$folder/go.mod" "$folder/go.sum"; if [[ -n ${LDFLAGS:-} ]]; then echo "$LDFLAGS"; fi) | sha256sum | cut -c1-12)
 cache_root=${GPU_SHOPPER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gpu-shopper}
 bin="$cache_root/$name/$version-$stamp/bin"
 built=yes

@@ -11,7 +11,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
@@ -56,6 +56,16 @@ fn render(args: &[&str]) -> Vec<serde_json::Value> {
     assert!(ok, "helm template {args:?} failed: {stderr}");
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&stdout).unwrap();
     docs.into_iter().filter(|v| !v.is_null()).collect()
+}
+
+/// The operator's own ClusterRole (not the aggregated view/edit roles for users).
+fn operator_role(docs: &[serde_json::Value]) -> &serde_json::Value {
+    docs.iter()
+        .find(|d| {
+            d["kind"] == "ClusterRole"
+                && d["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"].is_null()
+        })
+        .expect("the operator's ClusterRole")
 }
 
 fn kind<'a>(docs: &'a [serde_json::Value], kind: &str) -> &'a serde_json::Value {
@@ -105,10 +115,60 @@ fn lint_and_template_with_default_and_custom_values() {
     assert_eq!(kind(&custom, "Deployment")["spec"]["replicas"].as_i64(), Some(3));
     let single = render(&["--set", "deploymentId=x", "--set", "leaderElection.enabled=false"]);
     assert!(single.iter().all(|d| d["kind"].as_str() != Some("Role")), "no Lease role without leader election");
+    // The aggregated roles: `view` reads, `edit` writes; neither grants status.
+    let edit = custom
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"].as_str().unwrap().ends_with("-edit"))
+        .unwrap();
+    assert_eq!(edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"], "true");
+    let roles = serde_json::to_string(
+        &custom
+            .iter()
+            .filter(|d| {
+                d["kind"] == "ClusterRole"
+                    && d["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+            })
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    assert!(!roles.contains("/status"), "{roles}");
+    // Composable and tunable: Helm's `global`, extra env and objects, a digest, a PriorityClass.
+    let tuned = render(&[
+        "--set",
+        "deploymentId=x",
+        "--set",
+        "global.imageRegistry=r.example",
+        "--set",
+        "image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        "--set",
+        "priorityClassName=platform-critical",
+        "--set",
+        "extraEnv[0].name=PROVIDER_CALL_TIMEOUT",
+        "--set",
+        "extraEnv[0].value=45s",
+        "--set",
+        "clusterId=abc123",
+        "--set-json",
+        r#"extraObjects=[{"apiVersion":"v1","kind":"ResourceQuota","metadata":{"name":"{{ .Release.Name }}-quota"},"spec":{"hard":{"count/gpusessions.gpushopper.dev":"20"}}}]"#,
+    ]);
+    let pod = &kind(&tuned, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(pod["priorityClassName"], "platform-critical");
+    assert!(
+        pod["containers"][0]["image"]
+            .as_str()
+            .unwrap()
+            .ends_with("@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+    );
+    let env = serde_json::to_string(&pod["containers"][0]["env"]).unwrap();
+    assert!(
+        env.contains(r#"{"name":"PROVIDER_CALL_TIMEOUT","value":"45s"}"#) && env.contains(r#""CLUSTER_ID""#),
+        "{env}"
+    );
+    assert_eq!(kind(&tuned, "ResourceQuota")["metadata"]["name"], "gs-quota");
     // Namespaces are only read (the cluster's identity, each namespace's cap); watching
     // some namespaces, only kube-system and those.
     let namespace_rule = |docs: &[serde_json::Value]| {
-        kind(docs, "ClusterRole")["rules"]
+        operator_role(docs)["rules"]
             .as_array()
             .unwrap()
             .iter()
@@ -158,7 +218,7 @@ fn lint_and_template_with_default_and_custom_values() {
     let env = kind(&full, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().clone();
     let vast = env.iter().find(|e| e["name"].as_str() == Some("VASTAI_API_KEY")).unwrap();
     assert_eq!(vast["valueFrom"]["secretKeyRef"]["name"].as_str(), Some(secret_name.as_str()));
-    let cluster_role = kind(&full, "ClusterRole");
+    let cluster_role = operator_role(&full);
     assert!(
         !serde_json::to_string(cluster_role).unwrap().contains("secrets"),
         "watching one namespace: no cluster-wide Secret access"
@@ -280,6 +340,30 @@ async fn helm_install_creates_everything_and_the_chart_rbac_runs_a_whole_session
     edited.spec.consumer = Some("not-allowed".into());
     let denied = Api::<GpuSession>::namespaced(as_sa, &ns).replace("rbac", &PostParams::default(), &edited).await;
     assert!(matches!(denied, Err(kube::Error::Api(ref s)) if s.code == 403), "{denied:?}");
+
+    // A team member holding Kubernetes' built-in `edit` role in the namespace uses
+    // sessions through the chart's aggregated roles, and cannot write their status.
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "alice-edit"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), &ns).create(&PostParams::default(), &binding).await.unwrap();
+    let as_alice = support::client_from(&impersonating_kubeconfig("alice", &format!("{ns}-alice"))).await;
+    let alice_sessions = Api::<GpuSession>::namespaced(as_alice.clone(), &ns);
+    let dry_run = PostParams { dry_run: true, ..Default::default() };
+    let mut mine = session.clone();
+    mine.metadata.name = Some("alices".into());
+    wait_for("`edit` to carry the chart's aggregated role", Duration::from_secs(30), || async {
+        alice_sessions.create(&dry_run, &mine).await.ok().map(|_| ())
+    })
+    .await;
+    alice_sessions.list(&Default::default()).await.expect("edit reads sessions");
+    let status_patch = json!({"status": {"instanceId": "1"}});
+    let denied = alice_sessions.patch_status("rbac", &PatchParams::default(), &Patch::Merge(&status_patch)).await;
+    assert!(matches!(denied, Err(kube::Error::Api(ref s)) if s.code == 403), "edit must not write status: {denied:?}");
+    Api::<ClusterRole>::all(client.clone()).get(&format!("{name}-view")).await.expect("the view role");
 
     sessions.delete("rbac", &DeleteParams::default()).await.unwrap();
     team_sessions.delete("rbac", &DeleteParams::default()).await.unwrap();

@@ -146,6 +146,11 @@ struct Observer {
 
 /// Soak timings (the controller's env below): inventory interval, stray grace.
 const INTERVAL: Duration = Duration::from_secs(1);
+/// The session uid an instance's label names (labels end with a namespace tag since 0.2.0).
+fn session_of(label: &str) -> String {
+    gpu_shopper::provider::InstanceLabel::parse(label).map(|l| l.session_uid).unwrap_or_default()
+}
+
 const STRAY_GRACE: Duration = Duration::from_secs(3);
 /// Slack for one reconcile, one destroy and one observation.
 const SLACK: Duration = Duration::from_secs(3);
@@ -171,7 +176,7 @@ async fn observe(
     let prefix = support::sessions::label_prefix(ns);
     let mut per_uid: HashMap<String, Vec<String>> = HashMap::new();
     for instance in sim.instances().into_iter().filter(|i| !i.destroyed && i.label.starts_with(&prefix)) {
-        let uid = instance.label.rsplit('.').next().unwrap_or_default().to_string();
+        let uid = session_of(&instance.label);
         per_uid.entry(uid.clone()).or_default().push(instance.id.clone());
         if observer.gone.contains(&uid) {
             counts.deleted_but_alive.push(format!("instance {} of deleted session {uid}", instance.id));
@@ -207,7 +212,7 @@ async fn observe(
     observer.doubled_since.retain(|uid, _| per_uid.get(uid).is_some_and(|ids| ids.len() > 1));
     let bills: HashMap<String, (f64, f64)> =
         sim.instances().into_iter().filter(|i| i.label.starts_with(&prefix)).fold(HashMap::new(), |mut bills, i| {
-            let entry = bills.entry(i.label[prefix.len()..].to_string()).or_insert((0.0, 0.0));
+            let entry = bills.entry(session_of(&i.label)).or_insert((0.0, 0.0));
             entry.0 += i.cost_usd;
             entry.1 = entry.1.max(i.price_per_hour);
             bills

@@ -7,8 +7,27 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use super::error::CliError;
 use super::flags::globals;
 
-/// The cluster connection as kubectl would make it from `--kubeconfig` and `--context`.
+/// The cluster connection as kubectl would make it from `--kubeconfig`, `--context`,
+/// `--as`, `--as-group` and `--request-timeout`.
 async fn kube_config() -> Result<kube::Config, CliError> {
+    let mut config = kubeconfig_config().await?;
+    let flags = globals();
+    if let Some(user) = &flags.as_user {
+        config.auth_info.impersonate = Some(user.clone());
+    }
+    if !flags.as_group.is_empty() {
+        config.auth_info.impersonate_groups = Some(flags.as_group.clone());
+    }
+    if let Some(timeout) = flags.request_timeout {
+        let timeout = (timeout != std::time::Duration::MAX).then_some(timeout);
+        config.read_timeout = timeout;
+        config.write_timeout = timeout;
+        config.connect_timeout = timeout;
+    }
+    Ok(config)
+}
+
+async fn kubeconfig_config() -> Result<kube::Config, CliError> {
     let flags = globals();
     let options = KubeConfigOptions { context: flags.context.clone(), ..Default::default() };
     let config = match &flags.kubeconfig {

@@ -18,6 +18,23 @@ pub struct GlobalFlags {
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum)]
     pub output: Option<output::Format>,
+    /// Act as this user (impersonation, as kubectl --as).
+    #[arg(long = "as", global = true, value_name = "USER")]
+    pub as_user: Option<String>,
+    /// Act with this group too (repeatable, as kubectl --as-group).
+    #[arg(long = "as-group", global = true, value_name = "GROUP")]
+    pub as_group: Vec<String>,
+    /// Longest time one request to the API server may take ("0" waits as long as it takes; as kubectl).
+    #[arg(long = "request-timeout", global = true, value_name = "DURATION", value_parser = parse_request_timeout)]
+    pub request_timeout: Option<std::time::Duration>,
+}
+
+/// kubectl's `--request-timeout`: a duration ("30s", "2m") or a bare number of seconds; "0" is no limit.
+fn parse_request_timeout(text: &str) -> Result<std::time::Duration, String> {
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(if seconds == 0 { std::time::Duration::MAX } else { std::time::Duration::from_secs(seconds) });
+    }
+    parse_duration(text)
 }
 
 /// `--provider NAME` of every command.

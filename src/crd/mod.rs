@@ -3,6 +3,7 @@
 
 pub mod conditions;
 pub mod duration;
+pub mod kstatus;
 pub mod offer_filter;
 pub mod reference;
 pub mod requirements;

@@ -116,7 +116,7 @@ done
 launch kube-controller-manager "$bin/kube-controller-manager" \
   --kubeconfig="$kubeconfig" --authentication-kubeconfig="$kubeconfig" --authorization-kubeconfig="$kubeconfig" \
   --bind-address=127.0.0.1 --secure-port=0 --leader-elect=false \
-  --controllers=garbagecollector,namespace
+  --controllers=garbagecollector,namespace,clusterrole-aggregation
 
 echo "$bin" >"$state/bin.path"
 echo "$version" >"$state/started-by"

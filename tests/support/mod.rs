@@ -246,3 +246,26 @@ impl Drop for ControllerProcess {
         self.kill();
     }
 }
+
+/// A kubeconfig for the test API server that authenticates with `token` (a
+/// ServiceAccount's, from a TokenRequest), so a process run with it has exactly
+/// that account's RBAC. Written under the target's temp dir as `<name>.kubeconfig`.
+pub async fn token_kubeconfig(token: &str, namespace: &str, name: &str) -> PathBuf {
+    let admin = config_from(&kubeconfig_path()).await;
+    let text = std::fs::read_to_string(kubeconfig_path()).unwrap();
+    let admin_file: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    let kubeconfig = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config", "current-context": name,
+        "clusters": [{"name": "test", "cluster": {
+            "server": admin.cluster_url.to_string(),
+            "certificate-authority-data": admin_file["clusters"][0]["cluster"]["certificate-authority-data"],
+        }}],
+        "users": [{"name": name, "user": {"token": token}}],
+        "contexts": [{"name": name, "context": {"cluster": "test", "user": name, "namespace": namespace}}],
+    });
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kubeconfigs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.kubeconfig"));
+    std::fs::write(&path, serde_json::to_string(&kubeconfig).unwrap()).unwrap();
+    path
+}

@@ -95,7 +95,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* The leader-election Lease, as the operator names it. */}}
 {{- define "gpu-shopper.leaseName" -}}
-{{- printf "gpu-shopper-%s" (include "gpu-shopper.deploymentId" .) -}}
+{{- .Values.leaderElection.leaseName | default (printf "gpu-shopper-%s" (include "gpu-shopper.deploymentId" .)) -}}
 {{- end -}}
 
 {{/* The watched namespaces: watchNamespaces, plus the older single watchNamespace; empty: the whole cluster. */}}
@@ -103,4 +103,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $all := .Values.watchNamespaces | default list -}}
 {{- if .Values.watchNamespace -}}{{- $all = append $all .Values.watchNamespace -}}{{- end -}}
 {{- $all | uniq | join "," -}}
+{{- end -}}
+
+{{/* The operator's image: by digest when one is given, else by tag (the chart's appVersion by default). */}}
+{{- define "gpu-shopper.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
 {{- end -}}

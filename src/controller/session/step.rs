@@ -14,6 +14,7 @@ use crate::controller::context::Context;
 use crate::controller::events::{Event, EventType};
 use crate::controller::status;
 use crate::crd::conditions::{self, ConditionUpdate, Status};
+use crate::crd::kstatus;
 use crate::crd::{GpuSession, GpuSessionStatus, SessionPhase};
 use crate::error::Result;
 
@@ -83,6 +84,7 @@ impl<'a> Step<'a> {
     /// stored before the create is sent). Refused when the object changed since
     /// it was read, so nothing is sent on a stale copy.
     pub async fn persist(&mut self) -> Result<()> {
+        self.summarize_for_kstatus();
         let name = self.session.name_any();
         self.resource_version =
             status::apply_at(&self.api(), &name, self.resource_version.clone(), &self.status).await?;
@@ -107,10 +109,27 @@ impl<'a> Step<'a> {
     /// the destroy was sent (an ended phase, a replacement), so a lost write here
     /// is finished by the next reconcile, not taken for a lost machine.
     pub async fn store(&mut self) -> Result<()> {
+        self.summarize_for_kstatus();
         if self.status == self.stored || self.only_cost_moved_recently() {
             return Ok(());
         }
         self.persist().await
+    }
+
+    /// `Reconciling` and `Stalled` from the phase and reason, for kstatus (Flux).
+    fn summarize_for_kstatus(&mut self) {
+        let (reconciling, stalled) = kstatus::session(
+            self.status.phase,
+            self.status.reason.as_deref(),
+            conditions::is_true(&self.status.conditions, conditions::types::READY),
+        );
+        let reason = self.status.reason.clone().unwrap_or_else(|| "Pending".into());
+        let message = self.status.message.clone().unwrap_or_default();
+        let at_rest = "the session is not being worked on";
+        for (type_, status) in [(kstatus::RECONCILING, reconciling), (kstatus::STALLED, stalled)] {
+            let text = if status == Status::True { message.as_str() } else { at_rest };
+            self.condition(type_, status, &reason, text);
+        }
     }
 
     pub fn time(&self) -> Time {
