@@ -284,3 +284,46 @@ async fn what_a_tenant_creates_does_not_grow_the_operators_memory() {
     assert!(after < before + 18, "the Secrets were cached: {before} -> {after} MiB");
     h.finish().await;
 }
+
+#[tokio::test]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn a_hundred_filters_in_one_namespace_do_not_hold_back_anothers_destroy() {
+    use gpu_shopper::crd::GpuOfferFilter;
+    let mut h = Harness::new("fair-share", fast_market()).await;
+    let noisy = namespace(&h.client, "noisy").await;
+    let mut env: Vec<(&str, String)> = h.sim.env();
+    env.extend([
+        ("WATCH_NAMESPACE", format!("{},{noisy}", h.ns)),
+        ("ORPHAN_SWEEP_INTERVAL", "1s".into()),
+        ("STRAY_GRACE_PERIOD", "2s".into()),
+        ("MACHINE_CHECK_INTERVAL", "1s".into()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    h.controller.kill();
+    h.controller = ControllerProcess::start_with_env_named(&h.ns, "two-namespaces", &env);
+    h.controller.wait_ready().await;
+    h.apply("s", on_vast()).await;
+    let ready = h.wait_ready("s").await;
+    let id = status(&ready).instance_id.clone().unwrap();
+
+    // The other tenant: a hundred filters, each a search of its own on the same marketplace.
+    let filters: Api<GpuOfferFilter> = Api::namespaced(h.client.clone(), &noisy);
+    for i in 0..100 {
+        let filter: GpuOfferFilter = serde_json::from_value(json!({
+            "apiVersion": "gpushopper.dev/v1alpha1", "kind": "GpuOfferFilter", "metadata": {"name": format!("f{i}")},
+            "spec": {"gpuModels": ["RTX 4090"], "providers": ["vastai"], "maxPricePerHour": 1.0 + f64::from(i) / 100.0},
+        }))
+        .unwrap();
+        filters.create(&Default::default(), &filter).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // their searches are queued now
+    let deleted = std::time::Instant::now();
+    h.sessions.delete("s", &Default::default()).await.unwrap();
+    wait_for("the destroy", WAIT, || async { (!alive(&h, &id)).then_some(()) }).await;
+    let took = deleted.elapsed();
+    println!("destroy sent and confirmed {took:?} after the delete, behind a hundred filters' searches");
+    // Destroys go before every search: the wait is the destroy's own calls, not the queue.
+    assert!(took < Duration::from_secs(15), "the destroy waited {took:?}");
+    delete_namespace(&h.client, &noisy).await;
+    h.finish().await;
+}
