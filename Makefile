@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CONTROL_PLANE := tests/control-plane
 
-.PHONY: demo test setup lint unit integration control-plane stop-control-plane crds manifests image soak bench
+.PHONY: demo test setup lint unit integration control-plane stop-control-plane crds manifests image release soak bench
 
 ## demo: set up this machine and run the operator end to end against a local control plane
 demo:
@@ -44,6 +44,11 @@ manifests: crds
 IMAGE ?= localhost:5000/gpu-shopper:dev
 image:
 	scripts/image.sh $(IMAGE)
+
+## release: every artifact of VERSION into dist/VERSION (binary archive, OCI image layout, chart, krew manifest, notes, SHA256SUMS)
+release:
+	@test -n "$(VERSION)" || { echo "make release VERSION=x.y.z (the version Cargo.toml and Chart.yaml name)"; exit 1; }
+	scripts/release.sh $(VERSION)
 
 ## soak: the long fault-injection soak (the short one runs in `make test`)
 SOAK_SECONDS ?= 1800
