@@ -168,6 +168,17 @@ fn main() -> ExitCode {
 }
 
 fn run() -> ExitCode {
+    // Run by kubectl as `kubectl_complete-gpu_shopper WORDS...`: answer its completion.
+    if executable_name().starts_with("kubectl_complete-") {
+        let words: Vec<String> = std::env::args().skip(1).collect();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+        let (candidates, directive) = runtime.block_on(gpu_shopper::cli::complete::candidates(&Cli::command(), &words));
+        for candidate in candidates {
+            println!("{candidate}");
+        }
+        println!(":{directive}");
+        return ExitCode::SUCCESS;
+    }
     let name = invoked_as();
     let matches = Cli::command().bin_name(&name).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());

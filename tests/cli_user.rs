@@ -144,6 +144,29 @@ async fn status_ssh_and_cost_describe_a_running_session() {
     assert!(commands.contains("  status") && commands.contains("  logs"), "{help}");
     assert!(!commands.contains("  controller ") && !commands.contains("  uninstall-guard"), "{help}");
     assert!(help.contains("Operator commands"), "{help}");
+    // kubectl completes the plugin's words through kubectl_complete-gpu_shopper: commands, then sessions.
+    let completer = plugin_dir.join("kubectl_complete-gpu_shopper");
+    let _ = std::fs::remove_file(&completer);
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_gpu-shopper"), &completer).unwrap();
+    let bin_dir = std::fs::read_to_string(kubeconfig_path().with_file_name("bin.path")).unwrap();
+    let complete = |words: &[&str]| {
+        let (code, stdout, stderr) = output(
+            Command::new(format!("{}/kubectl", bin_dir.trim()))
+                .arg("__complete")
+                .arg("gpu-shopper")
+                .args(words)
+                .env("PATH", &path)
+                .env("KUBECONFIG", kubeconfig_path()),
+        );
+        assert_eq!(code, 0, "{stderr}");
+        stdout
+    };
+    let commands = complete(&["st"]);
+    assert!(commands.lines().any(|l| l == "status"), "{commands}");
+    assert!(!complete(&["con"]).lines().any(|l| l == "controller"), "operator commands are not offered");
+    let names = complete(&["status", "-n", &ns, ""]);
+    assert!(names.lines().any(|l| l == "box") && names.lines().any(|l| l == "lost"), "{names}");
+    assert!(names.lines().last().unwrap().starts_with(":4"), "no file names: {names}");
 
     // kubectl's connection flags instead of the environment; a context that does not exist is named.
     let kubeconfig_flag = kubeconfig_path().display().to_string();

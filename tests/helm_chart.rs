@@ -87,6 +87,28 @@ fn lint_and_template_with_default_and_custom_values() {
             "--set",
             "providers.baseUrls.vastai=http://sim:18000/api/v0",
         ],
+        vec![
+            "--set",
+            "deploymentId=x",
+            "--set",
+            "watchNamespaces={a,b}",
+            "--set",
+            "leaderElection.enabled=false",
+            "--set",
+            "aggregatedRoles.enabled=false",
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+            "--set",
+            "metrics.prometheusRule.enabled=true",
+            "--set",
+            "metrics.grafanaDashboard.enabled=true",
+            "--set",
+            "providers.create=true",
+            "--set",
+            "priorityClassName=high",
+        ],
     ] {
         let (ok, stdout, stderr) = run(Command::new(helm()).args(["lint", "--strict", CHART]).args(&values));
         assert!(ok, "helm lint {values:?}: {stdout}{stderr}");

@@ -20,6 +20,7 @@ pub mod terminal;
 pub mod wait;
 
 mod cluster;
+pub mod complete;
 mod error;
 mod flags;
 
