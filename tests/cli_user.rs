@@ -392,3 +392,81 @@ fn kubeconfig_path_port() -> String {
     let server = text.lines().find_map(|l| l.trim().strip_prefix("server: ")).unwrap().to_string();
     server.rsplit(':').next().unwrap().to_string()
 }
+
+/// The status the operator would write, written by the test (no operator runs here).
+fn status_patch(phase: &str, conditions: &[(&str, &str)]) -> kube::api::Patch<serde_json::Value> {
+    let now = jiff::Timestamp::now().to_string();
+    let conditions: Vec<_> = conditions
+        .iter()
+        .map(|(type_, status)| {
+            json!({"type": type_, "status": status, "reason": "Test", "message": "", "lastTransitionTime": now})
+        })
+        .collect();
+    kube::api::Patch::Merge(json!({"status": {"phase": phase, "conditions": conditions}}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn wait_follows_the_session_through_a_watch_until_it_completes_or_is_deleted() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, "wait").await;
+    let sessions: Api<GpuSession> = Api::namespaced(client.clone(), &ns);
+    for name in ["job", "doomed"] {
+        let session: GpuSession = serde_json::from_value(json!({
+            "apiVersion": "gpushopper.dev/v1alpha1", "kind": "GpuSession", "metadata": {"name": name},
+            "spec": {"requirements": {"gpuModels": ["RTX 4090"]}},
+        }))
+        .unwrap();
+        sessions.create(&PostParams::default(), &session).await.unwrap();
+    }
+    let kube_env = vec![("KUBECONFIG", kubeconfig_path().display().to_string())];
+    let spawn_wait = |args: &[&str]| {
+        gpu_shopper(&kube_env)
+            .args(["wait", "-n", &ns, "--timeout", "60s"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let finished = |child: std::process::Child| {
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let params = kube::api::PatchParams::default();
+
+    // Ready is not complete: the wait stays until the Job's Complete condition arrives.
+    let mut waiting = spawn_wait(&["job", "--for", "complete"]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sessions.patch_status("job", &params, &status_patch("Running", &[("Ready", "True")])).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(waiting.try_wait().unwrap().is_none(), "a running Job is not complete");
+    let completed_at = std::time::Instant::now();
+    sessions
+        .patch_status("job", &params, &status_patch("Succeeded", &[("Ready", "False"), ("Complete", "True")]))
+        .await
+        .unwrap();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || finished(waiting)).await.unwrap();
+    println!("wait returned {} ms after the session completed", completed_at.elapsed().as_millis());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(&format!("{ns}/job: Succeeded")), "{stdout}");
+
+    // A session deleted while waited on ends the wait with exit 1, saying so.
+    let waiting = spawn_wait(&["doomed"]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sessions.delete("doomed", &Default::default()).await.unwrap();
+    let (code, _, stderr) = tokio::task::spawn_blocking(move || finished(waiting)).await.unwrap();
+    assert_eq!(code, 1);
+    assert!(stderr.contains(&format!("{ns}/doomed was deleted while waiting")), "{stderr}");
+
+    // One that never existed is named at once, not waited for.
+    let (code, _, stderr) = output(gpu_shopper(&kube_env).args(["wait", "never", "-n", &ns, "--timeout", "60s"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    delete_namespace(&client, &ns).await;
+}

@@ -1,19 +1,20 @@
 //! `gpu-shopper wait SESSION`: blocks until the session is Ready (or, with
 //! `--for complete`, has ended as intended), showing each change of phase on a
 //! terminal; exits non-zero when the session fails, ends otherwise, vanishes
-//! or the timeout passes, as `kubectl wait` does.
+//! or the timeout passes, as `kubectl wait` does. It follows a watch of the
+//! one session, so it returns as soon as the change is made.
 
 use std::io::IsTerminal;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use futures::StreamExt;
 use kube::Api;
+use kube::runtime::{WatchStreamExt, watcher};
 
 use super::CliError;
 use super::output::Format;
 use crate::crd::conditions::{self, types};
 use crate::crd::{GpuSession, SessionPhase};
-
-const POLL: Duration = Duration::from_secs(2);
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Goal {
@@ -37,7 +38,7 @@ pub struct WaitArgs {
     pub goal: Goal,
     /// Give up after this long (exit 1), for example 90s, 30m or 2h.
     #[arg(long, default_value = "30m", value_parser = super::parse_duration)]
-    pub timeout: Duration,
+    pub timeout: std::time::Duration,
 }
 
 /// Where a session stands with respect to `goal`.
@@ -82,11 +83,41 @@ pub async fn run(args: WaitArgs) -> Result<String, CliError> {
     let format = Format::chosen(false);
     let show_progress = std::io::stderr().is_terminal();
     let deadline = Instant::now() + args.timeout;
+    let whose = format!("{namespace}/{}", args.session);
+    // One watch on this one name: each change arrives as the API server makes it,
+    // where a poll would see it up to a poll late and ask again and again meanwhile.
+    let only_this = watcher::Config::default().fields(&format!("metadata.name={}", args.session));
+    let mut changes = watcher::watcher(sessions, only_this).default_backoff().boxed();
     let mut last_line = String::new();
+    let mut exists = false;
     loop {
-        let Some(session) = sessions.get_opt(&args.session).await? else {
-            return Err(CliError::Failed(format!("{namespace}/{} does not exist (any more)", args.session)));
+        let change = match tokio::time::timeout_at(deadline.into(), changes.next()).await {
+            Err(_) => {
+                let still = if exists { last_line.as_str() } else { "not created" };
+                return Err(CliError::Failed(format!(
+                    "{whose}: timed out after {}; still {still}",
+                    crate::crd::duration::format(args.timeout)
+                )));
+            }
+            Ok(None) => return Err(CliError::Failed(format!("{whose}: the watch ended"))),
+            Ok(Some(Err(watcher::Error::InitialListFailed(error)))) => return Err(error.into()),
+            // The watch is resumed (with backoff) by the watcher itself.
+            Ok(Some(Err(_))) => continue,
+            Ok(Some(change)) => change.expect("errors handled above"),
         };
+        let session = match change {
+            watcher::Event::Apply(session) | watcher::Event::InitApply(session) => session,
+            watcher::Event::Delete(_) => return Err(CliError::Failed(format!("{whose} was deleted while waiting"))),
+            watcher::Event::Init => {
+                exists = false;
+                continue;
+            }
+            watcher::Event::InitDone if !exists => {
+                return Err(CliError::Failed(format!("{whose} does not exist (any more)")));
+            }
+            watcher::Event::InitDone => continue,
+        };
+        exists = true;
         let line = progress_line(&session);
         if show_progress && line != last_line {
             eprintln!("{}: {}", args.session, super::terminal::printable(&line));
@@ -94,23 +125,14 @@ pub async fn run(args: WaitArgs) -> Result<String, CliError> {
         last_line = line;
         match judge(&session, args.goal) {
             Verdict::Reached => {
-                let done = match format.structured(&serde_json::to_value(&session).unwrap_or_default()) {
+                return Ok(match format.structured(&serde_json::to_value(&session).unwrap_or_default()) {
                     Some(structured) => structured,
-                    None => format!("{namespace}/{}: {last_line}\n", args.session),
-                };
-                return Ok(done);
+                    None => format!("{whose}: {last_line}\n"),
+                });
             }
-            Verdict::Unreachable(why) => return Err(CliError::Failed(format!("{namespace}/{}: {why}", args.session))),
+            Verdict::Unreachable(why) => return Err(CliError::Failed(format!("{whose}: {why}"))),
             Verdict::Waiting => {}
         }
-        if Instant::now() >= deadline {
-            return Err(CliError::Failed(format!(
-                "{namespace}/{}: timed out after {}; still {last_line}",
-                args.session,
-                crate::crd::duration::format(args.timeout)
-            )));
-        }
-        tokio::time::sleep(POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
 }
 
