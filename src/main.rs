@@ -49,15 +49,13 @@ fn executable_name() -> String {
 enum Command {
     /// Run the operator: reconcile GpuSessions and GpuOfferFilters.
     ///
-    /// Configuration comes from environment variables: DEPLOYMENT_ID (required),
-    /// VASTAI_API_KEY, TENSORDOCK_AUTH_ID + TENSORDOCK_API_TOKEN, RUNPOD_API_KEY,
-    /// VASTAI_BASE_URL, TENSORDOCK_BASE_URL, RUNPOD_BASE_URL, LOG_LEVEL, LOG_FORMAT
-    /// (text|json), HTTP_ADDR (default 0.0.0.0:8080). The cluster is found through
-    /// KUBECONFIG or the in-cluster service account.
-    ///
-    /// Example: DEPLOYMENT_ID=dev-1 VASTAI_API_KEY=... gpu-shopper controller
+    /// Every setting below is a flag or the environment variable beside it (the
+    /// chart sets the variables; keys belong in the environment, where the
+    /// process list does not show them). A variable set to nothing counts as
+    /// unset. The cluster is found through KUBECONFIG or the in-cluster service
+    /// account.
     #[command(hide = true)]
-    Controller,
+    Controller(Box<gpu_shopper::config::ControllerArgs>),
     /// Serve an Inference session's model in the cluster (run by the operator as a Deployment).
     ///
     /// Holds one SSH login to the session's machine (host key pinned), carries each
@@ -180,7 +178,10 @@ fn run() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let name = invoked_as();
-    let matches = Cli::command().bin_name(&name).get_matches();
+    let matches = Cli::command()
+        .bin_name(&name)
+        .mut_subcommand("controller", |c| c.mut_args(gpu_shopper::config::blank_env_is_unset))
+        .get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     gpu_shopper::cli::set_globals(cli.globals);
     match cli.command {
@@ -195,7 +196,7 @@ fn run() -> ExitCode {
             print!("{}", crd::crds_yaml());
             ExitCode::SUCCESS
         }
-        Command::Controller => run_controller(),
+        Command::Controller(args) => run_controller(*args),
         Command::Reference => {
             print!("{}", crd::reference::markdown());
             ExitCode::SUCCESS
@@ -291,8 +292,8 @@ fn run_simulator(market_path: Option<std::path::PathBuf>, port: u16) -> ExitCode
     })
 }
 
-fn run_controller() -> ExitCode {
-    let config = match Config::from_env() {
+fn run_controller(args: gpu_shopper::config::ControllerArgs) -> ExitCode {
+    let config = match Config::from_args(args) {
         Ok(config) => Arc::new(config),
         Err(error) => {
             eprintln!("gpu-shopper: cannot start: {error}");

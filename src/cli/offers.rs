@@ -7,7 +7,7 @@ use kube::Api;
 
 use super::output::Format;
 use super::{CliError, table};
-use crate::config::Config;
+use crate::config::{Config, ControllerArgs};
 use crate::crd::{Billing, GpuOfferFilter, OfferRequirements, ProviderName};
 use crate::market;
 use crate::provider::{self, Provider, http::CallPolicy};
@@ -56,10 +56,10 @@ pub struct OffersArgs {
 /// came from (deployment id `cli` when unset: the CLI needs none; everything else
 /// is read as the operator reads it).
 pub(super) fn configured_providers() -> Result<(Vec<Arc<dyn Provider>>, Config), CliError> {
-    let config = Config::from_lookup(|name| {
-        std::env::var(name).ok().or_else(|| (name == crate::config::env::DEPLOYMENT_ID).then(|| "cli".to_string()))
-    })
-    .map_err(|e| CliError::Usage(e.to_string()))?;
+    let no_flags: [&str; 0] = [];
+    let mut settings = ControllerArgs::parse_from(no_flags).map_err(|e| CliError::Usage(e.to_string()))?;
+    settings.deployment_id.get_or_insert_with(|| "cli".into());
+    let config = Config::from_args(settings).map_err(|e| CliError::Usage(e.to_string()))?;
     let providers = provider::from_config(&config, &CallPolicy::default());
     if providers.is_empty() {
         return Err(CliError::Usage(

@@ -1,12 +1,17 @@
-//! Operator configuration, read from environment variables in this one place.
-//! The names here are the names the Helm chart and the docs use.
+//! Operator configuration: the settings `gpu-shopper controller` takes as
+//! flags or environment variables (`args`), checked and typed here. The
+//! variable names are the names the Helm chart and the docs use.
+
+mod args;
+
+pub use args::{ControllerArgs, blank_env_is_unset, markdown, variables};
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use secrecy::SecretString;
 
-/// Every environment variable the operator reads.
+/// The environment variables the operator reads (each also a flag, see `args`).
 pub mod env {
     pub const VASTAI_API_KEY: &str = "VASTAI_API_KEY";
     pub const TENSORDOCK_AUTH_ID: &str = "TENSORDOCK_AUTH_ID";
@@ -63,51 +68,12 @@ pub mod env {
     pub const GATEWAY_RESOURCES: &str = "GATEWAY_RESOURCES";
     /// Who may call an Inference session's Service by default: "none" (no NetworkPolicy) or "namespace" (only pods of the session's namespace).
     pub const GATEWAY_NETWORK_POLICY: &str = "GATEWAY_NETWORK_POLICY";
-
-    /// All of the above, for documentation and for tests that hold the chart equal.
-    pub const ALL: &[&str] = &[
-        VASTAI_API_KEY,
-        TENSORDOCK_AUTH_ID,
-        TENSORDOCK_API_TOKEN,
-        RUNPOD_API_KEY,
-        DEPLOYMENT_ID,
-        CLUSTER_ID,
-        LOG_LEVEL,
-        LOG_FORMAT,
-        VASTAI_BASE_URL,
-        TENSORDOCK_BASE_URL,
-        RUNPOD_BASE_URL,
-        HTTP_ADDR,
-        WATCH_NAMESPACE,
-        MAX_SESSION_DURATION,
-        ORPHAN_SWEEP_INTERVAL,
-        ORPHAN_GRACE_PERIOD,
-        STRAY_GRACE_PERIOD,
-        MACHINE_CHECK_INTERVAL,
-        BAD_HOST_TTL,
-        PROVIDER_CALL_TIMEOUT,
-        VASTAI_ENDPOINT_INTERVAL,
-        MAX_CONCURRENT_RECONCILES,
-        LEADER_ELECTION,
-        LEASE_NAME,
-        LEASE_NAMESPACE,
-        LEASE_DURATION,
-        POD_NAMESPACE,
-        POD_NAME,
-        GATEWAY_IMAGE,
-        GATEWAY_REPLICAS,
-        GATEWAY_RESOURCES,
-        GATEWAY_NETWORK_POLICY,
-    ];
 }
 
 pub const DEFAULT_VASTAI_BASE_URL: &str = "https://console.vast.ai/api/v0";
 pub const DEFAULT_TENSORDOCK_BASE_URL: &str = "https://dashboard.tensordock.com/api/v2";
 pub const DEFAULT_RUNPOD_BASE_URL: &str = "https://api.runpod.io/graphql";
 pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
-/// Enough to keep the API server's 32 requests, 32 SSH logins and every marketplace's
-/// calls busy at once; each reconcile in flight holds about 20 KB (docs/performance.md).
-pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 64;
 
 /// A configuration problem that stops the operator from starting.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -220,13 +186,8 @@ pub struct GatewayDefaults {
 /// The gateway image when GATEWAY_IMAGE is not set: this build's own.
 pub const DEFAULT_GATEWAY_IMAGE: &str = concat!("ghcr.io/gpu-shopper/gpu-shopper:", env!("CARGO_PKG_VERSION"));
 
-fn default_gateway_resources() -> k8s_openapi::api::core::v1::ResourceRequirements {
-    serde_json::from_value(serde_json::json!({
-        "requests": {"cpu": "10m", "memory": "32Mi"},
-        "limits": {"memory": "64Mi"},
-    }))
-    .expect("a valid ResourceRequirements")
-}
+/// 10m CPU and 32Mi requested, 64Mi limit: the gateway's measured 26 MiB with headroom (docs/inference.md).
+pub const DEFAULT_GATEWAY_RESOURCES: &str = r#"{"requests":{"cpu":"10m","memory":"32Mi"},"limits":{"memory":"64Mi"}}"#;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LeaderElection {
@@ -254,29 +215,24 @@ impl ProviderCredentials {
 }
 
 impl Config {
-    /// Reads the configuration from the process environment.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
-    }
+    /// Checks the settings, types them and fills what depends on others. Empty values count as unset.
+    pub fn from_args(args: ControllerArgs) -> Result<Self, ConfigError> {
+        let set = |value: Option<String>| value.map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
 
-    /// Reads the configuration through `lookup`; empty values count as unset.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| lookup(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-
-        let deployment_id = get(env::DEPLOYMENT_ID).ok_or(ConfigError::MissingDeploymentId)?;
+        let deployment_id = set(args.deployment_id).ok_or(ConfigError::MissingDeploymentId)?;
         if !valid_deployment_id(&deployment_id) {
             return Err(ConfigError::InvalidDeploymentId(deployment_id));
         }
         if PLACEHOLDER_DEPLOYMENT_IDS.contains(&deployment_id.as_str()) {
             return Err(ConfigError::PlaceholderDeploymentId(deployment_id));
         }
-        let cluster_id = get(env::CLUSTER_ID);
+        let cluster_id = set(args.cluster_id);
         if let Some(id) = cluster_id.as_ref().filter(|id| !valid_cluster_id(id)) {
             return Err(ConfigError::InvalidClusterId(id.clone()));
         }
 
-        let tensordock = match (get(env::TENSORDOCK_AUTH_ID), get(env::TENSORDOCK_API_TOKEN)) {
-            (Some(auth_id), Some(token)) => Some(TensorDockCredentials { auth_id, api_token: token.into() }),
+        let tensordock = match (set(args.tensordock_auth_id), args.tensordock_api_token) {
+            (Some(auth_id), Some(api_token)) => Some(TensorDockCredentials { auth_id, api_token }),
             (None, None) => None,
             (Some(_), None) => {
                 return Err(ConfigError::IncompleteTensorDock {
@@ -291,14 +247,9 @@ impl Config {
                 });
             }
         };
-        let credentials = ProviderCredentials {
-            vastai: get(env::VASTAI_API_KEY).map(SecretString::from),
-            tensordock,
-            runpod: get(env::RUNPOD_API_KEY).map(SecretString::from),
-        };
+        let credentials = ProviderCredentials { vastai: args.vastai_api_key, tensordock, runpod: args.runpod_api_key };
 
-        let base_url = |name: &'static str, default: &str| -> Result<String, ConfigError> {
-            let value = get(name).unwrap_or_else(|| default.to_string());
+        let base_url = |name: &'static str, value: String| -> Result<String, ConfigError> {
             if value.starts_with("http://") || value.starts_with("https://") {
                 Ok(value.trim_end_matches('/').to_string())
             } else {
@@ -306,81 +257,72 @@ impl Config {
             }
         };
         let base_urls = BaseUrls {
-            vastai: base_url(env::VASTAI_BASE_URL, DEFAULT_VASTAI_BASE_URL)?,
-            tensordock: base_url(env::TENSORDOCK_BASE_URL, DEFAULT_TENSORDOCK_BASE_URL)?,
-            runpod: base_url(env::RUNPOD_BASE_URL, DEFAULT_RUNPOD_BASE_URL)?,
+            vastai: base_url(env::VASTAI_BASE_URL, args.vastai_base_url)?,
+            tensordock: base_url(env::TENSORDOCK_BASE_URL, args.tensordock_base_url)?,
+            runpod: base_url(env::RUNPOD_BASE_URL, args.runpod_base_url)?,
         };
 
-        let log_format = match get(env::LOG_FORMAT).as_deref().map(str::to_ascii_lowercase).as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(_) => return Err(ConfigError::InvalidLogFormat(get(env::LOG_FORMAT).unwrap_or_default())),
+        let log_format = match args.log_format.to_ascii_lowercase().as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => return Err(ConfigError::InvalidLogFormat(args.log_format)),
         };
-        let http_addr_text = get(env::HTTP_ADDR).unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_string());
-        let http_addr = http_addr_text.parse().map_err(|_| ConfigError::InvalidHttpAddr(http_addr_text))?;
+        let http_addr = args.http_addr.parse().map_err(|_| ConfigError::InvalidHttpAddr(args.http_addr.clone()))?;
 
-        let duration = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
-            match get(name) {
-                None => Ok(default),
-                Some(value) => crate::crd::duration::parse(&value).ok_or(ConfigError::InvalidDuration { name, value }),
-            }
+        let duration = |name: &'static str, value: String| -> Result<Duration, ConfigError> {
+            crate::crd::duration::parse(value.trim()).ok_or(ConfigError::InvalidDuration { name, value })
         };
-        let count = |name: &'static str, default: u16| -> Result<u16, ConfigError> {
-            match get(name) {
-                None => Ok(default),
-                Some(value) => value.parse().ok().filter(|n| *n > 0).ok_or(ConfigError::InvalidCount { name, value }),
-            }
+        let count = |name: &'static str, value: String| -> Result<u16, ConfigError> {
+            value.trim().parse().ok().filter(|n| *n > 0).ok_or(ConfigError::InvalidCount { name, value })
         };
-        let watch_namespaces = namespace_list(get(env::WATCH_NAMESPACE).as_deref());
-        let leader_election = match get(env::LEADER_ELECTION).as_deref().map(str::to_ascii_lowercase).as_deref() {
-            Some("false") | Some("0") | Some("off") => None,
+        let watch_namespaces = namespace_list(args.watch_namespace.as_deref());
+        let leader_election = match args.leader_election.to_ascii_lowercase().as_str() {
+            "false" | "0" | "off" => None,
             _ => Some(LeaderElection {
-                lease_name: get(env::LEASE_NAME).unwrap_or_else(|| format!("gpu-shopper-{deployment_id}")),
-                lease_namespace: get(env::LEASE_NAMESPACE)
-                    .or_else(|| get(env::POD_NAMESPACE))
+                lease_name: set(args.lease_name).unwrap_or_else(|| format!("gpu-shopper-{deployment_id}")),
+                lease_namespace: set(args.lease_namespace)
+                    .or_else(|| set(args.pod_namespace.clone()))
                     .or_else(|| watch_namespaces.first().cloned())
                     .unwrap_or_else(|| "default".into()),
-                lease_duration: duration(env::LEASE_DURATION, Duration::from_secs(15))?,
+                lease_duration: duration(env::LEASE_DURATION, args.lease_duration)?,
             }),
         };
         let gateway = GatewayDefaults {
-            image: get(env::GATEWAY_IMAGE).unwrap_or_else(|| DEFAULT_GATEWAY_IMAGE.to_string()),
-            replicas: i32::from(count(env::GATEWAY_REPLICAS, 1)?),
-            resources: match get(env::GATEWAY_RESOURCES) {
-                None => default_gateway_resources(),
-                Some(value) => serde_json::from_str(&value)
-                    .map_err(|_| ConfigError::InvalidGatewayResources(value.chars().take(200).collect()))?,
-            },
-            namespace_only: match get(env::GATEWAY_NETWORK_POLICY).as_deref() {
-                None | Some("none") => false,
-                Some("namespace") => true,
-                Some(other) => return Err(ConfigError::InvalidGatewayNetworkPolicy(other.to_string())),
+            image: args.gateway_image,
+            replicas: i32::from(count(env::GATEWAY_REPLICAS, args.gateway_replicas)?),
+            resources: serde_json::from_str(&args.gateway_resources).map_err(|_| {
+                ConfigError::InvalidGatewayResources(args.gateway_resources.chars().take(200).collect())
+            })?,
+            namespace_only: match args.gateway_network_policy.as_str() {
+                "none" => false,
+                "namespace" => true,
+                other => return Err(ConfigError::InvalidGatewayNetworkPolicy(other.to_string())),
             },
         };
         Ok(Config {
             gateway,
             leader_election,
-            max_session_duration: duration(env::MAX_SESSION_DURATION, Duration::from_secs(12 * 3600))?,
-            orphan_sweep_interval: duration(env::ORPHAN_SWEEP_INTERVAL, Duration::from_secs(30))?
+            max_session_duration: duration(env::MAX_SESSION_DURATION, args.max_session_duration)?,
+            orphan_sweep_interval: duration(env::ORPHAN_SWEEP_INTERVAL, args.orphan_sweep_interval)?
                 .max(Duration::from_millis(200)),
-            stray_grace_period: duration(env::STRAY_GRACE_PERIOD, Duration::from_secs(60))?,
-            machine_check_interval: duration(env::MACHINE_CHECK_INTERVAL, Duration::from_secs(60))?,
-            orphan_grace_period: duration(env::ORPHAN_GRACE_PERIOD, Duration::from_secs(600))?,
-            bad_host_ttl: duration(env::BAD_HOST_TTL, Duration::from_secs(3600))?,
-            provider_call_timeout: duration(env::PROVIDER_CALL_TIMEOUT, Duration::from_secs(20))?,
-            vastai_endpoint_interval: duration(
-                env::VASTAI_ENDPOINT_INTERVAL,
-                crate::provider::vastai::DEFAULT_ENDPOINT_INTERVAL,
-            )?,
-            max_concurrent_reconciles: count(env::MAX_CONCURRENT_RECONCILES, DEFAULT_MAX_CONCURRENT_RECONCILES)?,
+            stray_grace_period: duration(env::STRAY_GRACE_PERIOD, args.stray_grace_period)?,
+            machine_check_interval: duration(env::MACHINE_CHECK_INTERVAL, args.machine_check_interval)?,
+            orphan_grace_period: duration(env::ORPHAN_GRACE_PERIOD, args.orphan_grace_period)?,
+            bad_host_ttl: duration(env::BAD_HOST_TTL, args.bad_host_ttl)?,
+            provider_call_timeout: duration(env::PROVIDER_CALL_TIMEOUT, args.provider_call_timeout)?,
+            vastai_endpoint_interval: match set(args.vastai_endpoint_interval) {
+                None => crate::provider::vastai::DEFAULT_ENDPOINT_INTERVAL,
+                Some(value) => duration(env::VASTAI_ENDPOINT_INTERVAL, value)?,
+            },
+            max_concurrent_reconciles: count(env::MAX_CONCURRENT_RECONCILES, args.max_concurrent_reconciles)?,
             deployment_id,
             cluster_id,
             credentials,
             base_urls,
-            log_level: get(env::LOG_LEVEL).unwrap_or_else(|| "info".to_string()),
+            log_level: args.log_level,
             log_format,
             http_addr,
-            instance_name: get(env::POD_NAME),
+            instance_name: set(args.pod_name),
             watch_namespaces,
         })
     }
@@ -439,15 +381,19 @@ fn valid_deployment_id(id: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use secrecy::ExposeSecret;
 
     use super::*;
 
+    /// The configuration from these variables, each given as its flag (so the
+    /// test's own environment cannot leak in where a variable is set).
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Config::from_lookup(|name| vars.get(name).cloned())
+        let command = ControllerArgs::command();
+        let argv = vars.iter().map(|(name, value)| {
+            let arg = command.get_arguments().find(|a| a.get_env().is_some_and(|e| e == *name)).expect("a variable");
+            format!("--{}={value}", arg.get_long().expect("a flag"))
+        });
+        Config::from_args(ControllerArgs::parse_from(argv).expect("parsed"))
     }
 
     #[test]
@@ -466,11 +412,7 @@ mod tests {
         config.cluster_id = Some("3f9a0c12".into());
         assert_eq!(config.installation(), "team-a-3f9a0c12");
         assert_eq!(config.installations(), vec!["team-a-3f9a0c12".to_string(), "team-a".to_string()]);
-        let refused = super::Config::from_lookup(|name| match name {
-            env::DEPLOYMENT_ID => Some("team-a".into()),
-            env::CLUSTER_ID => Some("Not.Valid".into()),
-            _ => None,
-        });
+        let refused = super::tests::config(&[(env::DEPLOYMENT_ID, "team-a"), (env::CLUSTER_ID, "Not.Valid")]);
         assert_eq!(refused.unwrap_err(), ConfigError::InvalidClusterId("Not.Valid".into()));
     }
 
@@ -535,7 +477,7 @@ mod tests {
     #[test]
     fn reconcile_concurrency_is_a_positive_count() {
         let default = config(&[(env::DEPLOYMENT_ID, "d")]).unwrap();
-        assert_eq!(default.max_concurrent_reconciles, DEFAULT_MAX_CONCURRENT_RECONCILES);
+        assert_eq!(default.max_concurrent_reconciles, 64);
         let set = config(&[(env::DEPLOYMENT_ID, "d"), (env::MAX_CONCURRENT_RECONCILES, "8")]).unwrap();
         assert_eq!(set.max_concurrent_reconciles, 8);
         for bad in ["0", "-1", "many", "70000"] {
