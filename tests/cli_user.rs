@@ -470,3 +470,75 @@ async fn wait_follows_the_session_through_a_watch_until_it_completes_or_is_delet
     assert!(stderr.contains("does not exist"), "{stderr}");
     delete_namespace(&client, &ns).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real API server: run `make test`, or `tests/control-plane/start.sh` then `cargo test -- --include-ignored`"]
+async fn doctor_cluster_checks_the_resources_the_leader_and_the_users_rights() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, "doctor").await;
+    let mut controller = ControllerProcess::start(&ns);
+    controller.wait_ready().await;
+    let sessions: Api<GpuSession> = Api::namespaced(client.clone(), &ns);
+    let waiting: GpuSession = serde_json::from_value(json!({
+        "apiVersion": "gpushopper.dev/v1alpha1", "kind": "GpuSession", "metadata": {"name": "waits"},
+        "spec": {"offerFilterRef": {"name": "nope"}},
+    }))
+    .unwrap();
+    sessions.create(&PostParams::default(), &waiting).await.unwrap();
+    let kube_env = vec![("KUBECONFIG", kubeconfig_path().display().to_string())];
+    let doctor = |extra: &[&str]| {
+        let (code, stdout, stderr) = output(
+            gpu_shopper(&kube_env)
+                .args(["doctor", "--cluster", "-n", &ns, "--operator-namespace", &ns, "-o", "json"])
+                .args(extra),
+        );
+        // A failed report is printed to stderr after "gpu-shopper: ".
+        let report = if code == 0 { stdout } else { stderr.trim_start_matches("gpu-shopper: ").to_string() };
+        let report: serde_json::Value = serde_json::from_str(&report).unwrap_or_else(|_| panic!("{report}"));
+        (code, report)
+    };
+    let check = |report: &serde_json::Value, name: &str| -> (String, String) {
+        let row = report["checks"].as_array().unwrap().iter().find(|r| r["check"] == name).cloned();
+        let row = row.unwrap_or_else(|| panic!("no {name} row: {report}"));
+        (row["outcome"].as_str().unwrap().to_string(), row["detail"].as_str().unwrap().to_string())
+    };
+
+    // The admin, with a leading operator that has seen the namespace's session.
+    let (code, report) = wait_for("the operator to lead and observe", Duration::from_secs(30), || async {
+        let (code, report) = doctor(&[]);
+        (code == 0 && check(&report, &format!("sessions in {ns}")).1.contains("1 of 1 observed"))
+            .then_some((code, report))
+    })
+    .await;
+    assert_eq!(code, 0, "{report}");
+    let (outcome, detail) = check(&report, "operator");
+    assert_eq!(outcome, "ok");
+    assert!(detail.contains(&format!("leads ({ns}/gpu-shopper-{ns}")), "{detail}");
+    let (outcome, detail) = check(&report, "resource gpusessions.gpushopper.dev");
+    assert_eq!(outcome, "ok");
+    assert!(detail.contains("schema matches this CLI"), "{detail}");
+    assert_eq!(check(&report, "may create gpusessions").0, "ok");
+
+    // A user nothing allows: refused rows fail the doctor and say what to ask for.
+    let (code, report) = doctor(&["--as", "mallory"]);
+    assert_eq!(code, 1);
+    assert_eq!(check(&report, "user").1, "mallory (groups: system:authenticated)");
+    let (outcome, detail) = check(&report, "may create gpusessions");
+    assert_eq!(outcome, "fail");
+    assert!(detail.contains("edit role"), "{detail}");
+    assert!(check(&report, "operator").1.contains("may not read Leases"));
+
+    // The operator gone: its Lease runs out and the doctor says no operator leads.
+    controller.kill();
+    let (code, report) = wait_for("the lease to run out", Duration::from_secs(30), || async {
+        let (code, report) = doctor(&[]);
+        (code == 1).then_some((code, report))
+    })
+    .await;
+    assert_eq!(code, 1);
+    let (outcome, detail) = check(&report, "operator");
+    assert_eq!(outcome, "fail");
+    assert!(detail.contains("no operator leads"), "{detail}");
+    delete_namespace(&client, &ns).await;
+}

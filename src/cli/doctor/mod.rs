@@ -2,8 +2,10 @@
 //! configured marketplace read-only (the key is accepted, search returns
 //! offers, the instance listing works, the pacing the client will use) and
 //! prints a table. The first thing to run after install. With `--rent-test
-//! --max-usd N` it also rents one machine end to end (see `rent_test`).
+//! --max-usd N` it also rents one machine end to end (see `rent_test`); with
+//! `--cluster` it checks the cluster side for the current user instead (see `cluster`).
 
+mod cluster;
 mod rent_test;
 
 use std::sync::Arc;
@@ -19,8 +21,20 @@ use crate::provider::{NextStep, OfferQuery, Provider, ProviderError};
 #[command(after_help = "Examples:
   gpu-shopper doctor
   kubectl gpu-shopper doctor -o json
-  gpu-shopper doctor --rent-test --max-usd 0.50 --provider vastai --gpu 'RTX 4090'")]
+  gpu-shopper doctor --rent-test --max-usd 0.50 --provider vastai --gpu 'RTX 4090'
+  kubectl gpu-shopper doctor --cluster -n team-a")]
 pub struct DoctorArgs {
+    /// Check the cluster side instead, as the current user: the resources are served with this
+    /// CLI's schema, an operator leads and observes the namespace's sessions, and you may do what
+    /// the commands need there. Needs no marketplace key.
+    #[arg(long, conflicts_with = "rent_test")]
+    pub cluster: bool,
+    /// With --cluster: the namespace whose sessions and permissions are checked.
+    #[arg(short, long, requires = "cluster")]
+    pub namespace: Option<String>,
+    /// With --cluster: where the operator's Lease is (default: every namespace you may read).
+    #[arg(long, value_name = "NAMESPACE", requires = "cluster")]
+    pub operator_namespace: Option<String>,
     /// Same as -o json.
     #[arg(long, hide = true)]
     pub json: bool,
@@ -121,6 +135,9 @@ async fn cluster_id_if_reachable(configured: Option<String>) -> Option<String> {
 }
 
 pub async fn run(args: DoctorArgs) -> Result<String, CliError> {
+    if args.cluster {
+        return cluster::run(args.namespace, args.operator_namespace, args.json).await;
+    }
     let (providers, mut config) = super::offers::configured_providers()?;
     config.cluster_id = cluster_id_if_reachable(config.cluster_id.take()).await;
     let installations = config.installations();
