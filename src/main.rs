@@ -107,7 +107,7 @@ enum Command {
     PortForward(gpu_shopper::cli::port_forward::PortForwardArgs),
     /// Where in-cluster clients call an Inference session (--env: OPENAI_BASE_URL and OPENAI_API_KEY).
     Endpoint(gpu_shopper::cli::endpoint::EndpointArgs),
-    /// Accrued cost per session and consumer, from the sessions' status.
+    /// Accrued cost per session and consumer: from status, and for deleted sessions from their last Event.
     Cost(gpu_shopper::cli::cost::CostArgs),
     /// A session's phase, conditions and attempts, with what to do next.
     Status(gpu_shopper::cli::status::StatusArgs),

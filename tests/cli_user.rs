@@ -253,12 +253,34 @@ async fn status_ssh_and_cost_describe_a_running_session() {
     assert_eq!(code, 1);
     assert!(stderr.contains("is not a date"), "{stderr}");
 
+    let live_cost = |cost: &serde_json::Value, name: &str| {
+        let row = cost["sessions"].as_array().unwrap().iter().find(|s| s["name"] == name).cloned();
+        row.unwrap_or_else(|| panic!("no {name} in {cost}"))
+    };
+    let box_row = live_cost(&cost, "box");
+    assert_eq!(box_row["source"], "status");
+    let cost_while_running = box_row["costUsd"].as_f64().unwrap();
+
     sessions.delete_collection(&Default::default(), &Default::default()).await.unwrap();
     wait_for("sessions gone", Duration::from_secs(60), || async {
         sessions.list(&Default::default()).await.ok()?.items.is_empty().then_some(())
     })
     .await;
     assert!(sim.instances().iter().all(|i| i.destroyed));
+
+    // Deleted, the sessions' cost is still reported, from the Events their cleanup left.
+    let (code, stdout, stderr) = output(gpu_shopper(&kube_env).args(["cost", "-n", &ns, "-o", "json"]));
+    assert_eq!(code, 0, "{stderr}");
+    let cost: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let box_row = live_cost(&cost, "box");
+    assert_eq!((box_row["source"].as_str(), box_row["phase"].as_str()), (Some("event"), Some("Deleted")), "{stdout}");
+    assert_eq!(box_row["provider"], "vastai", "{stdout}");
+    let final_cost = box_row["costUsd"].as_f64().unwrap();
+    assert!(final_cost >= cost_while_running && final_cost > 0.0, "{final_cost} after {cost_while_running}");
+    assert_eq!(cost["consumers"]["team-vision"].as_f64(), Some(final_cost), "{stdout}");
+    assert!(cost["history"].as_str().unwrap().contains("CleanupComplete Events"), "{stdout}");
+    let (_, table, _) = output(gpu_shopper(&kube_env).args(["cost", "-n", &ns]));
+    assert!(table.contains("--event-ttl"), "the table says where deleted sessions come from: {table}");
     drop(controller);
     delete_namespace(&client, &ns).await;
 }

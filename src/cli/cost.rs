@@ -1,5 +1,7 @@
-//! `gpu-shopper cost`: accrued cost per session and per consumer, from the
-//! sessions' status.
+//! `gpu-shopper cost`: accrued cost per session and per consumer: live and
+//! ended sessions from their status, deleted ones from the CleanupComplete
+//! Event the operator left (which states what the session cost). Each row
+//! says which it came from.
 
 use std::collections::BTreeMap;
 
@@ -7,8 +9,11 @@ use jiff::Timestamp;
 use kube::Api;
 use kube::api::ListParams;
 
+use k8s_openapi::api::core::v1::Event;
+
 use super::output::Format;
 use super::{CliError, table};
+use crate::controller::spend_record::{SpendRecord, provider_in};
 use crate::crd::GpuSession;
 
 #[derive(clap::Args, Debug)]
@@ -42,63 +47,133 @@ fn parse_since(text: &str) -> Result<Timestamp, CliError> {
         })
 }
 
+/// One session's cost and where it was read.
+struct Row {
+    namespace: String,
+    name: String,
+    consumer: String,
+    phase: String,
+    provider: String,
+    cost: f64,
+    source: &'static str,
+}
+
+/// Where deleted sessions come from, and how far back that reaches.
+const HISTORY: &str = "deleted sessions come from their CleanupComplete Events, which the API server keeps for its --event-ttl (1h by default); gpu_shopper_spend_usd_total keeps the whole history per namespace and marketplace (docs/metrics.md)";
+
+/// Deleted sessions, from the CleanupComplete Events that state their cost (one per session).
+async fn deleted(events: Api<Event>) -> Result<Vec<(Row, Option<Timestamp>)>, kube::Error> {
+    let only_ends = ListParams::default().fields("reason=CleanupComplete,involvedObject.kind=GpuSession");
+    let mut seen = std::collections::HashSet::new();
+    let mut rows = Vec::new();
+    for event in events.list(&only_ends).await?.items {
+        let session = &event.involved_object;
+        let note = event.message.clone().unwrap_or_default();
+        let Some(record) = SpendRecord::parse(&note) else { continue };
+        if !seen.insert(session.uid.clone().unwrap_or_default()) {
+            continue;
+        }
+        let ended = event
+            .last_timestamp
+            .map(|t| t.0)
+            .or(event.event_time.map(|t| t.0))
+            .or(event.metadata.creation_timestamp.map(|t| t.0));
+        rows.push((
+            Row {
+                namespace: session.namespace.clone().unwrap_or_default(),
+                name: session.name.clone().unwrap_or_default(),
+                consumer: record.consumer.unwrap_or_else(|| "(none)".into()),
+                phase: "Deleted".into(),
+                provider: provider_in(&note).unwrap_or_default().to_string(),
+                cost: record.cost_usd,
+                source: "event",
+            },
+            ended,
+        ));
+    }
+    Ok(rows)
+}
+
 pub async fn run(args: CostArgs) -> Result<String, CliError> {
     let since = args.since.as_deref().map(parse_since).transpose()?;
     let client = super::client().await?;
-    let sessions: Api<GpuSession> = if args.all_namespaces {
-        Api::all(client)
+    let (sessions, events): (Api<GpuSession>, Api<Event>) = if args.all_namespaces {
+        (Api::all(client.clone()), Api::all(client))
     } else {
-        Api::namespaced(client, &super::namespace(args.namespace.clone()).await)
+        let namespace = super::namespace(args.namespace.clone()).await;
+        (Api::namespaced(client.clone(), &namespace), Api::namespaced(client, &namespace))
     };
     let list = sessions.list(&ListParams::default()).await?;
+    let mut candidates = Vec::new();
+    for session in list.items {
+        let status = session.status.clone().unwrap_or_default();
+        let row = Row {
+            namespace: session.metadata.namespace.clone().unwrap_or_default(),
+            name: session.metadata.name.clone().unwrap_or_default(),
+            consumer: session.spec.consumer.clone().unwrap_or_else(|| "(none)".into()),
+            phase: status.phase.map(|p| format!("{p:?}")).unwrap_or_default(),
+            provider: status.provider.map(|p| p.to_string()).unwrap_or_default(),
+            cost: status.accrued_cost_usd.unwrap_or(0.0),
+            source: "status",
+        };
+        candidates.push((row, session.metadata.creation_timestamp.as_ref().map(|t| t.0)));
+    }
+    // Sessions already deleted: without read access to Events they are left out, and the output says so.
+    let history = match deleted(events).await {
+        Ok(rows) => {
+            candidates.extend(rows);
+            HISTORY.to_string()
+        }
+        Err(error) => format!("deleted sessions are not included: the Events could not be read ({error})"),
+    };
     let mut rows = Vec::new();
     let mut per_consumer: BTreeMap<String, f64> = BTreeMap::new();
-    for session in list.items {
-        let consumer = session.spec.consumer.clone().unwrap_or_else(|| "(none)".into());
-        if args.consumer.as_ref().is_some_and(|c| *c != consumer) {
+    for (row, when) in candidates {
+        if args.consumer.as_ref().is_some_and(|c| *c != row.consumer) {
             continue;
         }
-        let created = session.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        if let (Some(since), Some(created)) = (since, created)
-            && created < since
+        // Live sessions count from their creation, deleted ones from their end.
+        if let (Some(since), Some(when)) = (since, when)
+            && when < since
         {
             continue;
         }
-        let status = session.status.clone().unwrap_or_default();
-        let cost = status.accrued_cost_usd.unwrap_or(0.0);
-        *per_consumer.entry(consumer.clone()).or_default() += cost;
-        rows.push((
-            session.metadata.namespace.clone().unwrap_or_default(),
-            session.metadata.name.clone().unwrap_or_default(),
-            consumer,
-            status.phase.map(|p| format!("{p:?}")).unwrap_or_default(),
-            status.provider.map(|p| p.to_string()).unwrap_or_default(),
-            cost,
-        ));
+        *per_consumer.entry(row.consumer.clone()).or_default() += row.cost;
+        rows.push(row);
     }
     let total: f64 = per_consumer.values().sum();
     let format = Format::chosen(args.json);
     if !format.is_table() {
         let sessions: Vec<_> = rows
             .iter()
-            .map(|(ns, name, consumer, phase, provider, cost)| {
-                serde_json::json!({"namespace": ns, "name": name, "consumer": consumer, "phase": phase, "provider": provider, "costUsd": cost})
+            .map(|r| {
+                serde_json::json!({"namespace": r.namespace, "name": r.name, "consumer": r.consumer, "phase": r.phase, "provider": r.provider, "costUsd": r.cost, "source": r.source})
             })
             .collect();
-        let value = serde_json::json!({"sessions": sessions, "consumers": per_consumer, "totalUsd": total});
+        let value =
+            serde_json::json!({"sessions": sessions, "consumers": per_consumer, "totalUsd": total, "history": history});
         return Ok(format.structured(&value).unwrap_or_default());
     }
     let table_rows: Vec<Vec<String>> = rows
         .iter()
-        .map(|(ns, name, consumer, phase, provider, cost)| {
-            vec![ns.clone(), name.clone(), consumer.clone(), phase.clone(), provider.clone(), format!("{cost:.4}")]
+        .map(|r| {
+            vec![
+                r.namespace.clone(),
+                r.name.clone(),
+                r.consumer.clone(),
+                r.phase.clone(),
+                r.provider.clone(),
+                format!("{:.4}", r.cost),
+                r.source.to_string(),
+            ]
         })
         .collect();
-    let mut out = table::render(&["NAMESPACE", "SESSION", "CONSUMER", "PHASE", "PROVIDER", "COST $"], &table_rows);
+    let mut out =
+        table::render(&["NAMESPACE", "SESSION", "CONSUMER", "PHASE", "PROVIDER", "COST $", "FROM"], &table_rows);
     out.push('\n');
     let consumer_rows: Vec<Vec<String>> =
         per_consumer.iter().map(|(c, cost)| vec![c.clone(), format!("{cost:.4}")]).collect();
     out.push_str(&table::render(&["CONSUMER", "COST $"], &consumer_rows));
-    out.push_str(&format!("total ${total:.4}\n"));
+    out.push_str(&format!("total ${total:.4}\n{history}\n"));
     Ok(out)
 }

@@ -9,6 +9,7 @@ pub mod leader;
 pub mod offer_filter;
 pub mod scope;
 pub mod session;
+pub mod spend_record;
 pub mod status;
 pub mod sweeper;
 

@@ -267,7 +267,12 @@ async fn cleanup(session: &GpuSession, api: &Api<GpuSession>, ctx: &Context) -> 
         ),
         None => "no instance was rented for this session; nothing to destroy".to_string(),
     };
-    step.event(false, "CleanupComplete", note);
+    // The status goes with the session: the Event keeps what it cost, for `gpu-shopper cost`.
+    let spent = crate::controller::spend_record::SpendRecord {
+        cost_usd: step.status.accrued_cost_usd.unwrap_or(0.0),
+        consumer: session.spec.consumer.clone(),
+    };
+    step.event(false, "CleanupComplete", format!("{note}{}", spent.note_suffix()));
     step.announce().await;
     track_spend(&step);
     ctx.forget_spend(&session.uid().unwrap_or_default());
