@@ -72,26 +72,30 @@ fn kind<'a>(docs: &'a [serde_json::Value], kind: &str) -> &'a serde_json::Value 
     docs.iter().find(|d| d["kind"].as_str() == Some(kind)).unwrap_or_else(|| panic!("no {kind} rendered"))
 }
 
-#[test]
-#[ignore = "needs helm: run `make test` (it builds Helm from the Go module proxy)"]
-fn lint_and_template_with_default_and_custom_values() {
-    for values in [
-        vec!["--set", "deploymentId=prod-eu-1"],
+/// The value combinations lint and the API server's dry run check: the default,
+/// a tuned one, and one that turns on every optional object. Namespaces a
+/// combination names are `team_a` and `team_b`.
+fn value_combinations(team_a: &str, team_b: &str) -> Vec<Vec<String>> {
+    vec![
+        vec!["--set", "deploymentId=prod-eu-1"].into_iter().map(String::from).collect(),
         vec![
             "--set",
             "deploymentId=x",
             "--set",
             "replicas=3",
             "--set",
-            "watchNamespace=ml",
+            &format!("watchNamespace={team_a}"),
             "--set",
             "providers.baseUrls.vastai=http://sim:18000/api/v0",
-        ],
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect(),
         vec![
             "--set",
             "deploymentId=x",
             "--set",
-            "watchNamespaces={a,b}",
+            &format!("watchNamespaces={{{team_a},{team_b}}}"),
             "--set",
             "leaderElection.enabled=false",
             "--set",
@@ -108,8 +112,17 @@ fn lint_and_template_with_default_and_custom_values() {
             "providers.create=true",
             "--set",
             "priorityClassName=high",
-        ],
-    ] {
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect(),
+    ]
+}
+
+#[test]
+#[ignore = "needs helm: run `make test` (it builds Helm from the Go module proxy)"]
+fn lint_and_template_with_default_and_custom_values() {
+    for values in value_combinations("a", "b") {
         let (ok, stdout, stderr) = run(Command::new(helm()).args(["lint", "--strict", CHART]).args(&values));
         assert!(ok, "helm lint {values:?}: {stdout}{stderr}");
     }
@@ -246,6 +259,64 @@ fn lint_and_template_with_default_and_custom_values() {
         !serde_json::to_string(cluster_role).unwrap().contains("secrets"),
         "watching one namespace: no cluster-wide Secret access"
     );
+}
+
+/// The kubectl the control plane was built with.
+fn kubectl() -> PathBuf {
+    let bin_dir = std::fs::read_to_string(kubeconfig_path().with_file_name("bin.path")).unwrap();
+    PathBuf::from(bin_dir.trim()).join("kubectl")
+}
+
+#[tokio::test]
+#[ignore = "needs helm and a real API server: run `make test`"]
+async fn every_value_combination_passes_the_api_servers_dry_run() {
+    let _crds = CRDS.lock().await;
+    let client = client().await;
+    let ns = namespace(&client, "dry-run").await;
+    let (team_a, team_b) = (namespace(&client, "dry-run-a").await, namespace(&client, "dry-run-b").await);
+    let kubeconfig = kubeconfig_path().display().to_string();
+    // The Prometheus Operator's own CRDs, for the ServiceMonitor and PrometheusRule.
+    let monitoring = std::env::var("GPU_SHOPPER_MONITORING_CRDS").unwrap_or_else(|_| {
+        let out =
+            Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/monitoring-crds/fetch.sh")).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    });
+    let (ok, _, stderr) =
+        run(Command::new(kubectl()).args(["apply", "--server-side", "--kubeconfig", &kubeconfig, "-f", &monitoring]));
+    assert!(ok, "installing the monitoring CRDs: {stderr}");
+    let (ok, _, stderr) = run(Command::new(kubectl()).args([
+        "wait",
+        "--kubeconfig",
+        &kubeconfig,
+        "--for=condition=Established",
+        "crd/servicemonitors.monitoring.coreos.com",
+        "crd/prometheusrules.monitoring.coreos.com",
+    ]));
+    assert!(ok, "{stderr}");
+    for values in value_combinations(&team_a, &team_b) {
+        let (ok, rendered, stderr) =
+            run(Command::new(helm()).args(["template", "gs", CHART, "--namespace", &ns]).args(&values));
+        assert!(ok, "helm template {values:?}: {stderr}");
+        let kinds = rendered.lines().filter(|l| l.starts_with("kind: ")).count();
+        let mut apply = Command::new(kubectl())
+            .args(["apply", "--dry-run=server", "--kubeconfig", &kubeconfig, "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        apply.stdin.take().unwrap().write_all(rendered.as_bytes()).unwrap();
+        let out = apply.wait_with_output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "the API server refused the chart with {values:?}: {stderr}");
+        let accepted = stdout.lines().filter(|l| l.ends_with("(server dry run)")).count();
+        assert_eq!(accepted, kinds, "every object is checked by the server with {values:?}: {stdout}");
+    }
+    for name in [&ns, &team_a, &team_b] {
+        delete_namespace(&client, name).await;
+    }
 }
 
 /// The tests that change the cluster's CRDs run one at a time.

@@ -18,6 +18,7 @@ helm=$(tests/helm/build.sh)
 promtool=$(tests/promtool/build.sh)
 s3=$(tests/s3/build.sh)
 kstatus=$(tests/kstatus/build.sh)
+monitoring_crds=$(tests/monitoring-crds/fetch.sh)
 GPU_SHOPPER_TEST_KUBECONFIG=$kubeconfig GPU_SHOPPER_HELM=$helm GPU_SHOPPER_PROMTOOL=$promtool GPU_SHOPPER_S3_SERVER=$s3 \
-  GPU_SHOPPER_KSTATUS=$kstatus \
+  GPU_SHOPPER_KSTATUS=$kstatus GPU_SHOPPER_MONITORING_CRDS=$monitoring_crds \
   cargo test --all-targets -- --include-ignored
