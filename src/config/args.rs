@@ -8,9 +8,10 @@ use secrecy::SecretString;
 
 use super::env;
 
-/// Keys are read into a `SecretString`, so that neither Debug nor an error can show them.
+/// Keys are read into a `SecretString`, so that neither Debug nor an error can show them;
+/// trimmed, as a Secret made with `--from-file` ends in a newline no marketplace accepts.
 fn secret() -> impl TypedValueParser<Value = SecretString> {
-    clap::builder::NonEmptyStringValueParser::new().map(SecretString::from)
+    clap::builder::NonEmptyStringValueParser::new().map(|key| SecretString::from(key.trim().to_string()))
 }
 
 /// The operator's settings (the `controller` command's help says what each is for).
@@ -137,6 +138,17 @@ impl ControllerArgs {
     {
         use clap::FromArgMatches;
         let command = Self::command().no_binary_name(true).mut_args(blank_env_is_unset);
+        Self::from_arg_matches(&command.try_get_matches_from(argv)?)
+    }
+
+    /// The settings from `argv` alone, whatever the environment holds (for tests).
+    pub fn parse_flags_only<I, T>(argv: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::FromArgMatches;
+        let command = Self::command().no_binary_name(true).mut_args(|arg| arg.env(None::<&'static str>));
         Self::from_arg_matches(&command.try_get_matches_from(argv)?)
     }
 

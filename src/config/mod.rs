@@ -9,7 +9,7 @@ pub use args::{ControllerArgs, blank_env_is_unset, markdown, variables};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 /// The environment variables the operator reads (each also a flag, see `args`).
 pub mod env {
@@ -217,7 +217,10 @@ impl ProviderCredentials {
 impl Config {
     /// Checks the settings, types them and fills what depends on others. Empty values count as unset.
     pub fn from_args(args: ControllerArgs) -> Result<Self, ConfigError> {
+        // Values are trimmed as they were when only the environment was read.
         let set = |value: Option<String>| value.map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let text = |value: String| value.trim().to_string();
+        let key = |value: Option<SecretString>| value.filter(|k| !k.expose_secret().is_empty());
 
         let deployment_id = set(args.deployment_id).ok_or(ConfigError::MissingDeploymentId)?;
         if !valid_deployment_id(&deployment_id) {
@@ -231,7 +234,7 @@ impl Config {
             return Err(ConfigError::InvalidClusterId(id.clone()));
         }
 
-        let tensordock = match (set(args.tensordock_auth_id), args.tensordock_api_token) {
+        let tensordock = match (set(args.tensordock_auth_id), key(args.tensordock_api_token)) {
             (Some(auth_id), Some(api_token)) => Some(TensorDockCredentials { auth_id, api_token }),
             (None, None) => None,
             (Some(_), None) => {
@@ -247,9 +250,11 @@ impl Config {
                 });
             }
         };
-        let credentials = ProviderCredentials { vastai: args.vastai_api_key, tensordock, runpod: args.runpod_api_key };
+        let credentials =
+            ProviderCredentials { vastai: key(args.vastai_api_key), tensordock, runpod: key(args.runpod_api_key) };
 
         let base_url = |name: &'static str, value: String| -> Result<String, ConfigError> {
+            let value = text(value);
             if value.starts_with("http://") || value.starts_with("https://") {
                 Ok(value.trim_end_matches('/').to_string())
             } else {
@@ -262,12 +267,13 @@ impl Config {
             runpod: base_url(env::RUNPOD_BASE_URL, args.runpod_base_url)?,
         };
 
-        let log_format = match args.log_format.to_ascii_lowercase().as_str() {
+        let log_format = match text(args.log_format.clone()).to_ascii_lowercase().as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
             _ => return Err(ConfigError::InvalidLogFormat(args.log_format)),
         };
-        let http_addr = args.http_addr.parse().map_err(|_| ConfigError::InvalidHttpAddr(args.http_addr.clone()))?;
+        let http_addr =
+            text(args.http_addr.clone()).parse().map_err(|_| ConfigError::InvalidHttpAddr(args.http_addr.clone()))?;
 
         let duration = |name: &'static str, value: String| -> Result<Duration, ConfigError> {
             crate::crd::duration::parse(value.trim()).ok_or(ConfigError::InvalidDuration { name, value })
@@ -276,7 +282,7 @@ impl Config {
             value.trim().parse().ok().filter(|n| *n > 0).ok_or(ConfigError::InvalidCount { name, value })
         };
         let watch_namespaces = namespace_list(args.watch_namespace.as_deref());
-        let leader_election = match args.leader_election.to_ascii_lowercase().as_str() {
+        let leader_election = match text(args.leader_election).to_ascii_lowercase().as_str() {
             "false" | "0" | "off" => None,
             _ => Some(LeaderElection {
                 lease_name: set(args.lease_name).unwrap_or_else(|| format!("gpu-shopper-{deployment_id}")),
@@ -288,12 +294,12 @@ impl Config {
             }),
         };
         let gateway = GatewayDefaults {
-            image: args.gateway_image,
+            image: text(args.gateway_image),
             replicas: i32::from(count(env::GATEWAY_REPLICAS, args.gateway_replicas)?),
             resources: serde_json::from_str(&args.gateway_resources).map_err(|_| {
                 ConfigError::InvalidGatewayResources(args.gateway_resources.chars().take(200).collect())
             })?,
-            namespace_only: match args.gateway_network_policy.as_str() {
+            namespace_only: match text(args.gateway_network_policy).as_str() {
                 "none" => false,
                 "namespace" => true,
                 other => return Err(ConfigError::InvalidGatewayNetworkPolicy(other.to_string())),
@@ -319,7 +325,7 @@ impl Config {
             cluster_id,
             credentials,
             base_urls,
-            log_level: args.log_level,
+            log_level: text(args.log_level),
             log_format,
             http_addr,
             instance_name: set(args.pod_name),
@@ -381,8 +387,6 @@ fn valid_deployment_id(id: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use secrecy::ExposeSecret;
-
     use super::*;
 
     /// The configuration from these variables, each given as its flag (so the
@@ -393,7 +397,7 @@ mod tests {
             let arg = command.get_arguments().find(|a| a.get_env().is_some_and(|e| e == *name)).expect("a variable");
             format!("--{}={value}", arg.get_long().expect("a flag"))
         });
-        Config::from_args(ControllerArgs::parse_from(argv).expect("parsed"))
+        Config::from_args(ControllerArgs::parse_flags_only(argv).expect("parsed"))
     }
 
     #[test]
@@ -484,6 +488,24 @@ mod tests {
             let error = config(&[(env::DEPLOYMENT_ID, "d"), (env::MAX_CONCURRENT_RECONCILES, bad)]).unwrap_err();
             assert!(error.to_string().contains("MAX_CONCURRENT_RECONCILES"), "{error}");
         }
+    }
+
+    #[test]
+    fn values_are_trimmed_as_a_secret_file_leaves_them() {
+        let config = config(&[
+            (env::DEPLOYMENT_ID, "d\n"),
+            (env::VASTAI_API_KEY, "vast-key\n"),
+            (env::RUNPOD_API_KEY, "  "),
+            (env::LEADER_ELECTION, "false "),
+            (env::LOG_FORMAT, " json"),
+            (env::HTTP_ADDR, "127.0.0.1:9 "),
+        ])
+        .unwrap();
+        assert_eq!(config.credentials.vastai.as_ref().unwrap().expose_secret(), "vast-key");
+        assert!(config.credentials.runpod.is_none(), "a blank key is no key");
+        assert!(config.leader_election.is_none());
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.http_addr.port(), 9);
     }
 
     #[test]
