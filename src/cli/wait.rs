@@ -51,11 +51,19 @@ enum Verdict {
 }
 
 fn judge(session: &GpuSession, goal: Goal) -> Verdict {
-    let Some(status) = session.status.as_ref() else { return Verdict::Waiting };
+    let Some(status) = session.status.as_ref() else {
+        return if session.metadata.deletion_timestamp.is_some() {
+            Verdict::Unreachable("is being deleted".into())
+        } else {
+            Verdict::Waiting
+        };
+    };
     let is_true = |type_| conditions::is_true(&status.conditions, type_);
     let why =
         || format!("{} ({})", status.message.clone().unwrap_or_default(), status.reason.clone().unwrap_or_default());
     match (goal, status.phase) {
+        // Its finalizer is destroying the machine: it will not get anywhere now.
+        _ if session.metadata.deletion_timestamp.is_some() => Verdict::Unreachable("is being deleted".into()),
         (Goal::Ready, _) if is_true(types::READY) => Verdict::Reached,
         (Goal::Complete, _) if is_true(types::COMPLETE) => Verdict::Reached,
         (_, Some(SessionPhase::Failed)) => Verdict::Unreachable(format!("the session failed: {}", why())),
@@ -64,6 +72,18 @@ fn judge(session: &GpuSession, goal: Goal) -> Verdict {
         }
         _ => Verdict::Waiting,
     }
+}
+
+/// A refusal that no retry changes (401, 403, 404), as the user's error.
+fn refusal(error: &watcher::Error) -> Option<CliError> {
+    let status = match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status))
+        | watcher::Error::WatchError(status) => status,
+        _ => return None,
+    };
+    matches!(status.code, 401 | 403 | 404).then(|| kube::Error::Api(status.clone()).into())
 }
 
 /// "Verifying (InstanceRunning): instance 123 runs; logging in".
@@ -90,20 +110,29 @@ pub async fn run(args: WaitArgs) -> Result<String, CliError> {
     let mut changes = watcher::watcher(sessions, only_this).default_backoff().boxed();
     let mut last_line = String::new();
     let mut exists = false;
+    let mut last_error = None;
     loop {
         let change = match tokio::time::timeout_at(deadline.into(), changes.next()).await {
             Err(_) => {
-                let still = if exists { last_line.as_str() } else { "not created" };
+                let still = if exists { last_line.as_str() } else { "not listed yet" };
+                let after = last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default();
                 return Err(CliError::Failed(format!(
-                    "{whose}: timed out after {}; still {still}",
+                    "{whose}: timed out after {}; still {still}{after}",
                     crate::crd::duration::format(args.timeout)
                 )));
             }
             Ok(None) => return Err(CliError::Failed(format!("{whose}: the watch ended"))),
-            Ok(Some(Err(watcher::Error::InitialListFailed(error)))) => return Err(error.into()),
-            // The watch is resumed (with backoff) by the watcher itself.
-            Ok(Some(Err(_))) => continue,
-            Ok(Some(change)) => change.expect("errors handled above"),
+            Ok(Some(Err(error))) => match refusal(&error) {
+                // Not allowed, or no such resource: waiting longer cannot change that.
+                Some(refused) => return Err(refused),
+                // Anything else (the API server restarting, a watch expiring) is retried
+                // with backoff by the watcher; the last one is named if time runs out.
+                None => {
+                    last_error = Some(error.to_string());
+                    continue;
+                }
+            },
+            Ok(Some(Ok(change))) => change,
         };
         let session = match change {
             watcher::Event::Apply(session) | watcher::Event::InitApply(session) => session,
@@ -118,6 +147,7 @@ pub async fn run(args: WaitArgs) -> Result<String, CliError> {
             watcher::Event::InitDone => continue,
         };
         exists = true;
+        last_error = None;
         let line = progress_line(&session);
         if show_progress && line != last_line {
             eprintln!("{}: {}", args.session, super::terminal::printable(&line));
@@ -129,6 +159,9 @@ pub async fn run(args: WaitArgs) -> Result<String, CliError> {
                     Some(structured) => structured,
                     None => format!("{whose}: {last_line}\n"),
                 });
+            }
+            Verdict::Unreachable(why) if why == "is being deleted" => {
+                return Err(CliError::Failed(format!("{whose} {why}")));
             }
             Verdict::Unreachable(why) => return Err(CliError::Failed(format!("{whose}: {why}"))),
             Verdict::Waiting => {}
@@ -162,6 +195,10 @@ mod tests {
         assert!(matches!(judge(&session(SessionPhase::Succeeded, &[]), Goal::Ready), Verdict::Unreachable(_)));
         let done = session(SessionPhase::Succeeded, &[(types::COMPLETE, true)]);
         assert_eq!(judge(&done, Goal::Complete), Verdict::Reached);
+        // A session being deleted gets nowhere any more.
+        let mut going = session(SessionPhase::Running, &[(types::READY, false)]);
+        going.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
+        assert_eq!(judge(&going, Goal::Ready), Verdict::Unreachable("is being deleted".into()));
         // A running Job is ready, not complete.
         assert_eq!(judge(&session(SessionPhase::Running, &[(types::READY, true)]), Goal::Complete), Verdict::Waiting);
     }
