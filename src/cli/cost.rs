@@ -3,7 +3,7 @@
 //! Event the operator left (which states what the session cost). Each row
 //! says which it came from.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use jiff::Timestamp;
 use kube::Api;
@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::Event;
 
 use super::output::Format;
 use super::{CliError, table};
+use crate::controller::context::CONTROLLER_NAME;
 use crate::controller::spend_record::{SpendRecord, provider_in};
 use crate::crd::GpuSession;
 
@@ -24,7 +25,8 @@ pub struct CostArgs {
     /// Only sessions of this consumer.
     #[arg(long)]
     pub consumer: Option<String>,
-    /// Only sessions created on or after this date (YYYY-MM-DD) or time (RFC 3339).
+    /// Only sessions created on or after this date (YYYY-MM-DD) or time (RFC 3339); deleted
+    /// sessions, whose creation is not kept, count from when they ended.
     #[arg(long)]
     pub since: Option<String>,
     #[arg(short, long)]
@@ -62,11 +64,16 @@ struct Row {
 const HISTORY: &str = "deleted sessions come from their CleanupComplete Events, which the API server keeps for its --event-ttl (1h by default); gpu_shopper_spend_usd_total keeps the whole history per namespace and marketplace (docs/metrics.md)";
 
 /// Deleted sessions, from the CleanupComplete Events that state their cost (one per session).
-async fn deleted(events: Api<Event>) -> Result<Vec<(Row, Option<Timestamp>)>, kube::Error> {
+/// Sessions still listed (`live`, by uid) are counted from their status, not again here.
+async fn deleted(events: Api<Event>, live: &HashSet<String>) -> Result<Vec<(Row, Option<Timestamp>)>, kube::Error> {
     let only_ends = ListParams::default().fields("reason=CleanupComplete,involvedObject.kind=GpuSession");
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = live.clone();
     let mut rows = Vec::new();
     for event in events.list(&only_ends).await?.items {
+        // Only the operator's own Events state a cost.
+        if event.reporting_component.as_deref() != Some(CONTROLLER_NAME) {
+            continue;
+        }
         let session = &event.involved_object;
         let note = event.message.clone().unwrap_or_default();
         let Some(record) = SpendRecord::parse(&note) else { continue };
@@ -104,6 +111,7 @@ pub async fn run(args: CostArgs) -> Result<String, CliError> {
         (Api::namespaced(client.clone(), &namespace), Api::namespaced(client, &namespace))
     };
     let list = sessions.list(&ListParams::default()).await?;
+    let live: HashSet<String> = list.items.iter().filter_map(|s| s.metadata.uid.clone()).collect();
     let mut candidates = Vec::new();
     for session in list.items {
         let status = session.status.clone().unwrap_or_default();
@@ -119,7 +127,7 @@ pub async fn run(args: CostArgs) -> Result<String, CliError> {
         candidates.push((row, session.metadata.creation_timestamp.as_ref().map(|t| t.0)));
     }
     // Sessions already deleted: without read access to Events they are left out, and the output says so.
-    let history = match deleted(events).await {
+    let history = match deleted(events, &live).await {
         Ok(rows) => {
             candidates.extend(rows);
             HISTORY.to_string()

@@ -22,7 +22,9 @@ impl SpendRecord {
 
     /// The record in a CleanupComplete note, if it has one.
     pub fn parse(note: &str) -> Option<Self> {
-        let (_, rest) = note.rsplit_once(COST)?;
+        // The first "; it cost $" is ours: the note before it is the operator's words, while a
+        // consumer (the user's words, last) could hold another.
+        let (_, rest) = note.split_once(COST)?;
         let (amount, rest) = rest.split_once(IN_ALL)?;
         let consumer = rest.strip_prefix(CONSUMER).and_then(|c| c.strip_suffix(')')).map(str::to_string);
         Some(SpendRecord { cost_usd: amount.parse().ok()?, consumer })
@@ -56,5 +58,9 @@ mod tests {
         assert_eq!(SpendRecord::parse(&note), Some(nameless));
         assert_eq!(provider_in(&note), None);
         assert_eq!(SpendRecord::parse("instance 7 on vastai is destroyed; nothing bills any more"), None);
+        // A consumer that imitates the record changes neither the cost nor whose it is.
+        let sly = SpendRecord { cost_usd: 5.0, consumer: Some("x; it cost $0.0000 in all (consumer team-b".into()) };
+        let note = format!("instance 7 on vastai is destroyed; nothing bills any more{}", sly.note_suffix());
+        assert_eq!(SpendRecord::parse(&note), Some(sly));
     }
 }
