@@ -139,8 +139,7 @@ async fn leader(client: &Client, namespace: Option<&str>) -> Row {
         Err(error) => return row("operator", Outcome::Warn, format!("cannot list Leases: {}", said(&error))),
     };
     let now = Timestamp::now();
-    let mut leading = Vec::new();
-    let mut expired = Vec::new();
+    let (mut leading, mut stale, mut released) = (Vec::new(), Vec::new(), Vec::new());
     for lease in found.iter().filter(|l| l.metadata.name.as_deref().is_some_and(|n| n.starts_with("gpu-shopper"))) {
         let spec = lease.spec.clone().unwrap_or_default();
         let at = format!(
@@ -148,36 +147,58 @@ async fn leader(client: &Client, namespace: Option<&str>) -> Row {
             lease.metadata.namespace.as_deref().unwrap_or_default(),
             lease.metadata.name.as_deref().unwrap_or_default()
         );
-        let renewed = spec.renew_time.map(|t| t.0);
         let lasts = jiff::SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
-        match (spec.holder_identity.filter(|h| !h.is_empty()), renewed) {
-            (Some(holder), Some(renewed)) if renewed + lasts >= now => {
-                let ago = now.duration_since(renewed).as_secs();
-                leading.push(format!("{holder} leads ({at}, renewed {ago}s ago)"));
+        let ago = |t: Timestamp| format!("{}s ago", now.duration_since(t).as_secs());
+        match (spec.holder_identity.filter(|h| !h.is_empty()), spec.renew_time.map(|t| t.0)) {
+            // This machine's clock may run ahead of the operator's: a lease is read as
+            // lapsed only CLOCK_SKEW after it would have.
+            (Some(holder), Some(renewed)) if renewed + lasts + CLOCK_SKEW >= now => {
+                leading.push(format!("{holder} leads ({at}, renewed {})", ago(renewed)))
             }
-            (_, renewed) => {
-                let ago = renewed.map(|r| format!("{}s ago", now.duration_since(r).as_secs()));
-                expired.push(format!("{at} (last renewed {})", ago.unwrap_or_else(|| "never".into())));
-            }
+            (Some(holder), renewed) => stale.push(format!(
+                "{at} names {holder}, last renewed {}",
+                renewed.map(ago).unwrap_or_else(|| "never".into())
+            )),
+            // A replica that stopped cleanly gave its lease back (or election was turned off).
+            (None, _) => released.push(at),
         }
     }
-    match (leading.is_empty(), expired.is_empty()) {
-        (false, _) => row("operator", Outcome::Ok, leading.join("; ")),
-        (true, false) => row(
+    let also = |others: &[String], what: &str| {
+        if others.is_empty() { String::new() } else { format!("; {what}: {}", others.join(", ")) }
+    };
+    if !leading.is_empty() {
+        let outcome = if stale.is_empty() { Outcome::Ok } else { Outcome::Warn };
+        return row("operator", outcome, format!("{}{}", leading.join("; "), also(&stale, "not renewed")));
+    }
+    if !stale.is_empty() {
+        return row(
             "operator",
             Outcome::Fail,
             format!(
-                "no operator leads: {}. Check its pods (kubectl -n NAMESPACE get pods -l app.kubernetes.io/name=gpu-shopper) and their logs",
-                expired.join("; ")
+                "no operator leads: {}. Its replica stopped without giving the lease back: check its pods (kubectl -n NAMESPACE get pods -l app.kubernetes.io/name=gpu-shopper) and their logs",
+                stale.join("; ")
             ),
-        ),
-        (true, true) => row(
+        );
+    }
+    if !released.is_empty() {
+        return row(
             "operator",
             Outcome::Warn,
-            "no gpu-shopper Lease found (leader election off, another lease name, or not installed): see the sessions row",
-        ),
+            format!(
+                "no replica holds {} (given back on a clean stop, or leader election is off): see the sessions row",
+                released.join(", ")
+            ),
+        );
     }
+    row(
+        "operator",
+        Outcome::Warn,
+        "no gpu-shopper Lease found (leader election off, another lease name, or not installed): see the sessions row",
+    )
 }
+
+/// How far this machine's clock may run ahead of the operator's before a lease reads as lapsed.
+const CLOCK_SKEW: jiff::SignedDuration = jiff::SignedDuration::from_secs(10);
 
 /// The operator keeps up with this namespace: every session's spec is observed.
 async fn sessions_observed(client: &Client, namespace: &str) -> Row {
@@ -217,6 +238,7 @@ const PERMISSIONS: &[(&str, &str, Outcome, &str)] = &[
     // (verb, resource, outcome if refused, what it is for)
     ("create", "gpusessions", Outcome::Fail, "rent a machine"),
     ("get", "gpusessions", Outcome::Fail, "read status, wait, ssh"),
+    ("list", "gpusessions", Outcome::Warn, "wait and cost"),
     ("watch", "gpusessions", Outcome::Warn, "wait"),
     ("delete", "gpusessions", Outcome::Fail, "give a machine back"),
     ("list", "gpuofferfilters", Outcome::Warn, "use offers --filter"),
