@@ -595,6 +595,8 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a real API server: run `make test`"]
 async fn the_uninstall_guard_refuses_while_a_session_exists_and_the_chart_runs_it_before_delete() {
+    // Applying the CRDs mid-way through the upgrade test would undo the column it checks for.
+    let _crds = CRDS.lock().await;
     let client = client().await;
     install_crds(&client).await;
     let ns = namespace(&client, "guard").await;

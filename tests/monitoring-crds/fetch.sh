@@ -12,11 +12,22 @@ have=yes
 for name in "${names[@]}"; do [[ -s $root/$name ]] || have=no; done
 if [[ $have == no ]]; then
   command -v go >/dev/null || { echo "fetch.sh: the Go toolchain is needed to download $module (go not found)" >&2; exit 1; }
-  dir=$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "$module@$version" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
-  [[ -d $dir ]] || { echo "fetch.sh: go mod download $module@$version gave no module folder" >&2; exit 1; }
+  # Outside any Go module or workspace, so nothing around decides what is downloaded.
+  scratch=$(mktemp -d)
+  trap 'rm -rf "$scratch"' EXIT
+  # With -json, go reports a failed download in its JSON on stdout: show it.
+  answer=$(cd "$scratch" && GOWORK=off GOFLAGS=-mod=mod go mod download -json "$module@$version") || true
+  dir=$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p' <<<"$answer")
+  if [[ -z $dir || ! -d $dir ]]; then
+    echo "fetch.sh: go mod download $module@$version failed:" >&2
+    echo "$answer" >&2
+    exit 1
+  fi
+  rm -rf "$root.partial"
   mkdir -p "$root.partial"
   for name in "${names[@]}"; do
-    cp "$dir/example/prometheus-operator-crd/$name" "$root.partial/$name"
+    # The module cache's files are read-only: the copies are not.
+    install -m 0644 "$dir/example/prometheus-operator-crd/$name" "$root.partial/$name"
   done
   rm -rf "$root"
   mv "$root.partial" "$root"
