@@ -435,8 +435,10 @@ async fn wait_follows_the_session_through_a_watch_until_it_completes_or_is_delet
     let ns = namespace(&client, "wait").await;
     let sessions: Api<GpuSession> = Api::namespaced(client.clone(), &ns);
     for name in ["job", "doomed"] {
+        // The test's own finalizer holds "doomed" while it is deleted, as the operator's would.
         let session: GpuSession = serde_json::from_value(json!({
-            "apiVersion": "gpushopper.dev/v1alpha1", "kind": "GpuSession", "metadata": {"name": name},
+            "apiVersion": "gpushopper.dev/v1alpha1", "kind": "GpuSession",
+            "metadata": {"name": name, "finalizers": ["test.gpushopper.dev/hold"]},
             "spec": {"requirements": {"gpuModels": ["RTX 4090"]}},
         }))
         .unwrap();
@@ -478,13 +480,22 @@ async fn wait_follows_the_session_through_a_watch_until_it_completes_or_is_delet
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains(&format!("{ns}/job: Succeeded")), "{stdout}");
 
-    // A session deleted while waited on ends the wait with exit 1, saying so.
+    // A session deleted while waited on ends the wait with exit 1, saying so (whether the
+    // wait saw it before or only after the delete began).
     let waiting = spawn_wait(&["doomed"]);
     tokio::time::sleep(Duration::from_secs(1)).await;
     sessions.delete("doomed", &Default::default()).await.unwrap();
     let (code, _, stderr) = tokio::task::spawn_blocking(move || finished(waiting)).await.unwrap();
     assert_eq!(code, 1);
-    assert!(stderr.contains(&format!("{ns}/doomed was deleted while waiting")), "{stderr}");
+    assert!(stderr.contains(&format!("{ns}/doomed is being deleted")), "{stderr}");
+    let release = json!({"metadata": {"finalizers": null}});
+    for name in ["job", "doomed"] {
+        sessions.patch(name, &params, &kube::api::Patch::Merge(&release)).await.unwrap();
+    }
+    // Gone, it is named as gone.
+    let (code, _, stderr) = output(gpu_shopper(&kube_env).args(["wait", "doomed", "-n", &ns, "--timeout", "60s"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("does not exist"), "{stderr}");
 
     // One that never existed is named at once, not waited for.
     let (code, _, stderr) = output(gpu_shopper(&kube_env).args(["wait", "never", "-n", &ns, "--timeout", "60s"]));
