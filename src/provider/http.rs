@@ -62,6 +62,8 @@ pub struct Transport {
     pacer: Pacer,
     /// Calls on the wire at once (see `CALLS_IN_FLIGHT`).
     in_flight: tokio::sync::Semaphore,
+    /// Slots only money calls may take (see `MONEY_LANE`).
+    money_lane: tokio::sync::Semaphore,
     /// Calls held back while the marketplace does not answer.
     circuit: Circuit,
 }
@@ -71,6 +73,11 @@ pub struct Transport {
 /// together would otherwise open a thousand. Per marketplace, so one that hangs
 /// holds up only its own calls.
 pub const CALLS_IN_FLIGHT: usize = 16;
+
+/// A few more slots that only money calls (destroys and what confirms them) may
+/// take: the pacer sends them first, but sixteen slow searches already on the
+/// wire would otherwise hold a destroy back until one of them answers.
+pub const MONEY_LANE: usize = 4;
 
 impl Transport {
     pub fn new(provider: ProviderName, secret: SecretString, policy: CallPolicy, limits: Limits) -> Self {
@@ -88,7 +95,22 @@ impl Transport {
             secret,
             pacer: Pacer::new(limits),
             in_flight: tokio::sync::Semaphore::new(CALLS_IN_FLIGHT),
+            money_lane: tokio::sync::Semaphore::new(MONEY_LANE),
         }
+    }
+
+    /// A slot on the wire: any free one for a money call, a shared one for the rest.
+    async fn wire_slot(&self) -> tokio::sync::SemaphorePermit<'_> {
+        let slot = if super::caller::current().urgency == super::caller::Urgency::Money {
+            tokio::select! {
+                biased;
+                slot = self.in_flight.acquire() => slot,
+                slot = self.money_lane.acquire() => slot,
+            }
+        } else {
+            self.in_flight.acquire().await
+        };
+        slot.expect("the semaphores are never closed")
     }
 
     pub fn limits(&self) -> Limits {
@@ -135,7 +157,7 @@ impl Transport {
                 );
             }
             let outcome = {
-                let _on_the_wire = self.in_flight.acquire().await.expect("the semaphore is never closed");
+                let _on_the_wire = self.wire_slot().await;
                 // Checked again: the calls ahead in the queue may have found it hanging.
                 let permission = self.circuit.permission(Instant::now());
                 if let Permission::Refuse(refusal) = permission {
@@ -319,6 +341,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+    use crate::provider::caller::Urgency;
 
     #[tokio::test]
     async fn calls_on_the_wire_to_one_marketplace_are_bounded() {
@@ -347,6 +370,66 @@ mod tests {
             assert_eq!(reply.unwrap().status.as_u16(), 200);
         }
         assert_eq!(most.load(Ordering::SeqCst), CALLS_IN_FLIGHT, "the marketplace never saw more at once");
+    }
+
+    #[tokio::test]
+    async fn a_destroy_is_not_held_back_by_searches_that_fill_the_wire() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (searching, waiting) = (Arc::new(AtomicUsize::new(0)), release.clone());
+        let on_the_wire = searching.clone();
+        let app = axum::Router::new()
+            .route(
+                "/search",
+                axum::routing::get(move || {
+                    let (on_the_wire, waiting) = (on_the_wire.clone(), waiting.clone());
+                    async move {
+                        // Registered before it is counted, so the release cannot pass it by.
+                        let released = waiting.notified();
+                        on_the_wire.fetch_add(1, Ordering::SeqCst);
+                        released.await;
+                        "{}"
+                    }
+                }),
+            )
+            .route("/destroy", axum::routing::get(|| async { "{}" }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let transport = Arc::new(Transport::new(
+            ProviderName::Vastai,
+            SecretString::from("k"),
+            CallPolicy::default(),
+            Limits::NONE,
+        ));
+        let search = format!("{base}/search");
+        let searches: Vec<_> = (0..CALLS_IN_FLIGHT)
+            .map(|_| {
+                let (transport, search) = (transport.clone(), search.clone());
+                tokio::spawn(crate::provider::caller::calling(Urgency::Search, "a", async move {
+                    transport.bearer_call(reqwest::Method::GET, &search, "GET /search", None, Idempotency::Safe).await
+                }))
+            })
+            .collect();
+        while searching.load(Ordering::SeqCst) < CALLS_IN_FLIGHT {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let destroy = format!("{base}/destroy");
+        let call = |urgency| {
+            let (transport, destroy) = (transport.clone(), destroy.clone());
+            crate::provider::caller::calling(urgency, "b", async move {
+                transport.bearer_call(reqwest::Method::GET, &destroy, "GET /destroy", None, Idempotency::Safe).await
+            })
+        };
+        // Every shared slot is held: a lookup waits, a destroy goes through its own lane.
+        let lookup = tokio::spawn(call(Urgency::Lookup));
+        let destroyed = tokio::time::timeout(Duration::from_secs(5), call(Urgency::Money)).await;
+        assert!(destroyed.expect("the destroy waited for the searches").is_ok());
+        assert!(!lookup.is_finished(), "a lookup took a slot only money may take");
+        release.notify_waiters();
+        for search in searches {
+            assert!(search.await.unwrap().is_ok());
+        }
+        assert!(lookup.await.unwrap().is_ok());
     }
 
     #[tokio::test]
