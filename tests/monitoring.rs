@@ -35,6 +35,26 @@ fn the_alert_rules_pass_promtool_and_fire_when_they_should() {
 }
 
 #[test]
+#[ignore = "needs promtool: run `make test` (it builds promtool from the Go module proxy)"]
+fn the_documented_per_namespace_spend_alerts_fire_for_the_namespace_that_spends() {
+    let promtool = tool("GPU_SHOPPER_PROMTOOL", "run `make test`, or export it from tests/promtool/build.sh");
+    let example = format!("{ROOT}/deploy/examples/spend-alerts");
+    let rule: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(format!("{example}/prometheusrule.yaml")).unwrap()).unwrap();
+    assert_eq!(rule["kind"], "PrometheusRule");
+    // promtool reads plain rule groups: the PrometheusRule's spec.
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("spend-alerts");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("rules.yaml"), serde_saphyr::to_string(&rule["spec"]).unwrap()).unwrap();
+    std::fs::copy(format!("{example}/spend-alerts_test.yaml"), dir.join("spend-alerts_test.yaml")).unwrap();
+    let (ok, out) = run(Command::new(&promtool).args(["check", "rules", "rules.yaml"]).current_dir(&dir));
+    assert!(ok, "{out}");
+    let (ok, out) = run(Command::new(&promtool).args(["test", "rules", "spend-alerts_test.yaml"]).current_dir(&dir));
+    assert!(ok, "{out}");
+    assert!(gpu_shopper::metrics::names::ALL.contains(&"gpu_shopper_spend_usd"));
+}
+
+#[test]
 #[ignore = "needs helm: run `make test`"]
 fn the_chart_ships_the_rules_and_the_dashboard_it_was_given() {
     let helm = tool("GPU_SHOPPER_HELM", "run `make test`");
