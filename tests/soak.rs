@@ -1,7 +1,8 @@
 //! A bounded, seeded, randomised soak: sessions come and go while the
 //! controller is SIGKILLed and restarted, the simulated marketplaces fail in
-//! every way they can, and status writes collide. Invariants are checked all
-//! along and at the end; any violation fails the run.
+//! every way they can, status writes collide, and a misbehaving tenant writes
+//! another session's machine into its own session's status. Invariants are
+//! checked all along and at the end; any violation fails the run.
 //!
 //! `make test` runs a short one (SOAK_SECONDS=60, SOAK_SEED=7); `make soak`
 //! a long one. Prints one line per invariant and counts; writes
@@ -123,6 +124,17 @@ struct Counts {
     orphans_past_grace: Vec<String>,
     not_settled: Vec<String>,
     leaks: Vec<String>,
+    forgeries: u64,
+    forged_dropped: u64,
+    forged_cost_owner: Vec<String>,
+}
+
+/// A session's status made (by the misbehaving tenant) to name another session's machine.
+struct Forgery {
+    forger: String,
+    victim_uid: String,
+    victim: String,
+    instance: String,
 }
 
 struct Observer {
@@ -136,6 +148,10 @@ struct Observer {
     doubled_since: HashMap<String, Instant>,
     /// Machines made to vanish or stop behind the operator's back, and when.
     befallen: HashMap<String, Instant>,
+    /// Every machine ever befallen (the entries above are dropped once judged).
+    ever_befallen: HashSet<String>,
+    /// Forged statuses not yet judged.
+    forged: Vec<Forgery>,
     /// When each marketplace last had a fault switched on, and when the controller was last restarted:
     /// while a marketplace's listings fail, or no controller runs, nothing can notice a lost machine.
     faulted_at: HashMap<ProviderName, Instant>,
@@ -162,6 +178,9 @@ async fn observe(
     observer: &mut Observer,
     counts: &mut Counts,
 ) {
+    // Machines destroyed before the sessions are read: a session read after sees any end or
+    // replacement stored before its machine's destroy.
+    let destroyed: HashSet<String> = sim.instances().into_iter().filter(|i| i.destroyed).map(|i| i.id).collect();
     let Ok(list) = sessions.list(&ListParams::default()).await else { return };
     let live: HashSet<String> = list.items.iter().filter_map(|s| s.metadata.uid.clone()).collect();
     for s in &list.items {
@@ -259,7 +278,66 @@ async fn observe(
             ));
         }
     }
+    judge_forgeries(&destroyed, &list.items, observer, counts);
+    // No session's status ever records releasing (destroying) a machine labelled for another.
+    let owners: HashMap<String, String> = sim
+        .instances()
+        .into_iter()
+        .filter(|i| i.label.starts_with(&prefix))
+        .map(|i| (i.id, session_of(&i.label)))
+        .collect();
+    for s in &list.items {
+        let (Some(uid), Some(st)) = (s.metadata.uid.as_ref(), s.status.as_ref()) else { continue };
+        if let (Some(id), Some(_)) = (st.instance_id.as_ref(), st.released_at.as_ref())
+            && let Some(owner) = owners.get(id).filter(|owner| *owner != uid)
+        {
+            let line = format!(
+                "session {} released machine {id}, labelled for session {owner}",
+                s.metadata.name.clone().unwrap_or_default()
+            );
+            if !counts.forged_cost_owner.contains(&line) {
+                counts.forged_cost_owner.push(line);
+            }
+        }
+    }
     counts.observations += 1;
+}
+
+/// A forged status never costs the machine's real session its machine: when that machine is
+/// destroyed while its session lives, the session itself must have moved on (its end or its
+/// replacement stored, its status naming another machine, or the machine lost behind its back).
+fn judge_forgeries(destroyed: &HashSet<String>, live: &[GpuSession], observer: &mut Observer, counts: &mut Counts) {
+    let by_uid: HashMap<&str, &GpuSession> =
+        live.iter().filter_map(|s| Some((s.metadata.uid.as_deref()?, s))).collect();
+    let by_name: HashMap<&str, &GpuSession> =
+        live.iter().filter_map(|s| Some((s.metadata.name.as_deref()?, s))).collect();
+    observer.forged.retain(|forgery| {
+        // The forger's status no longer names the machine: the operator dropped it (or it ended).
+        let forger_names_it = by_name.get(forgery.forger.as_str()).is_some_and(|s| {
+            s.status.as_ref().and_then(|st| st.instance_id.as_deref()) == Some(forgery.instance.as_str())
+        });
+        let Some(victim) = by_uid.get(forgery.victim_uid.as_str()) else { return false };
+        if !destroyed.contains(&forgery.instance) {
+            if !forger_names_it {
+                counts.forged_dropped += 1;
+            }
+            return forger_names_it;
+        }
+        let st = victim.status.clone().unwrap_or_default();
+        let moved_on = victim.metadata.deletion_timestamp.is_some()
+            || st.instance_id.as_deref() != Some(forgery.instance.as_str())
+            || st.ending.is_some()
+            || st.replacing.is_some()
+            || matches!(st.phase, Some(SessionPhase::Succeeded | SessionPhase::Failed | SessionPhase::Terminating))
+            || observer.ever_befallen.contains(&forgery.instance);
+        if !moved_on {
+            counts.forged_cost_owner.push(format!(
+                "{}'s machine {} was destroyed after {} named it in its status; {} still names it ({:?}: {:?})",
+                forgery.victim, forgery.instance, forgery.forger, forgery.victim, st.phase, st.reason
+            ));
+        }
+        false
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,6 +371,8 @@ async fn soak() {
         unowned_since: HashMap::new(),
         doubled_since: HashMap::new(),
         befallen: HashMap::new(),
+        ever_befallen: HashSet::new(),
+        forged: Vec::new(),
         faulted_at: HashMap::new(),
         restarted_at: None,
         restarts: Vec::new(),
@@ -357,8 +437,44 @@ async fn soak() {
                 let id = running[rng.random_range(0..running.len())].clone();
                 let fate = if rng.random_bool(0.5) { Fate::Vanish } else { Fate::Stop };
                 if sim.befall(&id, fate) {
+                    observer.ever_befallen.insert(id.clone());
                     observer.befallen.insert(id, Instant::now());
                     *counts.faults.entry(if fate == Fate::Vanish { "vanished" } else { "stopped" }).or_default() += 1;
+                }
+            }
+        }
+        if rng.random_bool(0.1) {
+            // A misbehaving tenant (allowed to write status) names another session's machine in
+            // its own session: the operator must not act on that machine for it.
+            // Only machines the marketplace shows labelled for the session that names them.
+            let labelled: HashMap<String, String> =
+                sim.instances().into_iter().filter(|i| !i.destroyed).map(|i| (i.id, session_of(&i.label))).collect();
+            let with_machines: Vec<&GpuSession> = live
+                .iter()
+                .filter(|s| {
+                    s.status.as_ref().is_some_and(|st| {
+                        st.provider.is_some()
+                            && st.instance_id.as_ref().and_then(|id| labelled.get(id)) == s.metadata.uid.as_ref()
+                    })
+                })
+                .collect();
+            if with_machines.len() >= 2 {
+                let forger = with_machines[rng.random_range(0..with_machines.len())];
+                let victims: Vec<&&GpuSession> =
+                    with_machines.iter().filter(|s| s.metadata.uid != forger.metadata.uid).collect();
+                let victim = victims[rng.random_range(0..victims.len())];
+                let victim_status = victim.status.as_ref().unwrap();
+                let instance = victim_status.instance_id.clone().unwrap();
+                let forged = json!({"status": {"instanceId": instance, "provider": victim_status.provider}});
+                let forger_name = forger.metadata.name.clone().unwrap();
+                if sessions.patch_status(&forger_name, &PatchParams::default(), &Patch::Merge(&forged)).await.is_ok() {
+                    counts.forgeries += 1;
+                    observer.forged.push(Forgery {
+                        forger: forger_name,
+                        victim_uid: victim.metadata.uid.clone().unwrap(),
+                        victim: victim.metadata.name.clone().unwrap(),
+                        instance,
+                    });
                 }
             }
         }
@@ -471,6 +587,12 @@ async fn soak() {
         format!("invariant no-orphan-past-grace: {} violations", counts.orphans_past_grace.len()),
         format!("invariant every-session-settles: {} violations", counts.not_settled.len()),
         format!("invariant no-key-in-logs: {} violations", counts.leaks.len()),
+        format!(
+            "invariant forged-status-costs-no-owner-its-machine: {} violations ({} forgeries, {} dropped from the forger's status)",
+            counts.forged_cost_owner.len(),
+            counts.forgeries,
+            counts.forged_dropped
+        ),
     ];
     for line in &lines {
         println!("{line}");
@@ -478,11 +600,13 @@ async fn soak() {
     let results = json!({
         "seed": seed, "seconds": seconds, "sessionsCreated": counts.created, "sessionsDeleted": counts.deleted,
         "controllerRestarts": counts.restarts, "conflictingWrites": counts.conflicts_provoked, "instancesRented": instances.len(),
+        "forgedStatuses": counts.forgeries, "forgedDropped": counts.forged_dropped,
         "faults": counts.faults,
         "violations": {
             "doubleInstances": counts.double_instances, "deletedButAlive": counts.deleted_but_alive,
             "lossNotReflected": counts.loss_not_reflected, "costAboveBill": counts.cost_above_bill,
             "orphansPastGrace": counts.orphans_past_grace, "notSettled": counts.not_settled, "keyLeaks": counts.leaks,
+            "forgedCostOwner": counts.forged_cost_owner,
         },
     });
     // `make soak` keeps its figures in bench/results; the short run in `make test` leaves the repo untouched.
@@ -497,6 +621,7 @@ async fn soak() {
         + counts.deleted_but_alive.len()
         + counts.orphans_past_grace.len()
         + counts.not_settled.len()
-        + counts.leaks.len();
+        + counts.leaks.len()
+        + counts.forged_cost_owner.len();
     assert_eq!(violations, 0, "invariants violated: {results:#}");
 }
