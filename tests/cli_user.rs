@@ -125,11 +125,10 @@ async fn status_ssh_and_cost_describe_a_running_session() {
     let link = plugin_dir.join("kubectl-gpu_shopper");
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_gpu-shopper"), &link).unwrap();
-    let bin_dir = std::fs::read_to_string(kubeconfig_path().with_file_name("bin.path")).unwrap();
-    let kubectl = format!("{}/kubectl", bin_dir.trim());
+    let kubectl = kubectl_path();
     let path = format!("{}:{}", plugin_dir.display(), std::env::var("PATH").unwrap_or_default());
     let (code, stdout, stderr) = output(
-        Command::new(kubectl)
+        Command::new(&kubectl)
             .args(["gpu-shopper", "status", "box", "-n", &ns, "-o", "yaml"])
             .env("PATH", &path)
             .env("KUBECONFIG", kubeconfig_path()),
@@ -148,10 +147,9 @@ async fn status_ssh_and_cost_describe_a_running_session() {
     let completer = plugin_dir.join("kubectl_complete-gpu_shopper");
     let _ = std::fs::remove_file(&completer);
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_gpu-shopper"), &completer).unwrap();
-    let bin_dir = std::fs::read_to_string(kubeconfig_path().with_file_name("bin.path")).unwrap();
     let complete = |words: &[&str]| {
         let (code, stdout, stderr) = output(
-            Command::new(format!("{}/kubectl", bin_dir.trim()))
+            Command::new(&kubectl)
                 .arg("__complete")
                 .arg("gpu-shopper")
                 .args(words)

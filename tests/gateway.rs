@@ -10,7 +10,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -62,15 +61,8 @@ async fn run_gateway_as_deployed(h: &Harness, session: &str) -> RunningGateway {
     let pod = deployment.spec.as_ref().unwrap().template.spec.clone().unwrap();
     let container = &pod.containers[0];
     let account = pod.service_account_name.clone().unwrap();
-    let accounts: Api<ServiceAccount> = Api::namespaced(h.client.clone(), &h.ns);
-    let token = accounts
-        .create_token_request(&account, &PostParams::default(), &TokenRequest::default())
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token;
-    let config_path = token_kubeconfig(&token, &h.ns, &format!("{}-{session}-gateway", h.ns)).await;
+    let config_path =
+        service_account_kubeconfig(&h.client, &h.ns, &account, &format!("{}-{session}-gateway", h.ns)).await;
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gateways");
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join(format!("{}-{session}.log", h.ns));

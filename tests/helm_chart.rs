@@ -261,12 +261,6 @@ fn lint_and_template_with_default_and_custom_values() {
     );
 }
 
-/// The kubectl the control plane was built with.
-fn kubectl() -> PathBuf {
-    let bin_dir = std::fs::read_to_string(kubeconfig_path().with_file_name("bin.path")).unwrap();
-    PathBuf::from(bin_dir.trim()).join("kubectl")
-}
-
 #[tokio::test]
 #[ignore = "needs helm and a real API server: run `make test`"]
 async fn every_value_combination_passes_the_api_servers_dry_run() {
@@ -282,10 +276,16 @@ async fn every_value_combination_passes_the_api_servers_dry_run() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     });
-    let (ok, _, stderr) =
-        run(Command::new(kubectl()).args(["apply", "--server-side", "--kubeconfig", &kubeconfig, "-f", &monitoring]));
+    let (ok, _, stderr) = run(Command::new(kubectl_path()).args([
+        "apply",
+        "--server-side",
+        "--kubeconfig",
+        &kubeconfig,
+        "-f",
+        &monitoring,
+    ]));
     assert!(ok, "installing the monitoring CRDs: {stderr}");
-    let (ok, _, stderr) = run(Command::new(kubectl()).args([
+    let (ok, _, stderr) = run(Command::new(kubectl_path()).args([
         "wait",
         "--kubeconfig",
         &kubeconfig,
@@ -299,7 +299,7 @@ async fn every_value_combination_passes_the_api_servers_dry_run() {
             run(Command::new(helm()).args(["template", "gs", CHART, "--namespace", &ns]).args(&values));
         assert!(ok, "helm template {values:?}: {stderr}");
         let kinds = rendered.lines().filter(|l| l.starts_with("kind: ")).count();
-        let mut apply = Command::new(kubectl())
+        let mut apply = Command::new(kubectl_path())
             .args(["apply", "--dry-run=server", "--kubeconfig", &kubeconfig, "-f", "-"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

@@ -7,11 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::Api;
-use kube::api::PostParams;
 use support::*;
 
 /// The tests that apply to the namespace `gpu-shopper` take turns.
@@ -19,14 +16,7 @@ static GPU_SHOPPER_NAMESPACE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const
 
 /// kubectl as the control plane's start.sh built it, against the test API server.
 fn kubectl(args: &[&str]) -> (bool, String) {
-    let bin =
-        std::fs::read_to_string(kubeconfig_path().with_file_name("bin.path")).expect("start.sh records its bin dir");
-    let out = Command::new(format!("{}/kubectl", bin.trim()))
-        .arg("--kubeconfig")
-        .arg(kubeconfig_path())
-        .args(args)
-        .output()
-        .unwrap();
+    let out = Command::new(kubectl_path()).arg("--kubeconfig").arg(kubeconfig_path()).args(args).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
 }
 
@@ -102,14 +92,7 @@ async fn the_documented_overlay_installs_and_its_operator_leads_with_the_overlay
 
     // The operator as the Deployment would run it, with a token of its ServiceAccount.
     let account = pod.service_account_name.unwrap();
-    let token = Api::<ServiceAccount>::namespaced(client.clone(), "gpu-shopper")
-        .create_token_request(&account, &PostParams::default(), &TokenRequest::default())
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token;
-    let kubeconfig = token_kubeconfig(&token, "gpu-shopper", "overlay-operator").await;
+    let kubeconfig = service_account_kubeconfig(&client, "gpu-shopper", &account, "overlay-operator").await;
     let port = free_port();
     let pod_name = "gpu-shopper-5d8f7c9b4-overlay";
     let log_path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("overlay-operator.log");

@@ -247,6 +247,30 @@ impl Drop for ControllerProcess {
     }
 }
 
+/// kubectl as the control plane's start.sh built it (its bin dir is recorded beside the kubeconfig).
+pub fn kubectl_path() -> PathBuf {
+    let bin =
+        std::fs::read_to_string(kubeconfig_path().with_file_name("bin.path")).expect("start.sh records its bin dir");
+    PathBuf::from(bin.trim()).join("kubectl")
+}
+
+/// A kubeconfig (see `token_kubeconfig`) with a fresh token of ServiceAccount `account` in
+/// `namespace`: a process run with it has exactly that account's RBAC.
+pub async fn service_account_kubeconfig(client: &Client, namespace: &str, account: &str, name: &str) -> PathBuf {
+    let token = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(
+            account,
+            &PostParams::default(),
+            &k8s_openapi::api::authentication::v1::TokenRequest::default(),
+        )
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    token_kubeconfig(&token, namespace, name).await
+}
+
 /// A kubeconfig for the test API server that authenticates with `token` (a
 /// ServiceAccount's, from a TokenRequest), so a process run with it has exactly
 /// that account's RBAC. Written under the target's temp dir as `<name>.kubeconfig`.
