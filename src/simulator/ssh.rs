@@ -205,18 +205,7 @@ impl Connection {
                 }
             }
             let code = child.wait().await.ok().and_then(|s| s.code()).unwrap_or(255) as u32;
-            // A machine that will not stop talking: more output after the command's own.
-            let chunk = vec![b'y'; 32 * 1024];
-            let mut sent = 0u64;
-            while sent < extra {
-                if handle.data(channel, bytes::Bytes::from(chunk.clone())).await.is_err() {
-                    return; // the client went away
-                }
-                sent += chunk.len() as u64;
-            }
-            let _ = handle.exit_status_request(channel, code).await;
-            let _ = handle.eof(channel).await;
-            let _ = handle.close(channel).await;
+            finish_talking(&handle, channel, extra, code).await;
         });
         self.running.insert(channel, task.abort_handle());
         Ok(())
@@ -242,6 +231,22 @@ impl Connection {
             .collect();
         segments.iter().all(|s| s.starts_with("nvidia-smi")).then_some(segments)
     }
+}
+
+/// A machine that will not stop talking: `extra` more bytes after the command's own
+/// output (sent with the channel's flow control), then the exit status and the close.
+async fn finish_talking(handle: &russh::server::Handle, channel: ChannelId, extra: u64, code: u32) {
+    let chunk = bytes::Bytes::from(vec![b'y'; 32 * 1024]);
+    let mut sent = 0u64;
+    while sent < extra {
+        if handle.data(channel, chunk.clone()).await.is_err() {
+            return; // the client went away
+        }
+        sent += chunk.len() as u64;
+    }
+    let _ = handle.exit_status_request(channel, code).await;
+    let _ = handle.eof(channel).await;
+    let _ = handle.close(channel).await;
 }
 
 impl russh::server::Handler for Connection {
@@ -354,17 +359,7 @@ impl russh::server::Handler for Connection {
             let extra = self.machine.extra_output_bytes;
             tokio::spawn(async move {
                 let _ = handle.data(channel, bytes::Bytes::from(stdout)).await;
-                let chunk = vec![b'y'; 32 * 1024];
-                let mut sent = 0u64;
-                while sent < extra {
-                    if handle.data(channel, bytes::Bytes::from(chunk.clone())).await.is_err() {
-                        return; // the client went away
-                    }
-                    sent += chunk.len() as u64;
-                }
-                let _ = handle.exit_status_request(channel, code).await;
-                let _ = handle.eof(channel).await;
-                let _ = handle.close(channel).await;
+                finish_talking(&handle, channel, extra, code).await;
             });
             return Ok(());
         }
