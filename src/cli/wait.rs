@@ -47,23 +47,20 @@ enum Verdict {
     Reached,
     /// It can no longer get there: why.
     Unreachable(String),
+    /// Its finalizer is destroying the machine: it will not get anywhere now.
+    BeingDeleted,
     Waiting,
 }
 
 fn judge(session: &GpuSession, goal: Goal) -> Verdict {
-    let Some(status) = session.status.as_ref() else {
-        return if session.metadata.deletion_timestamp.is_some() {
-            Verdict::Unreachable("is being deleted".into())
-        } else {
-            Verdict::Waiting
-        };
-    };
+    if session.metadata.deletion_timestamp.is_some() {
+        return Verdict::BeingDeleted;
+    }
+    let Some(status) = session.status.as_ref() else { return Verdict::Waiting };
     let is_true = |type_| conditions::is_true(&status.conditions, type_);
     let why =
         || format!("{} ({})", status.message.clone().unwrap_or_default(), status.reason.clone().unwrap_or_default());
     match (goal, status.phase) {
-        // Its finalizer is destroying the machine: it will not get anywhere now.
-        _ if session.metadata.deletion_timestamp.is_some() => Verdict::Unreachable("is being deleted".into()),
         (Goal::Ready, _) if is_true(types::READY) => Verdict::Reached,
         (Goal::Complete, _) if is_true(types::COMPLETE) => Verdict::Reached,
         (_, Some(SessionPhase::Failed)) => Verdict::Unreachable(format!("the session failed: {}", why())),
@@ -160,9 +157,7 @@ pub async fn run(args: WaitArgs) -> Result<String, CliError> {
                     None => format!("{whose}: {last_line}\n"),
                 });
             }
-            Verdict::Unreachable(why) if why == "is being deleted" => {
-                return Err(CliError::Failed(format!("{whose} {why}")));
-            }
+            Verdict::BeingDeleted => return Err(CliError::Failed(format!("{whose} is being deleted"))),
             Verdict::Unreachable(why) => return Err(CliError::Failed(format!("{whose}: {why}"))),
             Verdict::Waiting => {}
         }
@@ -198,7 +193,7 @@ mod tests {
         // A session being deleted gets nowhere any more.
         let mut going = session(SessionPhase::Running, &[(types::READY, false)]);
         going.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
-        assert_eq!(judge(&going, Goal::Ready), Verdict::Unreachable("is being deleted".into()));
+        assert_eq!(judge(&going, Goal::Ready), Verdict::BeingDeleted);
         // A running Job is ready, not complete.
         assert_eq!(judge(&session(SessionPhase::Running, &[(types::READY, true)]), Goal::Complete), Verdict::Waiting);
     }
