@@ -136,9 +136,7 @@ impl ControllerArgs {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        use clap::FromArgMatches;
-        let command = Self::command().no_binary_name(true).mut_args(blank_env_is_unset);
-        Self::from_arg_matches(&command.try_get_matches_from(argv)?)
+        Self::parse_with(argv, blank_env_is_unset)
     }
 
     /// The settings from `argv` alone, whatever the environment holds (for tests).
@@ -147,8 +145,17 @@ impl ControllerArgs {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
+        Self::parse_with(argv, |arg| arg.env(None::<&'static str>))
+    }
+
+    /// `argv` parsed after `each_arg` has adjusted where each argument may come from.
+    fn parse_with<I, T>(argv: I, each_arg: impl FnMut(clap::Arg) -> clap::Arg) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
         use clap::FromArgMatches;
-        let command = Self::command().no_binary_name(true).mut_args(|arg| arg.env(None::<&'static str>));
+        let command = Self::command().no_binary_name(true).mut_args(each_arg);
         Self::from_arg_matches(&command.try_get_matches_from(argv)?)
     }
 
