@@ -193,8 +193,9 @@ async fn observe(
     }
     // Read the marketplace after the API: a session seen gone had its instance destroyed before.
     let prefix = support::sessions::label_prefix(ns);
+    let ours: Vec<_> = sim.instances().into_iter().filter(|i| i.label.starts_with(&prefix)).collect();
     let mut per_uid: HashMap<String, Vec<String>> = HashMap::new();
-    for instance in sim.instances().into_iter().filter(|i| !i.destroyed && i.label.starts_with(&prefix)) {
+    for instance in ours.iter().filter(|i| !i.destroyed) {
         let uid = session_of(&instance.label);
         per_uid.entry(uid.clone()).or_default().push(instance.id.clone());
         if observer.gone.contains(&uid) {
@@ -229,13 +230,12 @@ async fn observe(
         }
     }
     observer.doubled_since.retain(|uid, _| per_uid.get(uid).is_some_and(|ids| ids.len() > 1));
-    let bills: HashMap<String, (f64, f64)> =
-        sim.instances().into_iter().filter(|i| i.label.starts_with(&prefix)).fold(HashMap::new(), |mut bills, i| {
-            let entry = bills.entry(session_of(&i.label)).or_insert((0.0, 0.0));
-            entry.0 += i.cost_usd;
-            entry.1 = entry.1.max(i.price_per_hour);
-            bills
-        });
+    let bills: HashMap<String, (f64, f64)> = ours.iter().fold(HashMap::new(), |mut bills, i| {
+        let entry = bills.entry(session_of(&i.label)).or_insert((0.0, 0.0));
+        entry.0 += i.cost_usd;
+        entry.1 = entry.1.max(i.price_per_hour);
+        bills
+    });
     for s in &list.items {
         let (Some(uid), Some(st)) = (s.metadata.uid.as_ref(), s.status.as_ref()) else { continue };
         // A lost machine is reflected in status (InstanceRunning no longer True) within two inventory
@@ -280,16 +280,11 @@ async fn observe(
     }
     judge_forgeries(&destroyed, &list.items, observer, counts);
     // No session's status ever records releasing (destroying) a machine labelled for another.
-    let owners: HashMap<String, String> = sim
-        .instances()
-        .into_iter()
-        .filter(|i| i.label.starts_with(&prefix))
-        .map(|i| (i.id, session_of(&i.label)))
-        .collect();
+    let owners: HashMap<&str, String> = ours.iter().map(|i| (i.id.as_str(), session_of(&i.label))).collect();
     for s in &list.items {
         let (Some(uid), Some(st)) = (s.metadata.uid.as_ref(), s.status.as_ref()) else { continue };
         if let (Some(id), Some(_)) = (st.instance_id.as_ref(), st.released_at.as_ref())
-            && let Some(owner) = owners.get(id).filter(|owner| *owner != uid)
+            && let Some(owner) = owners.get(id.as_str()).filter(|owner| *owner != uid)
         {
             let line = format!(
                 "session {} released machine {id}, labelled for session {owner}",
